@@ -1,0 +1,93 @@
+"""Hypothesis strategies for protocol values: every message type with valid random fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from hypothesis import strategies as st
+
+from trio_bench import protocol as p
+
+u64 = st.integers(min_value=0, max_value=2**64 - 1)
+small = st.integers(min_value=0, max_value=10**12)
+text = st.text(max_size=40)
+json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20)
+json_like = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@st.composite
+def histograms(draw: Any) -> tuple[tuple[tuple[int, int], ...], int]:
+    indices = draw(st.lists(st.integers(0, p.NBINS - 1), unique=True, max_size=30))
+    pairs = tuple((i, draw(st.integers(1, 10**9))) for i in sorted(indices))
+    return pairs, sum(c for _, c in pairs)
+
+
+@st.composite
+def op_stats(draw: Any) -> p.OpStats:
+    hist, ops = draw(histograms())
+    return p.OpStats(
+        ops=ops,
+        bytes=draw(small),
+        errors=draw(small),
+        sum_ns=draw(small),
+        max_ns=draw(small),
+        hist=hist,
+    )
+
+
+ops_maps = st.dictionaries(st.sampled_from(p.OP_KINDS), op_stats(), max_size=3)
+stage_summaries = st.builds(
+    p.StageSummary,
+    stage=st.sampled_from(p.STAGES),
+    outcome=st.sampled_from(p.OUTCOMES),
+    started_at_ns=small,
+    ended_at_ns=small,
+    measured_ns=small,
+    done=small,
+    total=small,
+    ops=ops_maps,
+    error_samples=st.dictionaries(
+        st.sampled_from(p.OP_KINDS), st.lists(text, max_size=3).map(tuple), max_size=2
+    ),
+    message=text,
+)
+
+_BY_NAME: dict[str, st.SearchStrategy[Any]] = {
+    "stage": st.sampled_from(p.STAGES),
+    "code": st.sampled_from(p.ERROR_CODES),
+    "outcome": st.sampled_from(p.OUTCOMES),
+    "ops": ops_maps,
+    "summary": stage_summaries,
+    "summaries": st.lists(stage_summaries, max_size=3).map(tuple),
+    "config": st.dictionaries(st.text(max_size=10), json_like, max_size=5),
+    "checks": st.lists(text, max_size=3).map(tuple),
+    "session": st.none()
+    | st.builds(p.SessionInfo, run_id=text, state=text, attached=st.booleans()),
+}
+_BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
+    int: u64,
+    "int": u64,
+    str: text,
+    "str": text,
+    bytes: st.binary(max_size=48),
+    "bytes": st.binary(max_size=48),
+    bool: st.booleans(),
+    "bool": st.booleans(),
+}
+
+
+def message_of(cls: type[p.Message]) -> st.SearchStrategy[p.Message]:
+    kwargs = {}
+    for field in attrs.fields(cls):  # type: ignore[arg-type]
+        strategy = _BY_NAME.get(field.name)
+        kwargs[field.name] = strategy if strategy is not None else _BY_TYPE[field.type]
+    return st.builds(cls, **kwargs)
+
+
+messages = st.sampled_from(p.MESSAGE_TYPES).flatmap(message_of)

@@ -1,0 +1,3 @@
+from trio_bench.cli import main
+
+main()

@@ -1,0 +1,532 @@
+"""Every message of the triobench protocol, and their one strict codec.
+
+A message is a frozen attrs class with a stable wire tag (``TAG``). On the wire it is a msgpack
+map: ``{"t": TAG, <field>: <value>, ...}``. Decoding is strict: an unknown tag, a missing
+field, an extra key, a value of the wrong type (no coercion: ``"5"`` is not an int, ``True`` is
+not an int), an integer outside [0, 2**64), an unknown stage or op kind, or an inconsistent
+histogram is one ``ProtocolError`` naming the tag and the field. Nothing else escapes.
+
+All times are integer nanoseconds. Wall-clock instants (``*_at_ns``, ``t1_ns``...) are in the
+clock of the side that took them; the controller converts agent instants with the measured
+offset (see ``_clock``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import BaseValidationError, ForbiddenExtraKeysError
+
+from ._errors import ProtocolError
+from ._frames import MAX_FRAME_SIZE, encode_frame
+from ._histogram import NBINS
+
+PROTOCOL_VERSION = 1
+
+STAGES = ("prepare", "workload", "cleanup")
+OP_KINDS = ("get", "put", "stat", "list", "delete")
+OUTCOMES = ("completed", "aborted", "failed")
+ERROR_CODES = (
+    "version_mismatch",  # handshake: the two sides speak different protocol versions
+    "auth_failed",  # handshake: token proof missing or wrong
+    "busy",  # handshake: the agent is serving another controller's run
+    "unknown_run",  # RESUME for a run the agent does not hold
+    "bad_config",  # CONFIGURE: the workload config is invalid for this agent
+    "preflight_failed",  # CONFIGURE: target unreachable or not readable/writable
+    "stage_failed",  # a stage failed (error threshold, backend failure)
+    "protocol_error",  # the peer sent bad bytes or a message not allowed now
+    "internal",  # a bug on the sending side
+)
+
+# Error messages and samples are for people; cap what one side sends so a runaway string
+# cannot crowd out the frame limit.
+MAX_TEXT = 2000
+MAX_ERROR_SAMPLES = 5
+
+_U64 = 1 << 64
+
+
+def _stage(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in STAGES:
+        raise ValueError(f"unknown stage {value!r} (expected {', '.join(STAGES)})")
+
+
+def _op_keys(_inst: Any, attribute: attrs.Attribute[Any], value: dict[str, Any]) -> None:
+    for key in value:
+        if key not in OP_KINDS:
+            raise ValueError(f"unknown op kind {key!r} (expected {', '.join(OP_KINDS)})")
+
+
+def _one_of(options: tuple[str, ...]) -> Any:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in options:
+            raise ValueError(f"unknown value {value!r} (expected {', '.join(options)})")
+
+    return check
+
+
+def _text(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"text of {len(value)} characters exceeds {MAX_TEXT}")
+
+
+# --- payload records -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class OpStats:
+    """Cumulative statistics of one op kind: counters and a sparse latency histogram.
+
+    ``hist`` holds ``(bucket index, count)`` pairs, indices strictly increasing, counts >= 1;
+    the counts add up to ``ops`` (successful operations; failed ones are only in ``errors``).
+    """
+
+    ops: int
+    bytes: int
+    errors: int
+    sum_ns: int
+    max_ns: int
+    hist: tuple[tuple[int, int], ...]
+
+    def __attrs_post_init__(self) -> None:
+        previous = -1
+        total = 0
+        for index, count in self.hist:
+            if not previous < index < NBINS:
+                raise ValueError(f"hist: bucket index {index} out of order or outside [0, {NBINS})")
+            if count < 1:
+                raise ValueError(f"hist: bucket {index} has count {count} (must be >= 1)")
+            previous = index
+            total += count
+        if total != self.ops:
+            raise ValueError(f"hist: counts add up to {total}, but ops is {self.ops}")
+
+
+@attrs.frozen
+class StageSummary:
+    """What one agent did in one stage, final: the numbers results are made of.
+
+    ``started_at_ns``/``ended_at_ns`` are the agent's wall clock. ``measured_ns`` is the
+    length of the measured window (the stage minus any warmup). ``done``/``total`` count
+    objects for prepare and cleanup (0/0 for the workload).
+    """
+
+    stage: str = attrs.field(validator=_stage)
+    outcome: str = attrs.field(validator=_one_of(OUTCOMES))
+    started_at_ns: int
+    ended_at_ns: int
+    measured_ns: int
+    done: int
+    total: int
+    ops: dict[str, OpStats] = attrs.field(validator=_op_keys)
+    error_samples: dict[str, tuple[str, ...]] = attrs.field(validator=_op_keys)
+    message: str = attrs.field(validator=_text)
+
+
+@attrs.frozen
+class SessionInfo:
+    """The run an agent holds when a controller connects (see HELLO and RESUME)."""
+
+    run_id: str
+    state: str
+    attached: bool
+
+
+# --- messages --------------------------------------------------------------------------------
+
+
+class Message:
+    """Base of all messages. ``TAG`` is the stable wire tag; ``RELIABLE`` messages carry a
+    ``seq`` and are re-sent until the peer ACKs them."""
+
+    TAG: ClassVar[str] = ""
+    RELIABLE: ClassVar[bool] = False
+
+
+@attrs.frozen
+class Hello(Message):
+    """agent -> controller, first frame of every connection."""
+
+    TAG = "hello"
+    protocol: int
+    software: str
+    agent_id: str
+    hostname: str
+    cpus: int
+    challenge: bytes
+    auth_required: bool
+    session: SessionInfo | None
+
+
+@attrs.frozen
+class Auth(Message):
+    """controller -> agent, answers HELLO. ``proof`` is empty when no token is configured."""
+
+    TAG = "auth"
+    protocol: int
+    software: str
+    controller: str
+    challenge: bytes
+    proof: bytes
+
+
+@attrs.frozen
+class Welcome(Message):
+    """agent -> controller: handshake accepted. ``proof`` proves the agent knows the token."""
+
+    TAG = "welcome"
+    proof: bytes
+
+
+@attrs.frozen
+class Configure(Message):
+    """controller -> agent: start a run session with this workload."""
+
+    TAG = "configure"
+    RELIABLE = True
+    seq: int
+    run_id: str
+    config: dict[str, Any]
+    agent_index: int
+    agent_count: int
+    path_prefix: str
+    stats_interval_ns: int
+    orphan_timeout_ns: int
+
+
+@attrs.frozen
+class Resume(Message):
+    """controller -> agent: re-attach to a run the agent still holds after a lost connection."""
+
+    TAG = "resume"
+    run_id: str
+    acked: int  # highest agent seq the controller has processed
+
+
+@attrs.frozen
+class Resumed(Message):
+    """agent -> controller: re-attached; unACKed reliable messages follow."""
+
+    TAG = "resumed"
+    run_id: str
+    state: str
+    acked: int  # highest controller seq the agent has processed
+
+
+@attrs.frozen
+class Ready(Message):
+    """agent -> controller: configured and preflight passed."""
+
+    TAG = "ready"
+    RELIABLE = True
+    seq: int
+    target: str
+    checks: tuple[str, ...]
+
+
+@attrs.frozen
+class Error(Message):
+    """Either direction. ``seq`` 0: a handshake/connection error, the sender closes after it.
+    ``seq`` > 0 (agent -> controller only): the run failed; reliable, carries partial results."""
+
+    TAG = "error"
+    seq: int
+    code: str = attrs.field(validator=_one_of(ERROR_CODES))
+    message: str = attrs.field(validator=_text)
+    summaries: tuple[StageSummary, ...]
+
+    @property
+    def RELIABLE(self) -> bool:  # type: ignore[override]
+        return self.seq > 0
+
+
+@attrs.frozen
+class Ping(Message):
+    """controller -> agent. ``t1_ns``: controller clock when sent."""
+
+    TAG = "ping"
+    nonce: int
+    t1_ns: int
+
+
+@attrs.frozen
+class Pong(Message):
+    """agent -> controller: ``t2_ns`` PING received, ``t3_ns`` PONG sent (agent clock)."""
+
+    TAG = "pong"
+    nonce: int
+    t1_ns: int
+    t2_ns: int
+    t3_ns: int
+
+
+@attrs.frozen
+class Start(Message):
+    """controller -> agent: begin ``stage`` at ``at_ns`` on the agent's clock. The first
+    START is the coordinated start; each later one is the release of a stage barrier."""
+
+    TAG = "start"
+    RELIABLE = True
+    seq: int
+    stage: str = attrs.field(validator=_stage)
+    at_ns: int
+
+
+@attrs.frozen
+class Started(Message):
+    """agent -> controller: ``stage`` began at ``at_ns`` (agent clock), for start skew."""
+
+    TAG = "started"
+    RELIABLE = True
+    seq: int
+    stage: str = attrs.field(validator=_stage)
+    at_ns: int
+
+
+@attrs.frozen
+class Stats(Message):
+    """agent -> controller, every stats interval: cumulative since the stage (or, after a
+    warmup, the measured window) began. Numbered by their own ``seq``; a newer one
+    supersedes an older one, so dropping an unsent older one loses nothing."""
+
+    TAG = "stats"
+    seq: int
+    stage: str = attrs.field(validator=_stage)
+    warmup: bool
+    elapsed_ns: int
+    done: int
+    total: int
+    ops: dict[str, OpStats] = attrs.field(validator=_op_keys)
+
+
+@attrs.frozen
+class StageDone(Message):
+    """agent -> controller: ``stage`` finished; the agent waits at the barrier."""
+
+    TAG = "stage_done"
+    RELIABLE = True
+    seq: int
+    summary: StageSummary
+
+
+@attrs.frozen
+class Abort(Message):
+    """controller -> agent: cancel whatever runs now, answer ABORTED."""
+
+    TAG = "abort"
+    RELIABLE = True
+    seq: int
+    reason: str = attrs.field(validator=_text)
+
+
+@attrs.frozen
+class Aborted(Message):
+    """agent -> controller: the run was aborted; partial results."""
+
+    TAG = "aborted"
+    RELIABLE = True
+    seq: int
+    reason: str = attrs.field(validator=_text)
+    summaries: tuple[StageSummary, ...]
+
+
+@attrs.frozen
+class Completed(Message):
+    """agent -> controller: every stage finished; final results."""
+
+    TAG = "completed"
+    RELIABLE = True
+    seq: int
+    summaries: tuple[StageSummary, ...]
+
+
+@attrs.frozen
+class Ack(Message):
+    """Either direction: every reliable message with sequence <= ``seq`` was processed."""
+
+    TAG = "ack"
+    seq: int
+
+
+@attrs.frozen
+class Goodbye(Message):
+    """Either direction: the sender is closing the connection on purpose."""
+
+    TAG = "goodbye"
+    reason: str = attrs.field(validator=_text)
+
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    Hello,
+    Auth,
+    Welcome,
+    Configure,
+    Resume,
+    Resumed,
+    Ready,
+    Error,
+    Ping,
+    Pong,
+    Start,
+    Started,
+    Stats,
+    StageDone,
+    Abort,
+    Aborted,
+    Completed,
+    Ack,
+    Goodbye,
+)
+_BY_TAG: dict[str, type[Message]] = {cls.TAG: cls for cls in MESSAGE_TYPES}
+assert len(_BY_TAG) == len(MESSAGE_TYPES), "duplicate wire tag"
+
+# Messages that carry results and therefore must never be silently lost.
+TERMINAL_TYPES = (Completed, Aborted, Error)
+
+
+def is_reliable(message: Message) -> bool:
+    return bool(message.RELIABLE)
+
+
+# --- the converter ---------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _strict(kind: type[T], name: str) -> Any:
+    def structure(value: Any, _type: Any) -> T:
+        # bool is a subclass of int; on our wire it is never an integer.
+        if type(value) is not kind:
+            raise TypeError(f"expected {name}, got {type(value).__name__}")
+        return value
+
+    return structure
+
+
+def _structure_int(value: Any, _type: Any) -> int:
+    if type(value) is not int:
+        raise TypeError(f"expected int, got {type(value).__name__}")
+    if not 0 <= value < _U64:
+        raise ValueError(f"integer {value} outside [0, 2**64)")
+    return value
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(str, _strict(str, "str"))
+    converter.register_structure_hook(bytes, _strict(bytes, "bytes"))
+    converter.register_structure_hook(bool, _strict(bool, "bool"))
+
+    # cattrs happily turns a string into a tuple of characters and calls .items() on
+    # anything; on the wire an array must be an array and a map a map.
+    def element(value: Any, type_: Any, where: str) -> Any:
+        try:
+            return converter.structure(value, type_)
+        except (BaseValidationError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{where}: {_describe(exc)}") from None
+
+    def tuple_factory(t: Any) -> Any:
+        args = t.__args__
+        homogeneous = len(args) == 2 and args[1] is Ellipsis
+
+        def structure(value: Any, _type: Any) -> Any:
+            if not isinstance(value, list | tuple):
+                raise TypeError(f"expected array, got {type(value).__name__}")
+            if homogeneous:
+                return tuple(element(v, args[0], f"[{i}]") for i, v in enumerate(value))
+            if len(value) != len(args):
+                raise ValueError(f"expected an array of {len(args)}, got {len(value)}")
+            return tuple(element(v, a, f"[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+
+        return structure
+
+    def dict_factory(t: Any) -> Any:
+        key_type, value_type = t.__args__
+
+        def structure(value: Any, _type: Any) -> Any:
+            if not isinstance(value, dict):
+                raise TypeError(f"expected map, got {type(value).__name__}")
+            out = {}
+            for k, v in value.items():
+                key = element(k, key_type, "key")
+                out[key] = element(v, value_type, f"[{k!r}]")
+            return out
+
+        return structure
+
+    def origin_is(kind: type) -> Any:
+        return lambda t: getattr(t, "__origin__", None) is kind
+
+    converter.register_structure_hook_factory(origin_is(tuple), tuple_factory)
+    converter.register_structure_hook_factory(origin_is(dict), dict_factory)
+    return converter
+
+
+_converter = _make_converter()
+
+
+def _format_leaf(exc: BaseException, _type: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return f"unexpected field(s) {sorted(exc.extra_fields)}"
+    return str(exc)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line out of a (possibly nested) cattrs validation error: 'field: what; ...'."""
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return _format_leaf(exc, None)
+    if isinstance(exc, BaseValidationError):
+        parts = []
+        for line in cattrs.transform_error(exc, path="", format_exception=_format_leaf):
+            what, _, where = line.rpartition(" @ ")
+            where = where.lstrip(".")
+            parts.append(f"{where}: {what}" if where else what)
+        # "ops: ['get']: hist: ..." reads better as "ops['get'].hist: ..."
+        return re.sub(r"\]: (?=[\w\[])", "].", "; ".join(parts).replace(": [", "["))
+    return str(exc)
+
+
+def decode_message(frame: dict[str, Any]) -> Message:
+    """Turn one decoded frame map into a message; every failure is a ``ProtocolError``."""
+    tag = frame.get("t")
+    if not isinstance(tag, str):
+        raise ProtocolError("message: missing or non-string tag field 't'")
+    cls = _BY_TAG.get(tag)
+    if cls is None:
+        raise ProtocolError(f"message: unknown tag {tag[:64]!r}")
+    fields = {k: v for k, v in frame.items() if k != "t"}
+    try:
+        return _converter.structure(fields, cls)
+    except ForbiddenExtraKeysError as exc:
+        raise ProtocolError(f"{tag}: unexpected field(s) {sorted(exc.extra_fields)}") from None
+    except (BaseValidationError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ProtocolError(f"{tag}: {_describe(exc)}") from None
+
+
+def unstructure_message(message: Message) -> dict[str, Any]:
+    body: dict[str, Any] = {"t": message.TAG}
+    body.update(_converter.unstructure(message))
+    return body
+
+
+def encode_message(message: Message, *, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
+    """The framed bytes of ``message`` (``ValueError`` if it cannot be encoded)."""
+    return encode_frame(unstructure_message(message), max_frame_size=max_frame_size)
+
+
+def structure_as(value: Any, cls: type[T]) -> T:
+    """Structure a plain value as a protocol record (for results files written by us)."""
+    try:
+        return _converter.structure(value, cls)
+    except (BaseValidationError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ProtocolError(f"{cls.__name__}: {_describe(exc)}") from None
+
+
+def unstructure(value: Any) -> Any:
+    return _converter.unstructure(value)
