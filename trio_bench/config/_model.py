@@ -1,0 +1,724 @@
+"""The workload configuration: typed attrs classes, structured strictly from YAML.
+
+One private cattrs converter with ``forbid_extra_keys``: an unknown key is an error, never
+ignored. Every mistake becomes one line naming the field path and what is wrong, e.g.
+``workload[2].op: unknown operation 'gett' (expected get, put, stat, list, delete)``.
+The vocabulary follows sai3-bench so its users can bring their basic configs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import random
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NewType, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import BaseValidationError, ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn
+
+from ._units import format_duration, format_size, parse_duration, parse_size
+
+OPS = ("get", "put", "stat", "list", "delete")
+SCHEMES = ("file", "null")
+SIZE_KINDS = ("fixed", "uniform", "lognormal")
+RATE_DISTRIBUTIONS = ("exponential", "uniform", "fixed")
+FAILURE_POLICIES = ("abort", "continue")
+PAGE_CACHE_MODES = ("normal", "auto", "sequential", "random", "dontneed")
+PREPARED_NAME = "prepared-{index:08d}.dat"  # sai3-bench's naming, so its globs still match
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+Size = NewType("Size", int)
+Duration = NewType("Duration", int)  # nanoseconds
+Count = NewType("Count", int)  # integer >= 1
+Weight = NewType("Weight", float)  # number > 0
+OpName = NewType("OpName", str)
+
+
+class ConfigError(Exception):
+    """An invalid configuration. ``lines``: one line per mistake, each naming where."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _choice(options: tuple[str, ...], what: str) -> Any:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in options:
+            raise ValueError(f"unknown {what} {value!r} (expected {', '.join(options)})")
+
+    return check
+
+
+# --- sizes ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SizeSpec:
+    """An object size: fixed, uniform between min and max, or lognormal (clamped to min..max).
+
+    For lognormal, ``mean`` and ``std_dev`` describe the sizes themselves (not the underlying
+    normal distribution), as in sai3-bench.
+    """
+
+    kind: str = attrs.field(validator=_choice(SIZE_KINDS, "size distribution"))
+    size: int = 0
+    min: int = 0
+    max: int = 0
+    mean: int = 0
+    std_dev: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind == "fixed":
+            return
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        if self.kind == "lognormal":
+            if self.mean <= 0:
+                raise ValueError("lognormal needs mean > 0")
+            if not self.min <= self.mean <= self.max:
+                raise ValueError(f"mean ({self.mean}) is outside min..max ({self.min}..{self.max})")
+
+    @property
+    def largest(self) -> int:
+        return self.size if self.kind == "fixed" else self.max
+
+    def sample(self, rng: random.Random) -> int:
+        if self.kind == "fixed":
+            return self.size
+        if self.kind == "uniform":
+            return rng.randint(self.min, self.max)
+        # lognormal with the given mean and standard deviation of the sizes
+        variance_ratio = (self.std_dev / self.mean) ** 2
+        sigma = math.sqrt(math.log1p(variance_ratio))
+        mu = math.log(self.mean) - sigma * sigma / 2
+        for _ in range(16):  # resample outside the bounds rather than piling up at them
+            value = round(rng.lognormvariate(mu, sigma))
+            if self.min <= value <= self.max:
+                return value
+        return min(max(value, self.min), self.max)
+
+    def describe(self) -> str:
+        if self.kind == "fixed":
+            return format_size(self.size)
+        if self.kind == "uniform":
+            return f"uniform {format_size(self.min)}..{format_size(self.max)}"
+        return (
+            f"lognormal mean {format_size(self.mean)} sd {format_size(self.std_dev)} "
+            f"in {format_size(self.min)}..{format_size(self.max)}"
+        )
+
+
+_SIZE_KEYS = ("object_size", "size_spec", "size_distribution", "min_size", "max_size")
+
+
+def _size_spec_from(value: Any) -> SizeSpec:
+    """Every spelling of a size spec: ``4KiB``; ``{type: uniform, min, max}``;
+    ``{fixed: 4KiB}``; ``{uniform: {min, max}}``; ``{lognormal: {mean, std_dev, min, max}}``."""
+    if isinstance(value, SizeSpec):  # already collected by _pop_size
+        return value
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        return SizeSpec("fixed", size=parse_size(value))
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a size or a size distribution, got {type(value).__name__}")
+    spec = dict(value)
+    if "type" not in spec and len(spec) == 1:  # sai3-bench short form {fixed: X} / {uniform: {...}}
+        ((kind, body),) = spec.items()
+        if kind == "fixed":
+            return SizeSpec("fixed", size=parse_size(body))
+        if not isinstance(body, Mapping):
+            raise ValueError(f"{kind}: expected a map of parameters")
+        spec = {"type": kind, **body}
+    kind = spec.pop("type", None)
+    if kind is None:
+        raise ValueError("size distribution needs a 'type' (fixed, uniform or lognormal)")
+    allowed = {
+        "fixed": ("size",),
+        "uniform": ("min", "max"),
+        "lognormal": ("mean", "std_dev", "min", "max"),
+    }.get(kind)
+    if allowed is None:
+        raise ValueError(f"unknown size distribution {kind!r} (expected {', '.join(SIZE_KINDS)})")
+    extra = sorted(set(spec) - set(allowed))
+    if extra:
+        raise ValueError(f"{kind} size distribution does not take {', '.join(extra)}")
+    missing = [k for k in allowed if k not in spec]
+    if missing:
+        raise ValueError(f"{kind} size distribution needs {', '.join(missing)}")
+    return SizeSpec(kind, **{k: parse_size(v) for k, v in spec.items()})
+
+
+def _pop_size(raw: dict[str, Any]) -> SizeSpec | None:
+    """Collect whichever size spelling a mapping uses into one SizeSpec (or None)."""
+    given = [k for k in _SIZE_KEYS if k in raw]
+    if not given:
+        return None
+    if set(given) <= {"min_size", "max_size"}:
+        if len(given) != 2:
+            raise ValueError("min_size and max_size go together")
+        low = _at("min_size", parse_size, raw.pop("min_size"))
+        high = _at("max_size", parse_size, raw.pop("max_size"))
+        if low == high:
+            return SizeSpec("fixed", size=low)
+        if low > high:
+            raise ValueError(f"min_size ({low}) is larger than max_size ({high})")
+        return SizeSpec("uniform", min=low, max=high)
+    if len(given) > 1:
+        raise ValueError(f"give one size: {' or '.join(given)}, not both")
+    spec: SizeSpec = _at(given[0], _size_spec_from, raw.pop(given[0]))
+    return spec
+
+
+def _at(key: str, parse: Any, value: Any) -> Any:
+    """Run ``parse(value)``; an error gets ``key`` added to its field path."""
+    try:
+        return parse(value)
+    except ValueError as exc:
+        exc.__notes__ = [*getattr(exc, "__notes__", []), f"@.{key}"]
+        raise
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class EnsureObjects:
+    """Prepare: make sure ``count`` objects named ``prepared-NNNNNNNN.dat`` exist under base_uri."""
+
+    base_uri: str
+    count: Count
+    size: SizeSpec
+    fill: str = attrs.field(default="random", validator=_choice(("random", "zero"), "fill"))
+
+
+@attrs.frozen
+class Prepare:
+    ensure_objects: tuple[EnsureObjects, ...] = ()
+    cleanup: bool = False
+    post_prepare_delay: Duration = Duration(0)
+    prepare_strategy: str = attrs.field(
+        default="parallel", validator=_choice(("sequential", "parallel"), "prepare_strategy")
+    )
+
+
+@attrs.frozen
+class OpSpec:
+    op: OpName
+    path: str
+    weight: Weight = Weight(1.0)
+    size: SizeSpec | None = None
+
+
+@attrs.frozen
+class IoRate:
+    """Target operations per second for the whole agent, with inter-arrival distribution."""
+
+    iops: Weight
+    distribution: str = attrs.field(
+        default="exponential", validator=_choice(RATE_DISTRIBUTIONS, "distribution")
+    )
+
+
+@attrs.frozen
+class FileOptions:
+    fsync: bool = False  # fsync every put before closing it
+    buffer_size: Size = Size(1024 * 1024)  # per-worker read buffer; bigger objects are chunked
+
+
+@attrs.frozen
+class AgentAddress:
+    address: str
+    id: str | None = None
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_address(self.address)
+
+
+@attrs.frozen
+class Distributed:
+    agents: tuple[AgentAddress, ...] = ()
+    shared_storage: bool = False
+    failure_policy: str = attrs.field(
+        default="abort", validator=_choice(FAILURE_POLICIES, "failure_policy")
+    )
+    stats_interval: Duration = Duration(1_000_000_000)
+    ping_interval: Duration = Duration(1_000_000_000)
+    warn_after: Duration = Duration(5_000_000_000)
+    dead_after: Duration = Duration(15_000_000_000)
+    probe_timeout: Duration = Duration(5_000_000_000)
+    start_delay: Duration = Duration(2_000_000_000)
+    orphan_timeout: Duration = Duration(120_000_000_000)
+    connect_timeout: Duration = Duration(10_000_000_000)
+    configure_timeout: Duration = Duration(120_000_000_000)
+    resend_interval: Duration = Duration(2_000_000_000)
+
+
+@attrs.frozen
+class Config:
+    target: str
+    workload: tuple[OpSpec, ...]
+    duration: Duration = Duration(60_000_000_000)
+    concurrency: Count = Count(1)
+    warmup: Duration = Duration(0)
+    io_rate: IoRate | None = None
+    prepare: Prepare = Prepare()
+    distributed: Distributed = Distributed()
+    max_errors: int | None = None
+    page_cache_mode: str = attrs.field(
+        default="normal", validator=_choice(PAGE_CACHE_MODES, "page_cache_mode")
+    )
+    file: FileOptions = FileOptions()
+    seed: int | None = None
+    name: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.target).scheme
+
+    @property
+    def writes(self) -> bool:
+        """Whether the run writes to the target (prepare, put, delete or cleanup)."""
+        return bool(
+            self.prepare.ensure_objects
+            or any(op.op in ("put", "delete") for op in self.workload)
+        )
+
+
+# --- paths ------------------------------------------------------------------------------------
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def check_relative_path(path: str) -> None:
+    """Workload paths are relative to the target; refuse anything that could escape it."""
+    if not path:
+        raise ValueError("path is empty")
+    if "\0" in path:
+        raise ValueError("path contains a NUL byte")
+    if path.startswith("/") or "\\" in path:
+        raise ValueError(f"path {path!r} must be relative to the target (no leading /, no \\)")
+    if "%" in path and unquote(path) != path:
+        raise ValueError(f"path {path!r} contains URL-encoded characters")
+    parts = path.rstrip("/").split("/")
+    if any(part in ("..", ".", "") for part in parts):
+        raise ValueError(f"path {path!r} has an empty, '.' or '..' segment")
+
+
+def split_pattern(path: str) -> tuple[str, str]:
+    """``data/prepared-*.dat`` -> (``data/``, ``prepared-*.dat``). Globs only in the last part."""
+    directory, _, pattern = path.rpartition("/")
+    if any(ch in directory for ch in "*?["):
+        raise ValueError(f"path {path!r}: wildcards are only supported in the last path segment")
+    if not pattern:
+        raise ValueError(f"path {path!r} names a directory; this operation needs objects (add *)")
+    return (directory + "/" if directory else ""), pattern
+
+
+def relative_to_target(target: str, uri: str) -> str:
+    """An ensure_objects base_uri: relative, or an absolute URI under the target."""
+    if "://" not in uri:
+        return uri
+    if not uri.startswith(target.rstrip("/") + "/") and uri.rstrip("/") != target.rstrip("/"):
+        raise ValueError(f"{uri!r} is not under the target {target!r}")
+    return uri[len(target.rstrip("/")) + 1 :]
+
+
+def prepared_name(index: int) -> str:
+    return PREPARED_NAME.format(index=index)
+
+
+# --- the converter ----------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _strict(kind: type, name: str) -> Any:
+    def structure(value: Any, _type: Any) -> Any:
+        if type(value) is not kind:
+            raise ValueError(f"expected {name}, got {_yaml_type(value)}")
+        return value
+
+    return structure
+
+
+def _yaml_type(value: Any) -> str:
+    return {
+        dict: "a map",
+        list: "a list",
+        str: f"the string {value!r}",
+        bool: f"{value!r}",
+        type(None): "nothing",
+    }.get(type(value), f"{value!r}")
+
+
+def _count(value: Any, _type: Any) -> int:
+    if type(value) is not int:
+        raise ValueError(f"expected a whole number >= 1, got {_yaml_type(value)}")
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _weight(value: Any, _type: Any) -> float:
+    if type(value) not in (int, float):
+        raise ValueError(f"expected a number > 0, got {_yaml_type(value)}")
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"must be a number > 0, got {value}")
+    return float(value)
+
+
+def _op_name(value: Any, _type: Any) -> str:
+    if value not in OPS:
+        raise ValueError(f"unknown operation {value!r} (expected {', '.join(OPS)})")
+    return str(value)
+
+
+def _make_converter() -> cattrs.Converter:
+    c = cattrs.Converter(forbid_extra_keys=True)
+    c.register_structure_hook(int, _strict(int, "a whole number"))
+    c.register_structure_hook(str, _strict(str, "a string"))
+    c.register_structure_hook(bool, _strict(bool, "true or false"))
+    c.register_structure_hook(Size, lambda v, _t: parse_size(v))
+    c.register_structure_hook(Duration, lambda v, _t: parse_duration(v))
+    c.register_structure_hook(Count, _count)
+    c.register_structure_hook(Weight, _weight)
+    c.register_structure_hook(OpName, _op_name)
+    c.register_structure_hook(SizeSpec, lambda v, _t: _size_spec_from(v))
+
+    def is_tuple(t: Any) -> bool:
+        return getattr(t, "__origin__", None) is tuple
+
+    def tuple_factory(t: Any) -> Any:
+        (inner, _ellipsis) = t.__args__
+        element = c.get_structure_hook(inner)
+
+        def structure(value: Any, _type: Any) -> Any:
+            if not isinstance(value, list):
+                raise ValueError(f"expected a list, got {_yaml_type(value)}")
+            errors = []
+            out = []
+            for index, item in enumerate(value):
+                try:
+                    out.append(element(item, inner))
+                except Exception as exc:  # collected with their index, re-raised as a group
+                    exc.__notes__ = [f"@[{index}]", *getattr(exc, "__notes__", [])]
+                    errors.append(exc)
+            if errors:
+                raise _IndexedErrors(errors)
+            return tuple(out)
+
+        return structure
+
+    c.register_structure_hook_factory(is_tuple, tuple_factory)
+
+    def with_sizes(cls: type, *, required: bool) -> None:
+        base: Any = make_dict_structure_fn(cls, c, _cattrs_forbid_extra_keys=True)
+
+        def structure(value: Any, _type: Any) -> Any:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"expected a map, got {_yaml_type(value)}")
+            raw = dict(value)
+            if "size" in raw:
+                raise ForbiddenExtraKeysError("", cls, {"size"})
+            size = _pop_size(raw)
+            if size is not None:
+                raw["size"] = size
+            elif required:
+                raise ValueError(f"needs a size: one of {', '.join(_SIZE_KEYS)}")
+            return base(raw, cls)
+
+        c.register_structure_hook(cls, structure)
+
+    with_sizes(EnsureObjects, required=True)
+    with_sizes(OpSpec, required=False)
+
+    # `io_rate: 500` is shorthand for {iops: 500}
+    rate_base = make_dict_structure_fn(IoRate, c, _cattrs_forbid_extra_keys=True)
+    c.register_structure_hook(
+        IoRate,
+        lambda v, t: rate_base({"iops": v} if type(v) in (int, float) else v, t),
+    )
+    return c
+
+
+class _IndexedErrors(Exception):
+    def __init__(self, errors: list[Exception]) -> None:
+        super().__init__(f"{len(errors)} error(s)")
+        self.errors = errors
+
+
+_converter = _make_converter()
+
+
+def _flatten(exc: BaseException, path: str) -> list[str]:
+    """Turn nested cattrs errors into 'path: message' lines."""
+    notes = [n for n in getattr(exc, "__notes__", []) if isinstance(n, str)]
+    for note in notes:
+        if note.startswith("@"):
+            path += note[1:]
+    if isinstance(exc, _IndexedErrors):
+        return [line for e in exc.errors for line in _flatten(e, path)]
+    if isinstance(exc, ForbiddenExtraKeysError):
+        prefix = f"{path}." if path else ""
+        return [f"{prefix}{name}: unknown key" for name in sorted(exc.extra_fields)]
+    if isinstance(exc, BaseValidationError):
+        lines = []
+        for sub in exc.exceptions:
+            sub_path = path
+            for note in getattr(sub, "__notes__", []):
+                name = getattr(note, "name", None)
+                index = getattr(note, "index", None)
+                if name is not None:
+                    sub_path = f"{path}.{name}" if path else str(name)
+                elif index is not None:
+                    sub_path = f"{path}[{index}]"
+            lines.extend(_flatten(sub, sub_path))
+        return lines
+    where = f"{path}: " if path else ""
+    if isinstance(exc, KeyError):
+        return [f"{where}required field missing"]
+    return [f"{where}{exc}"]
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file; ``ConfigError`` lists every mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    config = parse_config(text, source=str(path))
+    if config.name is None:
+        config = attrs.evolve(config, name=path.stem)
+    return config
+
+
+def parse_config(text: str, *, source: str = "config") -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: Any) -> Config:
+    """Structure and validate an already-parsed config (e.g. received in CONFIGURE)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"config: expected a map of settings, got {_yaml_type(raw)}"])
+    if "name" in raw and raw["name"] is None:
+        raw = {k: v for k, v in raw.items() if k != "name"}
+    try:
+        config = _converter.structure(raw, Config)
+    except Exception as exc:
+        raise ConfigError(_flatten(exc, "")) from None
+    lines = validate(config)
+    if lines:
+        raise ConfigError(lines)
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain data that ``config_from_dict`` reads back (for CONFIGURE)."""
+    return _unstructure(config)
+
+
+def _unstructure(config: Config) -> dict[str, Any]:
+    def size_spec(spec: SizeSpec) -> Any:
+        if spec.kind == "fixed":
+            return spec.size
+        if spec.kind == "uniform":
+            return {"type": "uniform", "min": spec.min, "max": spec.max}
+        return {
+            "type": "lognormal",
+            "mean": spec.mean,
+            "std_dev": spec.std_dev,
+            "min": spec.min,
+            "max": spec.max,
+        }
+
+    def duration(ns: int) -> str:
+        return f"{ns}ns"
+
+    out: dict[str, Any] = {
+        "target": config.target,
+        "duration": duration(config.duration),
+        "concurrency": config.concurrency,
+        "warmup": duration(config.warmup),
+        "workload": [
+            {
+                "op": op.op,
+                "path": op.path,
+                "weight": op.weight,
+                **({"size_spec": size_spec(op.size)} if op.size else {}),
+            }
+            for op in config.workload
+        ],
+        "prepare": {
+            "ensure_objects": [
+                {
+                    "base_uri": e.base_uri,
+                    "count": e.count,
+                    "size_spec": size_spec(e.size),
+                    "fill": e.fill,
+                }
+                for e in config.prepare.ensure_objects
+            ],
+            "cleanup": config.prepare.cleanup,
+            "post_prepare_delay": duration(config.prepare.post_prepare_delay),
+            "prepare_strategy": config.prepare.prepare_strategy,
+        },
+        "distributed": {
+            "agents": [
+                {"address": a.address, **({"id": a.id} if a.id else {})}
+                for a in config.distributed.agents
+            ],
+            "shared_storage": config.distributed.shared_storage,
+            "failure_policy": config.distributed.failure_policy,
+            **{
+                f.name: duration(getattr(config.distributed, f.name))
+                for f in attrs.fields(Distributed)
+                if f.type in (Duration, "Duration")
+            },
+        },
+        "page_cache_mode": config.page_cache_mode,
+        "file": {"fsync": config.file.fsync, "buffer_size": config.file.buffer_size},
+    }
+    if config.io_rate is not None:
+        out["io_rate"] = {"iops": config.io_rate.iops, "distribution": config.io_rate.distribution}
+    for key in ("max_errors", "seed", "name"):
+        if getattr(config, key) is not None:
+            out[key] = getattr(config, key)
+    return out
+
+
+def validate(config: Config) -> list[str]:
+    """Checks across fields, after the types are right. Returns one line per mistake."""
+    lines: list[str] = []
+    target = urlsplit(config.target)
+    if target.scheme == "s3":
+        lines.append("target: the s3:// backend is not implemented yet (file:// and null:// are)")
+    elif target.scheme not in SCHEMES:
+        lines.append(
+            f"target: unsupported scheme in {config.target!r} "
+            f"(expected {', '.join(s + '://' for s in SCHEMES)})"
+        )
+    elif target.scheme == "file" and (target.netloc or not target.path.startswith("/")):
+        lines.append(f"target: {config.target!r} must be file:///absolute/path/")
+    if config.duration <= 0:
+        lines.append("duration: must be longer than 0")
+    if config.max_errors is not None and config.max_errors < 0:
+        lines.append(f"max_errors: must be >= 0, got {config.max_errors}")
+    if not config.workload:
+        lines.append("workload: needs at least one operation")
+    for i, entry in enumerate(config.prepare.ensure_objects):
+        where = f"prepare.ensure_objects[{i}].base_uri"
+        try:
+            base = relative_to_target(config.target, entry.base_uri)
+            if base:
+                check_relative_path(base)
+        except ValueError as exc:
+            lines.append(f"{where}: {exc}")
+    for i, op in enumerate(config.workload):
+        where = f"workload[{i}]"
+        try:
+            check_relative_path(op.path)
+        except ValueError as exc:
+            lines.append(f"{where}.path: {exc}")
+            continue
+        if op.op == "put" and op.size is None:
+            lines.append(f"{where}: put needs a size (object_size, size_spec or size_distribution)")
+        if op.op != "put" and op.size is not None:
+            lines.append(f"{where}: {op.op} does not take a size (only put writes objects)")
+        if op.op in ("get", "stat", "delete"):
+            try:
+                _dir, pattern = split_pattern(op.path)
+                re.compile(fnmatch.translate(pattern))
+            except (ValueError, re.error) as exc:
+                lines.append(f"{where}.path: {exc}")
+        if op.op == "put" and any(ch in op.path for ch in "*?["):
+            lines.append(f"{where}.path: put writes new objects; its path takes no wildcards")
+    dist = config.distributed
+    ids = [a.id for a in dist.agents if a.id]
+    for i, agent in enumerate(dist.agents):
+        try:
+            split_address(agent.address)
+        except ValueError as exc:
+            lines.append(f"distributed.agents[{i}].address: {exc}")
+        if agent.id is not None and not _ID.match(agent.id):
+            lines.append(
+                f"distributed.agents[{i}].id: {agent.id!r} must be 1-64 of A-Z a-z 0-9 . _ - "
+                "(it names a results folder and a path prefix)"
+            )
+    if len(set(ids)) != len(ids):
+        lines.append("distributed.agents: agent ids must be unique")
+    addresses = [a.address for a in dist.agents]
+    if len(set(addresses)) != len(addresses):
+        lines.append("distributed.agents: an address is listed twice")
+    if not dist.ping_interval < dist.warn_after < dist.dead_after:
+        lines.append(
+            "distributed: need ping_interval < warn_after < dead_after, got "
+            f"{format_duration(dist.ping_interval)}, {format_duration(dist.warn_after)}, "
+            f"{format_duration(dist.dead_after)}"
+        )
+    if dist.orphan_timeout <= dist.dead_after + dist.probe_timeout:
+        lines.append(
+            "distributed.orphan_timeout: agents must be more patient than the controller: "
+            "orphan_timeout must exceed dead_after + probe_timeout"
+        )
+    for name in ("stats_interval", "ping_interval", "probe_timeout", "resend_interval"):
+        if getattr(dist, name) <= 0:
+            lines.append(f"distributed.{name}: must be longer than 0")
+    return lines
+
+
+def describe(config: Config) -> str:
+    """The resolved plan, for ``triobench validate`` and the start of a run."""
+    out = [
+        f"target       {config.target}",
+        f"duration     {format_duration(config.duration)}"
+        + (f" (+ {format_duration(config.warmup)} warmup)" if config.warmup else ""),
+        f"concurrency  {config.concurrency} worker thread(s) per agent",
+    ]
+    if config.io_rate:
+        out.append(
+            f"io_rate      {config.io_rate.iops:g} ops/s per agent ({config.io_rate.distribution})"
+        )
+    if config.prepare.ensure_objects:
+        out.append("prepare")
+        for e in config.prepare.ensure_objects:
+            base = relative_to_target(config.target, e.base_uri)
+            out.append(
+                f"  {e.count} x {e.size.describe()} ({e.fill}) as {base}{prepared_name(0)}..."
+            )
+    out.append(f"cleanup      {'yes' if config.prepare.cleanup else 'no'}")
+    total = sum(op.weight for op in config.workload)
+    out.append("workload")
+    for op in config.workload:
+        size = f" {op.size.describe()}" if op.size else ""
+        out.append(f"  {op.weight / total:6.1%}  {op.op:<6} {op.path}{size}")
+    dist = config.distributed
+    if dist.agents:
+        listed = ", ".join(f"{a.id or '?'}@{a.address}" for a in dist.agents)
+        out.append(f"agents       {listed}")
+    storage = "shared (objects split by agent index)" if dist.shared_storage else "per-agent prefix"
+    out.append(f"storage      {storage}; failure policy: {dist.failure_policy}")
+    return "\n".join(out)

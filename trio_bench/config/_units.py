@@ -1,0 +1,99 @@
+"""Sizes and durations as people write them in a config.
+
+Sizes: an integer number of bytes, or a number with a unit. ``KiB``/``MiB``/``GiB``/``TiB``
+are powers of 1024, ``KB``/``MB``/``GB``/``TB`` powers of 1000 (IEC and SI, as written), and a
+bare ``k``/``m``/``g``/``t`` is a power of 1024 as in fio (``4k`` is 4096). Durations: a number
+of seconds, or a number with ``ns``/``us``/``ms``/``s``/``m``/``h``. Both are returned as
+integers (bytes, nanoseconds).
+"""
+
+from __future__ import annotations
+
+import re
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
+}
+_DURATION_UNITS = {
+    "ns": 1,
+    "us": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+_NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+SIZE_HINT = "bytes, or a number with a unit such as 4KiB, 1MiB, 1GB, 64k"
+DURATION_HINT = "seconds, or a number with a unit such as 500ms, 30s, 2m, 1h"
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string with a unit; ``ValueError`` says what is wrong."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size ({SIZE_HINT}), got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"size must not be negative, got {value}")
+        return value
+    if isinstance(value, str):
+        match = _NUMBER_UNIT.match(value)
+        if match and match.group(2).lower() in _SIZE_UNITS:
+            number, unit = match.groups()
+            size = float(number) * _SIZE_UNITS[unit.lower()]
+            if size != int(size):
+                raise ValueError(f"size {value!r} is not a whole number of bytes")
+            return int(size)
+        if value.strip().startswith("-"):
+            raise ValueError(f"size must not be negative, got {value!r}")
+    raise ValueError(f"{value!r} is not a size ({SIZE_HINT})")
+
+
+def parse_duration(value: object) -> int:
+    """Nanoseconds from a number of seconds or a string with a unit."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration ({DURATION_HINT}), got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"duration must not be negative, got {value}")
+        return round(value * 1_000_000_000)
+    if isinstance(value, str):
+        match = _NUMBER_UNIT.match(value)
+        if match:
+            number, unit = match.groups()
+            unit = unit.lower() or "s"
+            if unit in _DURATION_UNITS:
+                return round(float(number) * _DURATION_UNITS[unit])
+        if value.strip().startswith("-"):
+            raise ValueError(f"duration must not be negative, got {value!r}")
+    raise ValueError(f"{value!r} is not a duration ({DURATION_HINT})")
+
+
+def format_size(size: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor:
+            scaled = size / factor
+            return f"{scaled:.0f}{unit}" if scaled == int(scaled) else f"{scaled:.2f}{unit}"
+    return f"{size}B"
+
+
+def format_duration(ns: int) -> str:
+    if ns == 0:
+        return "0s"
+    for unit in ("h", "m", "s", "ms", "us"):
+        factor = _DURATION_UNITS[unit]
+        if ns >= factor and ns % factor == 0:
+            return f"{ns // factor}{unit}"
+    return f"{ns / 1e9:g}s"

@@ -1,0 +1,37 @@
+"""Mergeable latency statistics (pure: no Trio, no I/O).
+
+Workers record into flat per-op-kind records (``_record``); snapshots merge by adding bins;
+interval numbers come from the difference of two cumulative snapshots; percentiles are only
+ever computed from a (merged) histogram, never averaged.
+"""
+
+from ._record import (
+    BYTES,
+    ERRORS,
+    MAX_NS,
+    RECORD_LEN,
+    SUM_NS,
+    Record,
+    Snapshot,
+    difference,
+    from_wire,
+    mean_ns,
+    merge_into,
+    merge_snapshots,
+    merged,
+    new_record,
+    ops_of,
+    percentile_ns,
+    snapshot_difference,
+    snapshot_from_wire,
+    snapshot_to_wire,
+    to_wire,
+)
+from ._summary import SUMMARY_COLUMNS, SummaryRow, format_tsv, summarize, summary_rows
+
+__all__ = [
+    "BYTES", "ERRORS", "MAX_NS", "RECORD_LEN", "SUMMARY_COLUMNS", "SUM_NS", "Record", "Snapshot",
+    "SummaryRow", "difference", "format_tsv", "from_wire", "mean_ns", "merge_into",
+    "merge_snapshots", "merged", "new_record", "ops_of", "percentile_ns", "snapshot_difference",
+    "snapshot_from_wire", "snapshot_to_wire", "summarize", "summary_rows", "to_wire",
+]

@@ -1,0 +1,145 @@
+"""Per-op-kind statistics records: what worker threads write and everyone else reads.
+
+A record is a flat ``list[int]`` of ``RECORD_LEN`` slots: the ``NBINS`` latency histogram
+buckets (layout in ``protocol._histogram``), then bytes, errors, the latency sum and the latency
+maximum. One flat list because:
+
+- a worker updates it with a few list-index increments (well under a microsecond per op);
+- a snapshot taken by another thread while the worker runs is one ``list.copy()``, which runs
+  in C under the GIL, so every slot of the copy is from the same instant;
+- merging records (threads, agents) is slot-wise addition (max for the max slot), so
+  percentiles are always computed from merged histograms and never averaged.
+
+The number of successful operations is the histogram total: it can never disagree with the
+histogram. Failed operations count only in ``errors``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from operator import add
+
+from trio_bench.protocol import NBINS, OpStats, bucket_bounds, bucket_value
+
+BYTES = NBINS
+ERRORS = NBINS + 1
+SUM_NS = NBINS + 2
+MAX_NS = NBINS + 3
+RECORD_LEN = NBINS + 4
+
+Record = list[int]
+Snapshot = dict[str, Record]  # op kind -> record
+
+
+def new_record() -> Record:
+    return [0] * RECORD_LEN
+
+
+def ops_of(record: Record) -> int:
+    return sum(record[:NBINS])
+
+
+def merge_into(total: Record, other: Record) -> None:
+    """Add ``other`` into ``total`` in place."""
+    maximum = max(total[MAX_NS], other[MAX_NS])
+    total[:] = map(add, total, other)
+    total[MAX_NS] = maximum
+
+
+def merged(records: Iterable[Record]) -> Record:
+    out = new_record()
+    for record in records:
+        merge_into(out, record)
+    return out
+
+
+def merge_snapshots(snapshots: Iterable[Mapping[str, Record]]) -> Snapshot:
+    out: Snapshot = {}
+    for snapshot in snapshots:
+        for kind, record in snapshot.items():
+            if kind in out:
+                merge_into(out[kind], record)
+            else:
+                out[kind] = list(record)
+    return out
+
+
+def difference(later: Record, earlier: Record) -> Record:
+    """What happened between two cumulative snapshots of the same counter.
+
+    Counts subtract exactly. The interval's maximum is exact when the cumulative maximum grew
+    (the new maximum happened in the interval); otherwise it is the upper edge of the highest
+    non-empty bucket of the difference, capped by the cumulative maximum.
+    """
+    out = [a - b for a, b in zip(later, earlier)]
+    if later[MAX_NS] > earlier[MAX_NS]:
+        out[MAX_NS] = later[MAX_NS]
+    else:
+        out[MAX_NS] = 0
+        for index in range(NBINS - 1, -1, -1):
+            if out[index]:
+                lowest, width = bucket_bounds(index)
+                out[MAX_NS] = min(lowest + width - 1, later[MAX_NS])
+                break
+    return out
+
+
+def snapshot_difference(later: Mapping[str, Record], earlier: Mapping[str, Record]) -> Snapshot:
+    zero = new_record()
+    return {kind: difference(record, earlier.get(kind, zero)) for kind, record in later.items()}
+
+
+def percentile_ns(record: Record, fraction: float) -> int:
+    """Nearest-rank percentile (``fraction`` in (0, 1]) in ns; 0 if there were no ops.
+
+    The reported value is the bucket midpoint, clamped to the exact maximum: within 1/128 of
+    the true order statistic.
+    """
+    total = ops_of(record)
+    if total == 0:
+        return 0
+    rank = max(1, math.ceil(fraction * total))
+    seen = 0
+    for index in range(NBINS):
+        seen += record[index]
+        if seen >= rank:
+            value = bucket_value(index)
+            return min(value, record[MAX_NS]) if record[MAX_NS] else value
+    raise AssertionError("unreachable: rank <= total")
+
+
+def mean_ns(record: Record) -> float:
+    total = ops_of(record)
+    return record[SUM_NS] / total if total else 0.0
+
+
+def to_wire(record: Record) -> OpStats:
+    hist = tuple((i, c) for i, c in enumerate(record[:NBINS]) if c)
+    return OpStats(
+        ops=sum(c for _, c in hist),
+        bytes=record[BYTES],
+        errors=record[ERRORS],
+        sum_ns=record[SUM_NS],
+        max_ns=record[MAX_NS],
+        hist=hist,
+    )
+
+
+def from_wire(stats: OpStats) -> Record:
+    record = new_record()
+    for index, count in stats.hist:
+        record[index] = count
+    record[BYTES] = stats.bytes
+    record[ERRORS] = stats.errors
+    record[SUM_NS] = stats.sum_ns
+    record[MAX_NS] = stats.max_ns
+    return record
+
+
+def snapshot_to_wire(snapshot: Mapping[str, Record]) -> dict[str, OpStats]:
+    return {kind: to_wire(record) for kind, record in snapshot.items()}
+
+
+def snapshot_from_wire(ops: Mapping[str, OpStats]) -> Snapshot:
+    return {kind: from_wire(stats) for kind, stats in ops.items()}
