@@ -287,8 +287,7 @@ class Config:
     def writes(self) -> bool:
         """Whether the run writes to the target (prepare, put, delete or cleanup)."""
         return bool(
-            self.prepare.ensure_objects
-            or any(op.op in ("put", "delete") for op in self.workload)
+            self.prepare.ensure_objects or any(op.op in ("put", "delete") for op in self.workload)
         )
 
 

@@ -1,0 +1,96 @@
+"""The storage backend interface: what the engine needs from a storage system.
+
+A ``Backend`` is opened once per run session from the target URI. Each worker thread gets its
+own ``WorkerIO`` (its own buffers, connections, file descriptors), so the hot path shares
+nothing between threads. Keys are relative paths with ``/`` separators (``agent-1/data/x``);
+directories end with ``/``. A backend raises ordinary exceptions (``OSError``, ...) from
+``WorkerIO`` methods: the engine counts them per op kind and keeps the first messages.
+
+Adding a backend (s3:// for example) means implementing these two classes and registering the
+scheme in ``open_backend``; the engine does not change.
+"""
+
+from __future__ import annotations
+
+import abc
+from urllib.parse import urlsplit
+
+from trio_bench.config import Config
+
+
+class BackendError(Exception):
+    """The target cannot be used (preflight failed, outside the agent's root, ...). One line."""
+
+
+class ObjectMissing(Exception):
+    """A get/stat/delete on a key that does not exist (also counted as an op error)."""
+
+
+class WorkerIO(abc.ABC):
+    """One worker thread's handle on the storage. Never shared between threads."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> int:
+        """Read the whole object; return the bytes read."""
+
+    @abc.abstractmethod
+    def put(self, key: str, size: int, fill: memoryview) -> int:
+        """Create or replace the object with ``size`` bytes (``fill`` repeated); return the
+        bytes written. ``fill`` is generated once per session, never per operation."""
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> int:
+        """Return the object's size."""
+
+    @abc.abstractmethod
+    def list(self, directory: str) -> int:
+        """List one directory level; return the number of entries."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; ``ObjectMissing`` if it does not exist."""
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        """Release the worker's resources."""
+
+
+class Backend(abc.ABC):
+    scheme = ""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where the data lives, for READY and the results."""
+
+    @abc.abstractmethod
+    def preflight(self, *, writes: bool) -> list[str]:
+        """Check the target is usable; return what was checked. ``BackendError`` if not."""
+
+    @abc.abstractmethod
+    def scan(self, directory: str) -> dict[str, int]:
+        """Objects directly under ``directory``: name -> size (empty if it does not exist)."""
+
+    @abc.abstractmethod
+    def worker_io(self, worker: int) -> WorkerIO:
+        """A handle for one worker thread."""
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        pass
+
+
+def open_backend(config: Config, *, root: str | None = None) -> Backend:
+    """The backend for ``config.target``. ``root`` confines file:// targets (agent --root)."""
+    from ._file import FileBackend
+    from ._null import NullBackend
+
+    parts = urlsplit(config.target)
+    if parts.scheme == "null":
+        return NullBackend()
+    if parts.scheme == "file":
+        return FileBackend(
+            parts.path,
+            root=root,
+            fsync=config.file.fsync,
+            buffer_size=config.file.buffer_size,
+            page_cache_mode=config.page_cache_mode,
+        )
+    raise BackendError(f"target: no backend for scheme {parts.scheme!r}")

@@ -1,0 +1,191 @@
+"""The data plane of one run session: preflight, then the three stages.
+
+Everything that touches storage in bulk (preflight, scanning what prepare can skip, resolving
+pools, listing what cleanup deletes) runs in a worker thread via ``trio.to_thread`` so the event
+loop keeps answering PINGs: a long silent phase must never starve the control channel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+
+import trio
+
+from trio_bench.clock import RunClock
+from trio_bench.config import Config, ConfigError, prepared_name
+
+from ._backend import Backend, open_backend
+from ._file import FileBackend
+from ._plan import AgentPlan, PreparedSet
+from ._stage import StageRun
+from ._workers import CleanupWorker, PrepareWorker, StopFlag, WorkloadWorker
+
+# Puts write repeats of one block generated at session start; larger objects cycle through it.
+FILL_BLOCK_MAX = 16 * 1024 * 1024
+
+
+class Engine:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        agent_index: int = 0,
+        agent_count: int = 1,
+        prefix: str = "",
+        run_tag: str = "run",
+        root: str | None = None,
+        clock: RunClock | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or RunClock()
+        self.plan = AgentPlan(
+            config,
+            agent_index=agent_index,
+            agent_count=agent_count,
+            prefix=prefix,
+            run_tag=run_tag,
+        )
+        self.backend = backend or open_backend(config, root=root)
+        if isinstance(self.backend, FileBackend):
+            for directory in self.plan.directories():
+                self.backend.check_confined(directory)
+        self._existing: dict[str, dict[str, int]] = {}
+        self._fills: dict[str, memoryview] = {}
+        self.prepare_run: StageRun | None = None
+
+    # -- preflight (CONFIGURE -> READY)
+
+    async def preflight(self) -> list[str]:
+        """Check the target and scan what exists. ``BackendError`` / ``ConfigError`` if bad."""
+        return await trio.to_thread.run_sync(self._preflight, abandon_on_cancel=True)
+
+    def _preflight(self) -> list[str]:
+        checks = self.backend.preflight(writes=self.config.writes)
+        unmatched = self.plan.unmatched(self.backend.scan)
+        if unmatched:
+            raise ConfigError(unmatched)
+        total = present = 0
+        for pset in self.plan.prepared:
+            if pset.directory not in self._existing:
+                self._existing[pset.directory] = self.backend.scan(pset.directory)
+            names = self._existing[pset.directory]
+            total += len(pset.indices)
+            present += sum(1 for i in pset.indices if prepared_name(i) in names)
+        if total:
+            checks.append(f"{present} of {total} prepared objects already exist")
+        return checks
+
+    # -- fills
+
+    def fill(self, kind: str) -> memoryview:
+        if kind not in self._fills:
+            size = min(max(self.plan.largest_put, 4096), FILL_BLOCK_MAX)
+            if kind == "zero":
+                data = bytes(size)
+            else:
+                data = random.Random(self.plan.seed).randbytes(size)
+            self._fills[kind] = memoryview(data)
+        return self._fills[kind]
+
+    # -- stages
+
+    def _worker_count(self) -> int:
+        return self.config.concurrency
+
+    def prepare_stage(self) -> StageRun:
+        stop = StopFlag()
+        count = self._worker_count()
+        fills = {p.fill: self.fill(p.fill) for p in self.plan.prepared}
+        existing = {
+            pset.directory + name: size
+            for pset in self.plan.prepared
+            for name, size in self._existing.get(pset.directory, {}).items()
+        }
+        workers = [
+            PrepareWorker(
+                w,
+                stop,
+                self.backend.worker_io(w),
+                self._prepare_items(w, count),
+                existing,
+                fills,
+            )
+            for w in range(count)
+        ]
+        total = sum(len(p.indices) for p in self.plan.prepared)
+        self.prepare_run = StageRun(
+            "prepare", workers, stop, self.clock, total=total, max_errors=self.config.max_errors
+        )
+        return self.prepare_run
+
+    def _prepare_items(self, worker: int, count: int) -> Iterator[tuple[PreparedSet, int]]:
+        """This worker's share, lazily (millions of objects must not become a list)."""
+        slices = [((p, i) for i in p.indices[worker::count]) for p in self.plan.prepared]
+        if self.config.prepare.prepare_strategy == "sequential":
+            return itertools.chain(*slices)
+        interleaved = itertools.zip_longest(*slices)
+        return (item for group in interleaved for item in group if item is not None)
+
+    async def after_prepare(self) -> None:
+        """Resolve the workload's pools (a listing per directory), then the optional delay."""
+        await trio.to_thread.run_sync(
+            self.plan.resolve_pools, self.backend.scan, abandon_on_cancel=True
+        )
+        delay = self.config.prepare.post_prepare_delay
+        workers = self.prepare_run.workers if self.prepare_run else []
+        created = sum(w.created for w in workers if isinstance(w, PrepareWorker))
+        if delay and created:
+            await trio.sleep(delay / 1e9)
+
+    def workload_stage(self) -> StageRun:
+        stop = StopFlag()
+        count = self._worker_count()
+        rate = self.config.io_rate
+        interval = count / rate.iops if rate else None
+        workers = [
+            WorkloadWorker(
+                w,
+                stop,
+                self.backend.worker_io(w),
+                self.plan,
+                random.Random(f"{self.plan.seed}:{self.plan.agent_index}:{w}"),
+                self.fill("random"),
+                interval_s=interval,
+                distribution=rate.distribution if rate else "exponential",
+            )
+            for w in range(count)
+        ]
+        return StageRun(
+            "workload",
+            workers,
+            stop,
+            self.clock,
+            duration_ns=self.config.duration,
+            warmup_ns=self.config.warmup,
+            max_errors=self.config.max_errors,
+        )
+
+    def cleanup_stage(self) -> StageRun:
+        stop = StopFlag()
+        count = self._worker_count()
+        created = [key for op in self.plan.ops for key in op.created]
+        prepared_total = sum(len(p.indices) for p in self.plan.prepared)
+        cleanup = self.config.prepare.cleanup
+
+        def keys(worker: int) -> Iterator[str]:
+            if not cleanup:
+                return iter(())
+            prepared = (p.key(i) for p in self.plan.prepared for i in p.indices[worker::count])
+            return itertools.chain(prepared, created[worker::count])
+
+        workers = [CleanupWorker(w, stop, self.backend.worker_io(w), keys(w)) for w in range(count)]
+        total = prepared_total + len(created) if cleanup else 0
+        return StageRun(
+            "cleanup", workers, stop, self.clock, total=total, max_errors=self.config.max_errors
+        )
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,67 @@
+"""null://: performs no I/O, keeps object names and sizes in memory.
+
+It measures triobench's own per-operation cost (op selection, timing, recording), the way
+fio's null engine measures fio's. Objects live in one dict per directory, shared by the workers
+of the session; single dict operations are atomic under the GIL.
+"""
+
+from __future__ import annotations
+
+from ._backend import Backend, ObjectMissing, WorkerIO
+
+
+class NullBackend(Backend):
+    scheme = "null"
+
+    def __init__(self) -> None:
+        self.directories: dict[str, dict[str, int]] = {}
+
+    def describe(self) -> str:
+        return "null:// (no I/O: measures triobench itself)"
+
+    def preflight(self, *, writes: bool) -> list[str]:
+        return ["null:// needs no checks"]
+
+    def scan(self, directory: str) -> dict[str, int]:
+        return dict(self.directories.get(directory, {}))
+
+    def worker_io(self, worker: int) -> WorkerIO:
+        return NullIO(self.directories)
+
+
+def _split(key: str) -> tuple[str, str]:
+    directory, _, name = key.rpartition("/")
+    return (directory + "/" if directory else ""), name
+
+
+class NullIO(WorkerIO):
+    def __init__(self, directories: dict[str, dict[str, int]]) -> None:
+        self.directories = directories
+
+    def get(self, key: str) -> int:
+        directory, name = _split(key)
+        try:
+            return self.directories[directory][name]
+        except KeyError:
+            raise ObjectMissing(key) from None
+
+    def put(self, key: str, size: int, fill: memoryview) -> int:
+        directory, name = _split(key)
+        entries = self.directories.get(directory)
+        if entries is None:
+            entries = self.directories.setdefault(directory, {})
+        entries[name] = size
+        return size
+
+    def stat(self, key: str) -> int:
+        return self.get(key)
+
+    def list(self, directory: str) -> int:
+        return len(self.directories.get(directory, ()))
+
+    def delete(self, key: str) -> None:
+        directory, name = _split(key)
+        try:
+            del self.directories[directory][name]
+        except KeyError:
+            raise ObjectMissing(key) from None

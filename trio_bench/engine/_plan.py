@@ -1,0 +1,267 @@
+"""A config resolved for one agent: its paths, its share of the prepared objects, its op mix.
+
+Per-agent isolation: without shared storage every key this agent touches starts with its
+``prefix`` (``agent-1/``...), so agents never see each other's objects. With shared storage
+the prefix is empty and prepare/cleanup split the prepared objects by agent index (object i
+belongs to agent i mod N).
+
+Targets are never globbed per operation: each get/stat/delete pattern is resolved once, at
+stage start, into a ``Pool`` of keys, which puts and deletes then keep up to date.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import random
+import re
+import threading
+from collections.abc import Callable
+
+import attrs
+
+from trio_bench.config import (
+    Config,
+    SizeSpec,
+    prepared_name,
+    relative_to_target,
+    split_pattern,
+)
+
+MIX_LENGTH = 4096  # op-mix cycle per worker: exact weights over every 4096 ops, no RNG per op
+
+
+class Pool:
+    """Keys one op picks from. Lock-free reads; writers (put/delete) take a short lock.
+
+    ``pick`` may race with ``take`` in another thread and see a shrinking list: it then
+    returns None rather than raise (the caller counts "no object"), and a picked key may have
+    just been deleted (the backend then reports it missing, counted as an error, like any
+    storage system would).
+    """
+
+    def __init__(self, directory: str, pattern: str, keys: list[str] | None = None) -> None:
+        self.directory = directory
+        self.pattern = pattern
+        self.regex = re.compile(fnmatch.translate(pattern))
+        self.keys: list[str] = keys or []
+        self._lock = threading.Lock()
+
+    def matches(self, name: str) -> bool:
+        return self.regex.match(name) is not None
+
+    def pick(self, r: float) -> str | None:
+        keys = self.keys
+        try:
+            return keys[int(r * len(keys))]
+        except IndexError:
+            return None
+
+    def add(self, key: str) -> None:
+        self.keys.append(key)  # list.append is atomic under the GIL
+
+    def take(self, r: float) -> str | None:
+        with self._lock:
+            keys = self.keys
+            n = len(keys)
+            if not n:
+                return None
+            i = int(r * n)
+            keys[i], keys[-1] = keys[-1], keys[i]
+            return keys.pop()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@attrs.define
+class PreparedSet:
+    """The prepared objects of one ``ensure_objects`` entry that belong to this agent."""
+
+    directory: str  # key prefix including the agent prefix, ends with "/" (or is "")
+    base: str  # the entry's base relative to the target, without the agent prefix
+    indices: range
+    size: SizeSpec
+    fill: str
+    seed: int
+
+    def key(self, index: int) -> str:
+        return self.directory + prepared_name(index)
+
+    def size_of(self, index: int) -> int:
+        """Deterministic per object, the same on every agent and every run: prepare can
+        tell an existing object of the right size from one to rewrite."""
+        if self.size.kind == "fixed":
+            return self.size.size
+        return self.size.sample(random.Random(f"{self.seed}:{self.base}:{index}"))
+
+
+@attrs.define
+class OpPlan:
+    index: int  # position in the config's workload list (for error messages)
+    kind: str
+    weight: float
+    path: str  # as written in the config
+    directory: str  # with the agent prefix
+    pattern: str  # get/stat/delete: glob on names; put: the name prefix; list: ""
+    size: SizeSpec | None = None
+    pool: Pool | None = None  # get/stat/delete
+    feeds: list[Pool] = attrs.Factory(list)  # put: pools its new objects belong to
+    created: list[str] = attrs.Factory(list)  # put: keys created (for cleanup)
+
+
+def op_mix(ops: list[OpPlan], rng: random.Random) -> list[int]:
+    """A shuffled cycle of op indices with exactly the configured proportions."""
+    total = sum(op.weight for op in ops)
+    counts = [max(1, round(op.weight / total * MIX_LENGTH)) for op in ops]
+    mix = [i for i, n in enumerate(counts) for _ in range(n)]
+    while len(mix) < MIX_LENGTH:  # pad rounding shortfall with the heaviest op
+        mix.append(max(range(len(ops)), key=lambda i: ops[i].weight))
+    mix = mix[:MIX_LENGTH]
+    rng.shuffle(mix)
+    return mix
+
+
+class AgentPlan:
+    """Everything one agent derives from the config before touching storage."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        agent_index: int = 0,
+        agent_count: int = 1,
+        prefix: str = "",
+        run_tag: str = "run",
+    ) -> None:
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        self.config = config
+        self.agent_index = agent_index
+        self.agent_count = agent_count
+        self.prefix = prefix
+        self.shared = config.distributed.shared_storage
+        self.run_tag = run_tag
+        self.seed = config.seed if config.seed is not None else 0x7B1
+        self.prepared = [self._prepared_set(entry) for entry in config.prepare.ensure_objects]
+        self.ops = [self._op_plan(i, op) for i, op in enumerate(config.workload)]
+        self._link_pools()
+
+    # -- construction
+
+    def _prepared_set(self, entry: object) -> PreparedSet:
+        from trio_bench.config import EnsureObjects
+
+        assert isinstance(entry, EnsureObjects)
+        base = relative_to_target(self.config.target, entry.base_uri)
+        if base and not base.endswith("/"):
+            base += "/"
+        if self.shared:
+            indices = range(self.agent_index, entry.count, self.agent_count)
+        else:
+            indices = range(entry.count)
+        return PreparedSet(
+            directory=self.prefix + base,
+            base=base,
+            indices=indices,
+            size=entry.size,
+            fill=entry.fill,
+            seed=self.seed,
+        )
+
+    def _op_plan(self, index: int, op: object) -> OpPlan:
+        from trio_bench.config import OpSpec
+
+        assert isinstance(op, OpSpec)
+        if op.op == "list":
+            directory = op.path if op.path.endswith("/") else op.path + "/"
+            return OpPlan(index, op.op, op.weight, op.path, self.prefix + directory, "")
+        if op.op == "put":
+            directory, _, name_prefix = op.path.rpartition("/")
+            directory = directory + "/" if directory else ""
+            return OpPlan(
+                index,
+                op.op,
+                op.weight,
+                op.path,
+                self.prefix + directory,
+                name_prefix or "obj-",
+                size=op.size,
+            )
+        directory, pattern = split_pattern(op.path)
+        return OpPlan(index, op.op, op.weight, op.path, self.prefix + directory, pattern)
+
+    def _link_pools(self) -> None:
+        """One pool per distinct (directory, pattern); puts feed the pools they match."""
+        pools: dict[tuple[str, str], Pool] = {}
+        for op in self.ops:
+            if op.kind in ("get", "stat", "delete"):
+                key = (op.directory, op.pattern)
+                op.pool = pools.setdefault(key, Pool(*key))
+        self.pools = list(pools.values())
+        for op in self.ops:
+            if op.kind == "put":
+                sample = self.put_name(op, 0, 0)
+                op.feeds = [
+                    pool
+                    for pool in self.pools
+                    if pool.directory == op.directory and pool.matches(sample)
+                ]
+
+    # -- names
+
+    def put_name(self, op: OpPlan, worker: int, n: int) -> str:
+        """Unique across agents, workers and runs: <prefix><run>-a<agent>-w<worker>-<n>."""
+        return f"{op.pattern}{self.run_tag}-a{self.agent_index}-w{worker}-{n:010d}"
+
+    def put_key_factory(self, op: OpPlan, worker: int) -> Callable[[], str]:
+        head = op.directory + self.put_name(op, worker, 0)[:-10]
+        counter = iter(range(1, 1 << 62))
+
+        def next_key() -> str:
+            return f"{head}{next(counter):010d}"
+
+        return next_key
+
+    # -- facts the engine and preflight need
+
+    def fed(self, pool: Pool) -> bool:
+        """Whether this run itself creates objects for ``pool`` (prepare or a put)."""
+        for pset in self.prepared:
+            if pset.directory == pool.directory and pool.matches(prepared_name(0)):
+                return True
+        return any(pool in op.feeds for op in self.ops)
+
+    def directories(self) -> list[str]:
+        """Every directory the run may touch (for confinement checks)."""
+        dirs = {self.prefix} | {p.directory for p in self.prepared}
+        dirs |= {op.directory for op in self.ops}
+        return sorted(dirs)
+
+    @property
+    def largest_put(self) -> int:
+        sizes = [p.size.largest for p in self.prepared]
+        sizes += [op.size.largest for op in self.ops if op.size is not None]
+        return max(sizes, default=0)
+
+    def unmatched(self, scan: Callable[[str], dict[str, int]]) -> list[str]:
+        """Patterns that match nothing now and that nothing in this run will create."""
+        lines = []
+        for op in self.ops:
+            if op.pool is None or self.fed(op.pool):
+                continue
+            names = scan(op.pool.directory)
+            if not any(op.pool.matches(name) for name in names):
+                lines.append(
+                    f"workload[{op.index}].path: {op.path!r} matches no objects under "
+                    f"{self.config.target.rstrip('/')}/{op.pool.directory} and nothing in this "
+                    "run creates any"
+                )
+        return lines
+
+    def resolve_pools(self, scan: Callable[[str], dict[str, int]]) -> None:
+        """Fill every pool from one listing of its directory (run in a thread: it is I/O)."""
+        listings: dict[str, list[str]] = {}
+        for pool in self.pools:
+            if pool.directory not in listings:
+                listings[pool.directory] = sorted(scan(pool.directory))
+            pool.keys = [pool.directory + n for n in listings[pool.directory] if pool.matches(n)]

@@ -1,0 +1,332 @@
+"""Worker threads: tight closed loops against the backend, one record per op kind each.
+
+This is the hot path. Per operation a workload worker does: take the next op from a
+pre-shuffled mix, pick a target from a pool, time the backend call with two
+``perf_counter_ns`` reads, and add to its own flat record (histogram bucket, bytes, sum, max).
+No locks, no allocation beyond the backend's, no Trio. The Trio side reads records with
+``list.copy()`` while workers run and stops them by setting ``StopFlag.stopped``, which every
+loop checks before each operation: stopping takes at most the operation in flight.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from time import perf_counter_ns
+from typing import Any
+
+from trio_bench.protocol import MAX_ERROR_SAMPLES, MAX_TEXT, NBINS
+from trio_bench.stats import BYTES, ERRORS, MAX_NS, SUM_NS, Record, Snapshot, new_record
+
+from ._backend import ObjectMissing, WorkerIO
+from ._plan import AgentPlan, OpPlan, PreparedSet, op_mix
+
+_LAST_BIN = NBINS - 1
+
+
+class StopFlag:
+    """Set once by the Trio side; read by workers before every operation."""
+
+    __slots__ = ("stopped",)
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+
+def wait_until(target_perf_ns: int) -> None:
+    """Sleep until a perf_counter instant: coarse sleep, then short GIL-releasing waits."""
+    while True:
+        remaining = target_perf_ns - perf_counter_ns()
+        if remaining <= 0:
+            return
+        if remaining > 2_000_000:
+            time.sleep((remaining - 1_000_000) / 1e9)
+        else:
+            time.sleep(0)
+
+
+def record_latency(record: Record, latency_ns: int, nbytes: int) -> None:
+    """The same bookkeeping the workload loop inlines, for the slower prepare/cleanup loops."""
+    shift = latency_ns.bit_length() - 7
+    index = (shift << 6) + (latency_ns >> shift) if shift > 0 else latency_ns
+    record[index if index < NBINS else _LAST_BIN] += 1
+    record[BYTES] += nbytes
+    record[SUM_NS] += latency_ns
+    if latency_ns > record[MAX_NS]:
+        record[MAX_NS] = latency_ns
+
+
+class Worker:
+    """One thread's state. Subclasses implement ``loop``."""
+
+    kinds: Sequence[str] = ()
+
+    def __init__(self, index: int, stop: StopFlag, io: WorkerIO) -> None:
+        self.index = index
+        self.stop = stop
+        self.io = io
+        self.records: dict[str, Record] = {kind: new_record() for kind in self.kinds}
+        self.error_samples: dict[str, list[str]] = {}
+        self.progress = 0  # objects done (prepare/cleanup)
+        self.started_perf_ns = 0
+        self.finished_perf_ns = 0
+        self.crash: BaseException | None = None
+
+    def snapshot(self) -> Snapshot:
+        """A copy of every record, each copied atomically (``list.copy`` runs under the GIL)."""
+        return {kind: record.copy() for kind, record in self.records.items()}
+
+    def note_error(self, kind: str, what: str, exc: BaseException) -> None:
+        self.records[kind][ERRORS] += 1
+        samples = self.error_samples.setdefault(kind, [])
+        if len(samples) < MAX_ERROR_SAMPLES:
+            text = str(exc) or type(exc).__name__
+            samples.append(f"{kind} {what}: {type(exc).__name__}: {text}"[: MAX_TEXT // 4])
+
+    def run(self, start_perf_ns: int) -> None:
+        """Thread body: wait for the start instant, loop, record how it ended."""
+        try:
+            wait_until(start_perf_ns)
+            self.started_perf_ns = perf_counter_ns()
+            if not self.stop.stopped:
+                self.loop()
+        except BaseException as exc:  # a bug, not a storage error: reported by the stage
+            self.crash = exc
+        finally:
+            self.finished_perf_ns = perf_counter_ns()
+            try:
+                self.io.close()
+            except Exception as exc:  # closing must not hide the run's results
+                self.error_samples.setdefault("close", []).append(str(exc))
+
+    def loop(self) -> None:
+        raise NotImplementedError
+
+
+class WorkloadWorker(Worker):
+    """The measured closed loop (or, with ``io_rate``, an open loop on a schedule)."""
+
+    def __init__(
+        self,
+        index: int,
+        stop: StopFlag,
+        io: WorkerIO,
+        plan: AgentPlan,
+        rng: random.Random,
+        fill: memoryview,
+        interval_s: float | None = None,
+        distribution: str = "exponential",
+    ) -> None:
+        self.kinds = sorted({op.kind for op in plan.ops})
+        super().__init__(index, stop, io)
+        self.plan = plan
+        self.fill = fill
+        self.rng = rng
+        self.mix = op_mix(plan.ops, rng)
+        self.interval_s = interval_s
+        self.distribution = distribution
+        self.table = [self._entry(op) for op in plan.ops]
+
+    def _entry(self, op: OpPlan) -> tuple[Record, str, Callable[..., Any], Callable[..., Any], Any]:
+        """(record, kind, choose(r) -> target, do(target) -> bytes, after(target) | None)."""
+        io = self.io
+        record = self.records[op.kind]
+        if op.kind == "put":
+            next_key = self.plan.put_key_factory(op, self.index)
+            size = op.size
+            assert size is not None
+            rng = self.rng
+            fixed = size.size if size.kind == "fixed" else None
+            feeds = op.feeds
+            created = op.created
+
+            def choose_put(_r: float) -> tuple[str, int]:
+                return next_key(), (fixed if fixed is not None else size.sample(rng))
+
+            fill = self.fill
+
+            def do_put(target: tuple[str, int]) -> int:
+                return io.put(target[0], target[1], fill)
+
+            def after_put(target: tuple[str, int]) -> None:
+                created.append(target[0])
+                for pool in feeds:
+                    pool.add(target[0])
+
+            return record, op.kind, choose_put, do_put, after_put
+        if op.kind == "list":
+            directory = op.directory
+
+            def do_list(target: str) -> int:
+                io.list(target)
+                return 0
+
+            return record, op.kind, lambda _r: directory, do_list, None
+        pool = op.pool
+        assert pool is not None
+        if op.kind == "get":
+            return record, op.kind, pool.pick, io.get, None
+        if op.kind == "stat":
+
+            def do_stat(key: str) -> int:
+                io.stat(key)
+                return 0
+
+            return record, op.kind, pool.pick, do_stat, None
+
+        def do_delete(key: str) -> int:
+            io.delete(key)
+            return 0
+
+        return record, op.kind, pool.take, do_delete, None
+
+    def loop(self) -> None:
+        if self.interval_s is not None:
+            self._paced_loop()
+            return
+        table = self.table
+        mix = self.mix
+        mask = len(mix) - 1
+        rnd = self.rng.random
+        stop = self.stop
+        clock = perf_counter_ns
+        j = self.index * 7 & mask
+        while not stop.stopped:
+            record, kind, choose, do, after = table[mix[j]]
+            j = (j + 1) & mask
+            target = choose(rnd())
+            if target is None:
+                self.note_error(kind, "(no object left to pick)", LookupError("pool empty"))
+                continue
+            t0 = clock()
+            try:
+                nbytes = do(target)
+            except Exception as exc:
+                self.note_error(kind, str(target), exc)
+                continue
+            latency = clock() - t0
+            shift = latency.bit_length() - 7
+            index = (shift << 6) + (latency >> shift) if shift > 0 else latency
+            record[index if index < NBINS else _LAST_BIN] += 1
+            record[BYTES] += nbytes
+            record[SUM_NS] += latency
+            if latency > record[MAX_NS]:
+                record[MAX_NS] = latency
+            if after is not None:
+                after(target)
+
+    def _paced_loop(self) -> None:
+        """Open loop at a target rate. Latency is measured from each operation's scheduled
+        time, so a storage stall shows up in the percentiles instead of silently lowering
+        the rate (no coordinated omission)."""
+        assert self.interval_s is not None
+        mean_ns = self.interval_s * 1e9
+        rng = self.rng
+        if self.distribution == "exponential":
+
+            def gap() -> float:
+                return rng.expovariate(1.0) * mean_ns
+
+        elif self.distribution == "uniform":
+
+            def gap() -> float:
+                return rng.uniform(0.0, 2.0 * mean_ns)
+
+        else:
+
+            def gap() -> float:
+                return mean_ns
+
+        table, mix, mask, rnd, stop = self.table, self.mix, len(self.mix) - 1, rng.random, self.stop
+        j = self.index * 7 & mask
+        scheduled = float(perf_counter_ns())
+        while not stop.stopped:
+            scheduled += gap()
+            # wait for the scheduled instant in slices, so a stop is noticed within 50 ms
+            while (remaining := scheduled - perf_counter_ns()) > 0 and not stop.stopped:
+                time.sleep(min(remaining, 50_000_000) / 1e9)
+            if stop.stopped:
+                break
+            record, kind, choose, do, after = table[mix[j]]
+            j = (j + 1) & mask
+            target = choose(rnd())
+            if target is None:
+                self.note_error(kind, "(no object left to pick)", LookupError("pool empty"))
+                continue
+            start = int(scheduled)
+            try:
+                nbytes = do(target)
+            except Exception as exc:
+                self.note_error(kind, str(target), exc)
+                continue
+            record_latency(record, max(0, perf_counter_ns() - start), nbytes)
+            if after is not None:
+                after(target)
+
+
+class PrepareWorker(Worker):
+    """Creates this worker's share of the prepared objects; skips those already right."""
+
+    kinds = ("put",)
+
+    def __init__(
+        self,
+        index: int,
+        stop: StopFlag,
+        io: WorkerIO,
+        items: Iterable[tuple[PreparedSet, int]],
+        existing: dict[str, int],
+        fills: dict[str, memoryview],
+    ) -> None:
+        super().__init__(index, stop, io)
+        self.items = items
+        self.existing = existing
+        self.fills = fills
+        self.created = 0
+
+    def loop(self) -> None:
+        record = self.records["put"]
+        existing = self.existing
+        for pset, i in self.items:
+            if self.stop.stopped:
+                return
+            key = pset.key(i)
+            size = pset.size_of(i)
+            if existing.get(key) != size:
+                t0 = perf_counter_ns()
+                try:
+                    nbytes = self.io.put(key, size, self.fills[pset.fill])
+                except Exception as exc:
+                    self.note_error("put", key, exc)
+                    self.progress += 1
+                    continue
+                record_latency(record, perf_counter_ns() - t0, nbytes)
+                self.created += 1
+            self.progress += 1
+
+
+class CleanupWorker(Worker):
+    """Deletes what the run created; an object already gone counts as done, not an error."""
+
+    kinds = ("delete",)
+
+    def __init__(self, index: int, stop: StopFlag, io: WorkerIO, keys: Iterable[str]) -> None:
+        super().__init__(index, stop, io)
+        self.keys = keys
+
+    def loop(self) -> None:
+        record = self.records["delete"]
+        for key in self.keys:
+            if self.stop.stopped:
+                return
+            t0 = perf_counter_ns()
+            try:
+                self.io.delete(key)
+            except ObjectMissing:
+                pass
+            except Exception as exc:
+                self.note_error("delete", key, exc)
+            else:
+                record_latency(record, perf_counter_ns() - t0, 0)
+            self.progress += 1
