@@ -34,7 +34,9 @@ def agent_model(state: p.AgentState, event: p.AgentEvent) -> p.AgentState | None
     if event is AE.RESUME:
         return state
     if state is A.FINISHING:
-        return {AE.FINAL_ACKED: A.IDLE, AE.ABORT: A.FINISHING, AE.CONTROLLER_LOST: A.IDLE}.get(event)
+        return {AE.FINAL_ACKED: A.IDLE, AE.ABORT: A.FINISHING, AE.CONTROLLER_LOST: A.IDLE}.get(
+            event
+        )
     if state is A.ABORTING:
         if event in (AE.ABORT, AE.CONTROLLER_LOST):
             return A.ABORTING
@@ -119,7 +121,7 @@ def peer_model(state: p.PeerState, prior: p.PeerState | None, event: p.PeerEvent
     if state is P.VALIDATING:
         return P.READY if event is PE.READY else None
     implied = MESSAGE_EVENTS.get(event)
-    if implied is None or implied in TERMINAL and event is not PE.COMPLETED:
+    if implied is None or (implied in TERMINAL and event is not PE.COMPLETED):
         return None
     if event is PE.COMPLETED:
         return P.COMPLETED if state is P.CLEANING else None
@@ -141,14 +143,25 @@ def peer_model(state: p.PeerState, prior: p.PeerState | None, event: p.PeerEvent
 
 
 HAPPY_PATH = [
-    PE.HANDSHAKE_OK, PE.READY,
-    PE.STARTED_PREPARE, PE.DONE_PREPARE,
-    PE.STARTED_WORKLOAD, PE.DONE_WORKLOAD,
-    PE.STARTED_CLEANUP, PE.COMPLETED,
+    PE.HANDSHAKE_OK,
+    PE.READY,
+    PE.STARTED_PREPARE,
+    PE.DONE_PREPARE,
+    PE.STARTED_WORKLOAD,
+    PE.DONE_WORKLOAD,
+    PE.STARTED_CLEANUP,
+    PE.COMPLETED,
 ]
 AGENT_HAPPY_PATH = [
-    AE.CONFIGURE, AE.PREFLIGHT_OK, AE.START_PREPARE, AE.STAGE_DONE,
-    AE.START_WORKLOAD, AE.STAGE_DONE, AE.START_CLEANUP, AE.STAGE_DONE, AE.FINAL_ACKED,
+    AE.CONFIGURE,
+    AE.PREFLIGHT_OK,
+    AE.START_PREPARE,
+    AE.STAGE_DONE,
+    AE.START_WORKLOAD,
+    AE.STAGE_DONE,
+    AE.START_CLEANUP,
+    AE.STAGE_DONE,
+    AE.FINAL_ACKED,
 ]
 
 
@@ -162,7 +175,9 @@ class AgentMachineVsModel(RuleBasedStateMachine):
     def apply(self, event: p.AgentEvent) -> None:
         expected = agent_model(self.model, event)
         if expected is None:
-            with pytest.raises(p.TransitionError, match=f"{event.value} is not allowed in state {self.model.value}"):
+            with pytest.raises(
+                p.TransitionError, match=f"{event.value} is not allowed in state {self.model.value}"
+            ):
                 self.machine.apply(event)
         else:
             assert self.machine.apply(event) is expected
@@ -252,7 +267,9 @@ def test_peer_every_pair_is_a_transition_or_the_defined_error(state, event) -> N
         machine.prior = P.RUNNING
     target = p.PEER_TABLE.get((state, event))
     if target is None:
-        with pytest.raises(p.TransitionError, match=f"peer: {event.value} is not allowed in state {state.value}"):
+        with pytest.raises(
+            p.TransitionError, match=f"peer: {event.value} is not allowed in state {state.value}"
+        ):
             machine.apply(event)
         assert machine.state is state
     else:

@@ -27,7 +27,9 @@ def test_every_message_type_round_trips(cls: type[p.Message]) -> None:
 def test_extra_key_is_refused(message: p.Message) -> None:
     frame = p.unstructure_message(message)
     frame["surprise"] = 1
-    with pytest.raises(p.ProtocolError, match=rf"^{message.TAG}: unexpected field\(s\) \['surprise'\]"):
+    with pytest.raises(
+        p.ProtocolError, match=rf"^{message.TAG}: unexpected field\(s\) \['surprise'\]"
+    ):
         p.decode_message(frame)
 
 
@@ -54,28 +56,88 @@ def test_each_missing_field_is_named(message: p.Message) -> None:
         ({"t": "start", "seq": 1, "stage": "warmup", "at_ns": 0}, "unknown stage 'warmup'"),
         ({"t": "ready", "seq": 1, "target": "x", "checks": "abc"}, "checks: expected array"),
         (
-            {"t": "stats", "seq": 1, "stage": "workload", "warmup": False, "elapsed_ns": 0,
-             "done": 0, "total": 0, "ops": {"gett": {"ops": 0, "bytes": 0, "errors": 0,
-             "sum_ns": 0, "max_ns": 0, "hist": []}}},
+            {
+                "t": "stats",
+                "seq": 1,
+                "stage": "workload",
+                "warmup": False,
+                "elapsed_ns": 0,
+                "done": 0,
+                "total": 0,
+                "ops": {
+                    "gett": {
+                        "ops": 0,
+                        "bytes": 0,
+                        "errors": 0,
+                        "sum_ns": 0,
+                        "max_ns": 0,
+                        "hist": [],
+                    }
+                },
+            },
             "unknown op kind 'gett'",
         ),
         (
-            {"t": "stats", "seq": 1, "stage": "workload", "warmup": False, "elapsed_ns": 0,
-             "done": 0, "total": 0, "ops": {"get": {"ops": 3, "bytes": 0, "errors": 0,
-             "sum_ns": 0, "max_ns": 0, "hist": [[5, 1], [4, 2]]}}},
+            {
+                "t": "stats",
+                "seq": 1,
+                "stage": "workload",
+                "warmup": False,
+                "elapsed_ns": 0,
+                "done": 0,
+                "total": 0,
+                "ops": {
+                    "get": {
+                        "ops": 3,
+                        "bytes": 0,
+                        "errors": 0,
+                        "sum_ns": 0,
+                        "max_ns": 0,
+                        "hist": [[5, 1], [4, 2]],
+                    }
+                },
+            },
             r"ops\['get'\].hist: bucket index 4 out of order",
         ),
         (
-            {"t": "stats", "seq": 1, "stage": "workload", "warmup": False, "elapsed_ns": 0,
-             "done": 0, "total": 0, "ops": {"get": {"ops": 3, "bytes": 0, "errors": 0,
-             "sum_ns": 0, "max_ns": 0, "hist": [[5, 1]]}}},
+            {
+                "t": "stats",
+                "seq": 1,
+                "stage": "workload",
+                "warmup": False,
+                "elapsed_ns": 0,
+                "done": 0,
+                "total": 0,
+                "ops": {
+                    "get": {
+                        "ops": 3,
+                        "bytes": 0,
+                        "errors": 0,
+                        "sum_ns": 0,
+                        "max_ns": 0,
+                        "hist": [[5, 1]],
+                    }
+                },
+            },
             "counts add up to 1, but ops is 3",
         ),
-        ({"t": "error", "seq": 0, "code": "oops", "message": "", "summaries": []}, "unknown value 'oops'"),
+        (
+            {"t": "error", "seq": 0, "code": "oops", "message": "", "summaries": []},
+            "unknown value 'oops'",
+        ),
         ({"t": "goodbye", "reason": "x" * (p.MAX_TEXT + 1)}, "exceeds 2000"),
         (
-            {"t": "hello", "protocol": 1, "software": "s", "agent_id": "a", "hostname": "h",
-             "cpus": 1, "challenge": "not-bytes", "auth_required": False, "session": None},
+            {
+                "t": "hello",
+                "protocol": 1,
+                "software": "s",
+                "agent_id": "a",
+                "hostname": "h",
+                "cpus": 1,
+                "challenge": "not-bytes",
+                "auth_required": False,
+                "session": None,
+            },
             "challenge: expected bytes, got str",
         ),
     ],
@@ -89,7 +151,8 @@ def test_wrong_fields(frame: dict, match: str) -> None:
 def test_reliability_flags() -> None:
     assert p.is_reliable(p.Start(seq=1, stage="prepare", at_ns=0))
     assert not p.is_reliable(p.Ping(nonce=1, t1_ns=0))
-    assert not p.is_reliable(p.Stats(seq=1, stage="prepare", warmup=False, elapsed_ns=0,
-                                     done=0, total=0, ops={}))
+    assert not p.is_reliable(
+        p.Stats(seq=1, stage="prepare", warmup=False, elapsed_ns=0, done=0, total=0, ops={})
+    )
     assert p.is_reliable(p.Error(seq=3, code="stage_failed", message="x", summaries=()))
     assert not p.is_reliable(p.Error(seq=0, code="busy", message="x", summaries=()))

@@ -1,0 +1,309 @@
+"""The workload configuration: good configs, sai3-bench spellings, and every kind of mistake."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_bench.config import (
+    ConfigError,
+    SizeSpec,
+    config_from_dict,
+    config_to_dict,
+    describe,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ISSUE_EXAMPLE = """
+target: file:///tmp/triobench-data/
+duration: 30s
+concurrency: 8
+prepare:
+  ensure_objects:
+    - base_uri: data/
+      count: 10000
+      size_spec: {type: lognormal, mean: 1MiB, std_dev: 256KiB, min: 4KiB, max: 4MiB}
+      fill: random
+  cleanup: true
+workload:
+  - {op: get,    path: "data/*",  weight: 60}
+  - {op: put,    path: "new/",    weight: 25, object_size: 64KiB}
+  - {op: stat,   path: "data/*",  weight: 10}
+  - {op: list,   path: "data/",   weight: 3}
+  - {op: delete, path: "new/*",   weight: 2}
+distributed:
+  agents: [{address: "127.0.0.1:7761", id: a1}, {address: "127.0.0.1:7762", id: a2}]
+  shared_storage: false
+"""
+
+SAI3_STYLE = """
+target: "file:///tmp/bench/"
+duration: "5m"
+concurrency: 32
+prepare:
+  prepare_strategy: sequential
+  post_prepare_delay: 3
+  ensure_objects:
+    - base_uri: "file:///tmp/bench/data/"
+      count: 5000
+      min_size: 1048576
+      max_size: 1048576
+      fill: random
+    - base_uri: "file:///tmp/bench/small/"
+      count: 100
+      size_spec: {uniform: {min: 1KB, max: 1MB}}
+  cleanup: true
+workload:
+  - op: get
+    path: "data/prepared-*.dat"
+    weight: 60
+  - op: put
+    path: "data/new-"
+    size_distribution:
+      type: lognormal
+      mean: 1048576
+      std_dev: 524288
+      min: 1024
+      max: 10485760
+    weight: 25
+  - op: stat
+    path: "data/prepared-*.dat"
+    weight: 5
+"""
+
+
+def test_issue_example_parses_and_round_trips() -> None:
+    config = parse_config(ISSUE_EXAMPLE)
+    assert config.concurrency == 8
+    assert config.duration == 30 * 10**9
+    assert config.prepare.ensure_objects[0].size == SizeSpec(
+        "lognormal", mean=2**20, std_dev=256 * 1024, min=4096, max=4 * 2**20
+    )
+    assert [op.op for op in config.workload] == ["get", "put", "stat", "list", "delete"]
+    assert config.distributed.agents[1].host_port == ("127.0.0.1", 7762)
+    assert config_from_dict(config_to_dict(config)) == config
+    plan = describe(config)
+    assert "60.0%  get    data/*" in plan and "64KiB" in plan
+
+
+def test_sai3_bench_style_config() -> None:
+    config = parse_config(SAI3_STYLE)
+    data, small = config.prepare.ensure_objects
+    assert data.size == SizeSpec("fixed", size=2**20)  # min_size == max_size
+    assert data.base_uri == "file:///tmp/bench/data/"
+    assert small.size == SizeSpec("uniform", min=1000, max=1_000_000)
+    assert config.prepare.post_prepare_delay == 3 * 10**9
+    assert config.prepare.prepare_strategy == "sequential"
+    assert config.workload[1].size is not None and config.workload[1].size.kind == "lognormal"
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_examples_directory_configs_are_valid() -> None:
+    files = sorted((ROOT / "examples").glob("*.yaml"))
+    assert files, "examples/ has no configs"
+    for path in files:
+        load_config(path)
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    return info.value.lines
+
+
+def replaced(old: str, new: str) -> str:
+    assert old in ISSUE_EXAMPLE
+    return ISSUE_EXAMPLE.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        (
+            replaced("op: get,", "op: gett,"),
+            "workload[0].op: unknown operation 'gett' (expected get, put, stat, list, delete)",
+        ),
+        (replaced("concurrency: 8", "concurrency: 0"), "concurrency: must be at least 1, got 0"),
+        (
+            replaced("concurrency: 8", "concurrency: '8'"),
+            "concurrency: expected a whole number >= 1, got the string '8'",
+        ),
+        (
+            replaced("duration: 30s", "duration: soon"),
+            "duration: 'soon' is not a duration (seconds, or a number with a unit such as 500ms, 30s, 2m, 1h)",
+        ),
+        (
+            replaced("object_size: 64KiB", "object_size: -5"),
+            "workload[1].object_size: size must not be negative, got -5",
+        ),
+        (
+            replaced("object_size: 64KiB", "object_size: 64XB"),
+            "workload[1].object_size: '64XB' is not a size (bytes, or a number with a unit such as 4KiB, 1MiB, 1GB, 64k)",
+        ),
+        (replaced("concurrency: 8", "concurrency: 8\nthreads: 4"), "threads: unknown key"),
+        (
+            replaced("count: 10000", "count: 10000\n      colour: red"),
+            "prepare.ensure_objects[0].colour: unknown key",
+        ),
+        (replaced("weight: 60", "weight: 0"), "workload[0].weight: must be a number > 0, got 0"),
+        (
+            replaced('path: "data/*",  weight: 60', 'path: "../etc/*", weight: 60'),
+            "workload[0].path: path '../etc/*' has an empty, '.' or '..' segment",
+        ),
+        (
+            replaced('path: "data/*",  weight: 60', 'path: "/etc/*", weight: 60'),
+            "workload[0].path: path '/etc/*' must be relative to the target (no leading /, no \\)",
+        ),
+        (
+            replaced('path: "data/*",  weight: 60', 'path: "d%2e%2e/x", weight: 60'),
+            "workload[0].path: path 'd%2e%2e/x' contains URL-encoded characters",
+        ),
+        (
+            replaced("shared_storage: false", "shared_storage: maybe"),
+            "distributed.shared_storage: expected true or false, got the string 'maybe'",
+        ),
+        (
+            replaced("target: file:///tmp/triobench-data/", "target: ftp://x/"),
+            "target: unsupported scheme in 'ftp://x/' (expected file://, null://)",
+        ),
+        (
+            replaced("object_size: 64KiB", "object_size: 64KiB, size_spec: 1KiB"),
+            "workload[1]: give one size: object_size or size_spec, not both",
+        ),
+        (
+            replaced(
+                '{op: get,    path: "data/*",  weight: 60}',
+                '{op: get, path: "data/*", object_size: 4k}',
+            ),
+            "workload[0]: get does not take a size (only put writes objects)",
+        ),
+        (
+            replaced(", object_size: 64KiB", ""),
+            "workload[1]: put needs a size (object_size, size_spec or size_distribution)",
+        ),
+        (
+            replaced("std_dev: 256KiB", "std_dev: 256KiB, skew: 2"),
+            "prepare.ensure_objects[0].size_spec: lognormal size distribution does not take skew",
+        ),
+        (
+            replaced(
+                "{type: lognormal, mean: 1MiB, std_dev: 256KiB, min: 4KiB, max: 4MiB}",
+                "{type: zipf}",
+            ),
+            "prepare.ensure_objects[0].size_spec: unknown size distribution 'zipf' (expected fixed, uniform, lognormal)",
+        ),
+        (
+            replaced('path: "data/*",  weight: 60', 'path: "*/x", weight: 60'),
+            "workload[0].path: path '*/x': wildcards are only supported in the last path segment",
+        ),
+        (
+            replaced('{address: "127.0.0.1:7762", id: a2}', '{address: "127.0.0.1", id: a1}'),
+            "distributed.agents[1].address: '127.0.0.1' is not HOST:PORT",
+        ),
+        (
+            replaced("shared_storage: false", "shared_storage: false\n  warn_after: 30s"),
+            "distributed: need ping_interval < warn_after < dead_after, got 1s, 30s, 15s",
+        ),
+        (
+            replaced("base_uri: data/", "base_uri: file:///elsewhere/data/"),
+            "prepare.ensure_objects[0].base_uri: 'file:///elsewhere/data/' is not under the target 'file:///tmp/triobench-data/'",
+        ),
+        (
+            "target: [",
+            "config:1:10: invalid YAML: expected the node content, but found '<stream end>'",
+        ),
+        ("- a\n- b", "config: expected a map of settings, got a list"),
+        ("target: null://\n", "workload: required field missing"),
+    ],
+)
+def test_each_mistake_is_one_line_naming_the_field(text: str, line: str) -> None:
+    lines = errors_of(text)
+    assert line in lines
+    assert all("\n" not in entry for entry in lines)
+
+
+def test_several_mistakes_are_all_reported() -> None:
+    text = replaced("op: get,", "op: gett,").replace("concurrency: 8", "concurrency: -2")
+    lines = errors_of(text)
+    assert any(entry.startswith("workload[0].op") for entry in lines)
+    assert any(entry.startswith("concurrency") for entry in lines)
+
+
+def test_load_config_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    path = tmp_path / "bad.yaml"
+    path.write_text("target: null://\nworkload: [\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+:\d+: invalid YAML"):
+        load_config(path)
+    good = tmp_path / "mine.yaml"
+    good.write_text("target: null://\nworkload: [{op: list, path: x/}]\n")
+    assert load_config(good).name == "mine"
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        (4096, 4096),
+        ("4k", 4096),
+        ("4KiB", 4096),
+        ("4KB", 4000),
+        ("1MiB", 2**20),
+        ("1.5MiB", 3 * 2**19),
+        ("2GB", 2 * 10**9),
+        ("0", 0),
+        ("1 GiB", 2**30),
+    ],
+)
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    "text, ns",
+    [
+        (30, 30 * 10**9),
+        (0.5, 5 * 10**8),
+        ("500ms", 5 * 10**8),
+        ("30s", 30 * 10**9),
+        ("2m", 120 * 10**9),
+        ("1h", 3600 * 10**9),
+        ("250us", 250_000),
+        ("10", 10 * 10**9),
+    ],
+)
+def test_durations(text: object, ns: int) -> None:
+    assert parse_duration(text) == ns
+
+
+@given(st.integers(1, 10**6), st.integers(0, 10**6))
+def test_uniform_sizes_stay_in_bounds(low: int, span: int) -> None:
+    spec = SizeSpec("uniform", min=low, max=low + span)
+    rng = random.Random(low)
+    assert all(low <= spec.sample(rng) <= low + span for _ in range(50))
+
+
+def test_lognormal_sizes_have_the_requested_mean_and_spread() -> None:
+    spec = SizeSpec("lognormal", mean=2**20, std_dev=256 * 1024, min=4096, max=16 * 2**20)
+    rng = random.Random(7)
+    sizes = [spec.sample(rng) for _ in range(20_000)]
+    assert all(4096 <= s <= 16 * 2**20 for s in sizes)
+    assert statistics.fmean(sizes) == pytest.approx(2**20, rel=0.02)
+    assert statistics.pstdev(sizes) == pytest.approx(256 * 1024, rel=0.05)
+    assert statistics.median(sizes) < statistics.fmean(sizes)  # right-skewed
+
+
+def test_lognormal_is_clamped_to_its_bounds() -> None:
+    spec = SizeSpec("lognormal", mean=10_000, std_dev=50_000, min=9_000, max=11_000)
+    rng = random.Random(1)
+    assert all(9_000 <= spec.sample(rng) <= 11_000 for _ in range(2000))
