@@ -1,42 +1,428 @@
 """The ``triobench`` command: thin typer commands that parse arguments and call plain functions.
 
 Exit codes (the contract scripts rely on): 0 every agent completed; 1 the run finished but some
-agent failed or was lost; 2 invalid config or usage; 3 could not start; 130 aborted by the user.
+agent failed or was lost (partial results written); 2 invalid config or usage; 3 could not
+start (agent unreachable, authentication or version mismatch, preflight failed, port in use);
+130 aborted by the user. Every error is one line on stderr; no tracebacks.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
 import typer
 
+from trio_bench import __version__
+from trio_bench.clock import skew_from_env
+from trio_bench.config import (
+    AgentAddress,
+    Config,
+    ConfigError,
+    describe,
+    load_config,
+    split_address,
+)
+
 app = typer.Typer(
-    help="triobench: a distributed storage I/O benchmark on Trio.",
+    help="triobench: a distributed storage I/O benchmark on Trio.\n\n"
+    "Quick start: `triobench run examples/quickstart.yaml` runs local agents and a controller "
+    "on this machine. On many machines: `triobench agent` on each load host, then "
+    "`triobench controller CONFIG` anywhere.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
+TOKEN_ENV = "TRIOBENCH_TOKEN"
+EXIT_CONFIG, EXIT_START = 2, 3
 
-def _not_implemented(what: str) -> None:
-    typer.echo(f"triobench: {what} is not implemented yet", err=True)
-    raise typer.Exit(2)
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"triobench: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.lines:
+            typer.echo(f"triobench: {line}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+
+
+def _read_token(token_file: Path | None) -> bytes | None:
+    if token_file is not None:
+        try:
+            token = token_file.read_bytes().strip()
+        except OSError as exc:
+            raise _fail(f"--token-file {token_file}: {exc.strerror or exc}", EXIT_CONFIG) from None
+        if not token:
+            raise _fail(f"--token-file {token_file}: the file is empty", EXIT_CONFIG)
+        return token
+    env = os.environ.get(TOKEN_ENV, "").strip()
+    return env.encode() if env else None
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"triobench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version."
+        ),
+    ] = None,
+) -> None:
+    """triobench: a distributed storage I/O benchmark on Trio."""
+
+
+# --- agent ------------------------------------------------------------------------------------
 
 
 @app.command()
-def agent() -> None:
-    """Run an agent: listen for a controller and run its workloads against storage."""
-    _not_implemented("agent")
+def agent(
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT to listen on (port 0: any free port).")
+    ] = "127.0.0.1:7761",
+    id: Annotated[str | None, typer.Option("--id", help="Agent name (default: HOST-PORT).")] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(help="Confine every file:// path to this directory (symlinks followed)."),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help=f"Shared secret for controllers (or set {TOKEN_ENV})."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Allow a non-loopback address without a token (warns).")
+    ] = False,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where runs' results are kept locally (default ~/.local/state/triobench)."
+        ),
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log each connection and run.")
+    ] = False,
+) -> None:
+    """Run an agent: listen for controllers and run their workloads against the storage.
+
+    Serves one run at a time (another controller gets a clear "busy" error), then the next,
+    until SIGTERM or SIGINT. Prints "listening on HOST:PORT" when ready.
+    """
+    from trio_bench.agent import AgentOptions
+
+    _setup_logging(verbose)
+    try:
+        host, port = split_address(listen) if not listen.endswith(":0") else (listen[:-2], 0)
+    except ValueError as exc:
+        raise _fail(f"--listen: {exc}", EXIT_CONFIG) from None
+    token = _read_token(token_file)
+    if token is None and not _is_loopback(host):
+        if not insecure:
+            raise _fail(
+                f"--listen {listen} is not a loopback address: give a token "
+                f"(--token-file or {TOKEN_ENV}) or pass --insecure",
+                EXIT_CONFIG,
+            )
+        typer.echo(
+            f"triobench: warning: listening on {listen} without a token: anyone who can reach "
+            "this port can run workloads here",
+            err=True,
+        )
+    if root is not None and not root.is_dir():
+        raise _fail(f"--root {root}: not a directory", EXIT_CONFIG)
+    try:
+        skew = skew_from_env()
+    except ValueError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    options = AgentOptions(
+        agent_id=id or f"{socket.gethostname()}-{port}",
+        root=str(root) if root else None,
+        token=token,
+        state_dir=state_dir or Path.home() / ".local" / "state" / "triobench",
+        clock_skew_ns=skew,
+    )
+    try:
+        trio.run(_serve_agent, host, port, options)
+    except OSError as exc:
+        raise _fail(f"cannot listen on {listen}: {exc.strerror or exc}", EXIT_START) from None
+
+
+async def _serve_agent(host: str, port: int, options: object) -> None:
+    from trio_bench.agent import AgentOptions, AgentServer
+
+    assert isinstance(options, AgentOptions)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()
+    server = AgentServer(options)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, listeners)
+            address = f"{bound[0]}:{bound[1]}"
+            print(f"triobench agent {options.agent_id} listening on {address}", flush=True)
+            async for signum in signals:
+                logging.getLogger("triobench.agent").info(
+                    "%s: stopping", signal.Signals(signum).name
+                )
+                nursery.cancel_scope.cancel()
+                break
+
+
+# --- controller -------------------------------------------------------------------------------
+
+
+def _agents_from(option: str | None, config: Config) -> list[AgentAddress]:
+    if option:
+        agents = []
+        for part in option.split(","):
+            part = part.strip()
+            try:
+                split_address(part)
+            except ValueError as exc:
+                raise _fail(f"--agents: {exc}", EXIT_CONFIG) from None
+            agents.append(AgentAddress(address=part))
+        return agents
+    if not config.distributed.agents:
+        raise _fail(
+            "no agents: give --agents HOST:PORT,... or distributed.agents in the config",
+            EXIT_CONFIG,
+        )
+    return list(config.distributed.agents)
+
+
+def _run_controller(
+    config: Config,
+    agents: list[AgentAddress],
+    *,
+    token: bytes | None,
+    results_dir: Path,
+    source: str,
+    display_mode: str,
+    results_path: Path | None = None,
+) -> int:
+    from trio_bench.controller import Controller, Display
+
+    display = Display(display_mode)
+    if display_mode != "quiet":
+        typer.echo(describe(config))
+    controller = Controller(
+        config,
+        agents=agents,
+        token=token,
+        results_base=results_dir,
+        results_dir=results_path,
+        display=display,
+        source=source,
+    )
+    result = trio.run(controller.run)
+    typer.echo(f"results: {result.results_dir}")
+    summary = result.results_dir / "summary.tsv"
+    if summary.exists() and display_mode != "quiet":
+        typer.echo(_table(summary.read_text()))
+    typer.echo(f"run {result.status}: {result.message}" if result.message else result.status)
+    return result.exit_code
+
+
+def _table(tsv: str) -> str:
+    rows = [line.split("\t") for line in tsv.strip().splitlines()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
+
+
+DisplayOption = Annotated[
+    str,
+    typer.Option(help="Live view: auto (a table on a terminal, lines otherwise), plain, quiet."),
+]
 
 
 @app.command()
-def controller() -> None:
+def controller(
+    config: Annotated[Path, typer.Argument(help="Workload configuration (YAML).")],
+    agents: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT,... (default: distributed.agents in the config)."),
+    ] = None,
+    results_dir: Annotated[Path, typer.Option(help="Where results/<time>-<name>/ goes.")] = Path(
+        "results"
+    ),
+    token_file: Annotated[
+        Path | None, typer.Option(help=f"Shared secret of the agents (or set {TOKEN_ENV}).")
+    ] = None,
+    display: DisplayOption = "auto",
+) -> None:
     """Coordinate agents through a run and write the results directory."""
-    _not_implemented("controller")
+    _setup_logging(False)
+    cfg = _load(config)
+    targets = _agents_from(agents, cfg)
+    token = _read_token(token_file)
+    code = _run_controller(
+        cfg,
+        targets,
+        token=token,
+        results_dir=results_dir,
+        source=str(config),
+        display_mode=display,
+    )
+    raise typer.Exit(code)
+
+
+# --- run --------------------------------------------------------------------------------------
 
 
 @app.command()
-def run() -> None:
-    """One-machine run: start local agents on loopback and run the controller against them."""
-    _not_implemented("run")
+def run(
+    config: Annotated[Path, typer.Argument(help="Workload configuration (YAML).")],
+    local_agents: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=256, help="Number of local agent processes (default: one per CPU)."
+        ),
+    ] = None,
+    results_dir: Annotated[Path, typer.Option(help="Where results/<time>-<name>/ goes.")] = Path(
+        "results"
+    ),
+    display: DisplayOption = "auto",
+) -> None:
+    """One-machine run: start local agents on loopback, run the controller against them.
+
+    Each agent is a separate process on a free 127.0.0.1 port, working under its own prefix
+    (agent-1/, agent-2/, ...) unless the config sets shared_storage. Their logs go to
+    <results>/agents/<id>/agent.log. The agents are stopped at the end.
+    """
+    from trio_bench.controller import new_results_dir
+
+    _setup_logging(False)
+    cfg = _load(config)
+    count = local_agents or os.cpu_count() or 1
+    path = new_results_dir(results_dir, cfg.name or "run")
+    try:
+        agents, processes = _start_local_agents(count, path)
+    except RuntimeError as exc:
+        raise _fail(str(exc), EXIT_START) from None
+    try:
+        code = _run_controller(
+            cfg,
+            agents,
+            token=None,
+            results_dir=results_dir,
+            source=str(config),
+            display_mode=display,
+            results_path=path,
+        )
+    finally:
+        _stop_local_agents(processes)
+    raise typer.Exit(code)
+
+
+def _start_local_agents(count: int, results: Path) -> tuple[list[AgentAddress], list[Any]]:
+    import subprocess
+
+    processes: list[subprocess.Popen[str]] = []
+    agents = []
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    try:
+        for i in range(1, count + 1):
+            agent_id = f"agent-{i}"
+            log_path = results / "agents" / agent_id / "agent.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "w") as log_file:
+                process = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "trio_bench",
+                        "agent",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--id",
+                        agent_id,
+                        "--verbose",
+                        "--state-dir",
+                        str(results / "agent-state"),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=log_file,
+                    stdin=subprocess.DEVNULL,
+                    text=True,
+                    env=env,
+                    start_new_session=True,  # Ctrl-C goes to the controller, which aborts them
+                )
+            processes.append(process)
+        for i, process in enumerate(processes, start=1):
+            assert process.stdout is not None
+            line = process.stdout.readline().strip()
+            if " listening on " not in line:
+                log_path = results / "agents" / f"agent-{i}" / "agent.log"
+                raise RuntimeError(f"local agent agent-{i} did not start (see {log_path})")
+            agents.append(AgentAddress(address=line.rsplit(" ", 1)[1], id=f"agent-{i}"))
+    except BaseException:
+        _stop_local_agents(processes)
+        raise
+    return agents, processes
+
+
+def _stop_local_agents(processes: list[Any]) -> None:
+    import subprocess
+
+    for process in processes:
+        assert isinstance(process, subprocess.Popen)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        assert isinstance(process, subprocess.Popen)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --- validate ---------------------------------------------------------------------------------
+
+
+@app.command()
+def validate(
+    config: Annotated[Path, typer.Argument(help="Workload configuration (YAML).")],
+) -> None:
+    """Check a configuration and print the resolved plan (exit 2 if it is invalid)."""
+    cfg = _load(config)
+    typer.echo(describe(cfg))
+    typer.echo("config OK")
 
 
 def main() -> None:

@@ -254,8 +254,9 @@ class Distributed:
     warn_after: Duration = Duration(5_000_000_000)
     dead_after: Duration = Duration(15_000_000_000)
     probe_timeout: Duration = Duration(5_000_000_000)
+    give_up_after: Duration = Duration(60_000_000_000)
     start_delay: Duration = Duration(2_000_000_000)
-    orphan_timeout: Duration = Duration(120_000_000_000)
+    orphan_timeout: Duration = Duration(90_000_000_000)
     connect_timeout: Duration = Duration(10_000_000_000)
     configure_timeout: Duration = Duration(120_000_000_000)
     resend_interval: Duration = Duration(2_000_000_000)
@@ -683,6 +684,8 @@ def validate(config: Config) -> list[str]:
             "distributed.orphan_timeout: agents must be more patient than the controller: "
             "orphan_timeout must exceed dead_after + probe_timeout"
         )
+    if dist.give_up_after < dist.dead_after:
+        lines.append("distributed.give_up_after: must be at least dead_after")
     for name in ("stats_interval", "ping_interval", "probe_timeout", "resend_interval"):
         if getattr(dist, name) <= 0:
             lines.append(f"distributed.{name}: must be longer than 0")

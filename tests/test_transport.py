@@ -1,0 +1,146 @@
+"""The connection layer over Trio memory and lockstep streams, with the autojump clock."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import trio
+import trio.testing
+
+from trio_bench import protocol as p
+from trio_bench.transport import CONTROL_BACKLOG, Connection, ConnectionClosed
+
+
+def stats(seq: int, ops: int) -> p.Stats:
+    hist = ((100, ops),) if ops else ()
+    return p.Stats(
+        seq=seq, stage="workload", warmup=False, elapsed_ns=seq, done=0, total=0,
+        ops={"get": p.OpStats(ops=ops, bytes=ops * 4096, errors=0, sum_ns=ops * 100,
+                              max_ns=100 if ops else 0, hist=hist)},
+    )
+
+
+async def read_messages(stream: trio.abc.ReceiveStream, count: int) -> list[p.Message]:
+    decoder = p.FrameDecoder()
+    out: list[p.Message] = []
+    while len(out) < count:
+        data = await stream.receive_some(65536)
+        if not data:
+            break
+        decoder.feed(data)
+        out.extend(p.decode_message(f) for f in decoder)
+    return out
+
+
+async def test_control_overtakes_a_backlog_of_stats(autojump_clock) -> None:
+    left, right = trio.testing.memory_stream_pair()
+    conn = Connection(left, name="agent")
+    for seq in range(1, 101):
+        conn.send_stats(stats(seq, seq * 10))
+    conn.send(p.Ping(nonce=7, t1_ns=1))
+    conn.send(p.Abort(seq=1, reason="user"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.run)
+        got = await read_messages(right, 3)
+        nursery.cancel_scope.cancel()
+    assert [type(m) for m in got] == [p.Ping, p.Abort, p.Stats]
+    assert got[2].seq == 100 and got[2].ops["get"].ops == 1000  # only the newest, nothing lost
+    assert conn.stats_superseded == 99
+
+
+async def test_a_peer_that_stops_reading_blocks_nothing_but_its_own_writes(autojump_clock) -> None:
+    (a_stream, b_stream) = trio.testing.lockstep_stream_pair()
+    pings_seen = []
+
+    def intercept(message: p.Message) -> bool:
+        if isinstance(message, p.Ping):
+            pings_seen.append(message.nonce)
+            conn.send(p.Pong(nonce=message.nonce, t1_ns=message.t1_ns, t2_ns=1, t3_ns=2))
+            return True
+        return False
+
+    conn = Connection(a_stream, name="controller", intercept=intercept)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.run)
+            conn.send_stats(stats(1, 1))
+            await trio.sleep(1)  # a's writer is now blocked: b is not reading
+            # stats keep coming while b stalls, and b keeps sending PINGs that a must see
+            for seq in range(2, 1000):
+                conn.send_stats(stats(seq, seq))
+                if seq % 200 == 0:
+                    await b_stream.send_all(p.encode_message(p.Ping(nonce=seq, t1_ns=0)))
+            await trio.sleep(1)
+            assert pings_seen == [200, 400, 600, 800]
+            assert conn.stats_superseded == 997  # one pending snapshot, not a thousand
+            assert not conn.closed.is_set()
+            # once b reads again: the stats in flight, then the PONGs, then the newest stats
+            got = await read_messages(b_stream, 6)
+            nursery.cancel_scope.cancel()
+    assert [type(m).__name__ for m in got] == ["Stats"] + ["Pong"] * 4 + ["Stats"]
+    assert (got[0].seq, got[-1].seq) == (1, 999)
+
+
+async def test_conflated_stats_lose_no_counts(autojump_clock) -> None:
+    left, right = trio.testing.memory_stream_pair()
+    sequence = p.StatsSequence()
+    receiver = Connection(right, name="agent", on_stats=lambda s: sequence.accept(s.seq))
+    sender = Connection(left, name="controller")
+    seen = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender.run)
+        nursery.start_soon(receiver.run)
+        for seq in range(1, 301):
+            sender.send_stats(stats(seq, seq * 3))
+            if seq % 7 == 0:
+                await trio.sleep(0.01)  # a slow consumer only looks now and then
+                latest = receiver.take_stats()
+                if latest is not None:
+                    seen.append(latest)
+        await trio.sleep(0.1)
+        seen.append(receiver.take_stats() or seen[-1])
+        nursery.cancel_scope.cancel()
+    assert seen[-1].seq == 300 and seen[-1].ops["get"].ops == 900  # the final total is exact
+    assert [s.seq for s in seen] == sorted(s.seq for s in seen)
+    assert sequence.last == 300 and sequence.stale == 0
+    assert sequence.gaps == 300 - 1 - (300 - sender.stats_superseded - 1)
+
+
+async def test_garbage_gets_a_protocol_error_then_the_connection_closes(autojump_clock) -> None:
+    left, right = trio.testing.memory_stream_pair()
+    conn = Connection(left, name="peer")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.run)
+        await right.send_all(struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1")
+        got = await read_messages(right, 1)
+        await conn.closed.wait()
+    assert isinstance(got[0], p.Error) and got[0].code == "protocol_error"
+    assert "not valid msgpack" in got[0].message
+    assert "protocol error from peer" in conn.close_reason
+    with pytest.raises(ConnectionClosed):
+        await conn.receive()
+
+
+async def test_a_control_flood_is_refused(autojump_clock) -> None:
+    left, right = trio.testing.memory_stream_pair()
+    conn = Connection(left, name="peer")
+    flood = p.encode_message(p.Ack(seq=1)) * (CONTROL_BACKLOG + 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.run)
+        await right.send_all(flood)
+        await conn.closed.wait()
+    assert "flood" in conn.close_reason
+
+
+async def test_messages_received_before_the_peer_closed_are_still_delivered(autojump_clock) -> None:
+    left, right = trio.testing.memory_stream_pair()
+    conn = Connection(left, name="agent")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.run)
+        await right.send_all(p.encode_message(p.Completed(seq=9, summaries=())))
+        await right.aclose()
+        await conn.closed.wait()
+    assert await conn.receive() == p.Completed(seq=9, summaries=())
+    with pytest.raises(ConnectionClosed, match="agent closed the connection"):
+        await conn.receive()

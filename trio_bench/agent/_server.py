@@ -1,0 +1,239 @@
+"""The agent process: listen, authenticate controllers, serve one run at a time.
+
+Every connection gets HELLO (with a fresh challenge), must answer AUTH within
+``HANDSHAKE_TIMEOUT_S`` (an idle or unauthenticated connection is closed after that bound),
+then CONFIGURE (a new run) or RESUME (re-attach to the run this agent holds). A second
+controller while a run is active gets ERROR busy; the running one is untouched. Whatever a
+peer sends, the agent logs one line, answers ERROR where it can, closes that connection and
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import attrs
+import trio
+
+from trio_bench import __version__
+from trio_bench.clock import RunClock
+from trio_bench.protocol import (
+    CHALLENGE_SIZE,
+    PROTOCOL_VERSION,
+    Auth,
+    Configure,
+    Error,
+    Goodbye,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    ProtocolError,
+    Resume,
+    Resumed,
+    Welcome,
+    check_proof,
+    make_proof,
+    new_challenge,
+)
+from trio_bench.transport import Connection, ConnectionClosed
+
+from ._session import Session
+
+log = logging.getLogger("triobench.agent")
+
+HANDSHAKE_TIMEOUT_S = 10.0  # AUTH, then CONFIGURE/RESUME, must each arrive within this
+
+
+@attrs.define
+class AgentOptions:
+    agent_id: str
+    root: str | None = None
+    token: bytes | None = None
+    state_dir: Path | None = None
+    clock_skew_ns: int = 0
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+
+
+class AgentServer:
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.clock = RunClock(options.clock_skew_ns)
+        self.session: Session | None = None
+        self.runs_served = 0
+        self.connections = 0
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(trio.serve_listeners, self._handle, listeners)
+            task_status.started()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except OSError:
+            peer = "controller"
+        clock = self.clock
+
+        def answer_pings(message: Message) -> bool:
+            # Timestamped and answered in the reader: t2/t3 exclude our own queueing.
+            if isinstance(message, Ping):
+                t2 = clock.now_ns()
+                conn.send(
+                    Pong(nonce=message.nonce, t1_ns=message.t1_ns, t2_ns=t2, t3_ns=clock.now_ns())
+                )
+                return True
+            return False
+
+        conn = Connection(stream, name=f"controller {peer}", intercept=answer_pings)
+        self.connections += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.run)
+                try:
+                    await self._converse(conn, peer)
+                except ConnectionClosed:
+                    pass
+                except ProtocolError as exc:
+                    log.warning("controller %s: protocol error: %s", peer, exc)
+                    self._refuse(conn, "protocol_error", str(exc))
+                except Exception as exc:  # a bug of ours: drop this connection, keep serving
+                    log.error(
+                        "controller %s: internal error: %s: %s", peer, type(exc).__name__, exc
+                    )
+                    self._refuse(conn, "internal", f"internal error: {type(exc).__name__}")
+                conn.close_soon("done")
+        finally:
+            self.connections -= 1
+
+    def _refuse(self, conn: Connection, code: str, message: str) -> None:
+        conn.send(Error(seq=0, code=code, message=message[:1000], summaries=()))
+        conn.close_soon(message)
+
+    async def _receive(self, conn: Connection, what: str) -> Message:
+        with trio.move_on_after(self.options.handshake_timeout_s):
+            return await conn.receive()
+        raise ProtocolError(f"no {what} within {self.options.handshake_timeout_s:g}s of connecting")
+
+    async def _converse(self, conn: Connection, peer: str) -> None:
+        opts = self.options
+        challenge = new_challenge()
+        conn.send(
+            Hello(
+                protocol=PROTOCOL_VERSION,
+                software=__version__,
+                agent_id=opts.agent_id,
+                hostname=socket.gethostname(),
+                cpus=os.cpu_count() or 1,
+                challenge=challenge,
+                auth_required=opts.token is not None,
+                session=self.session.info() if self.session else None,
+            )
+        )
+        auth = await self._receive(conn, "auth")
+        if not isinstance(auth, Auth):
+            raise ProtocolError(f"expected auth, got {auth.TAG}")
+        if auth.protocol != PROTOCOL_VERSION:
+            text = (
+                f"version mismatch: agent {opts.agent_id} speaks protocol {PROTOCOL_VERSION} "
+                f"(triobench {__version__}), controller speaks {auth.protocol} "
+                f"(triobench {auth.software})"
+            )
+            log.warning("controller %s: %s", peer, text)
+            self._refuse(conn, "version_mismatch", text)
+            return
+        if opts.token is not None:
+            good = len(auth.challenge) == CHALLENGE_SIZE and check_proof(
+                opts.token, "controller", opts.agent_id, challenge, auth.challenge, auth.proof
+            )
+            if not good:
+                log.warning("controller %s: authentication failed", peer)
+                self._refuse(conn, "auth_failed", "authentication failed: wrong or missing token")
+                return
+            proof = make_proof(opts.token, "agent", opts.agent_id, challenge, auth.challenge)
+        else:
+            proof = b""
+        conn.send(Welcome(proof=proof))
+        first = await self._receive(conn, "configure or resume")
+        if isinstance(first, Configure):
+            if self.session is not None:
+                text = (
+                    f"agent {opts.agent_id} is busy with run {self.session.run_id} "
+                    f"({self.session.machine.state.value})"
+                )
+                log.warning("controller %s refused: %s", peer, text)
+                self._refuse(conn, "busy", text)
+                return
+            session = Session(self, first)
+            self.session = session
+            self.runs_served += 1
+            log.info("controller %s: run %s configured", peer, first.run_id)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_session, session)
+        elif isinstance(first, Resume):
+            session_or_none = self.session
+            if session_or_none is None or session_or_none.run_id != first.run_id:
+                held = session_or_none.run_id if session_or_none else "none"
+                self._refuse(
+                    conn, "unknown_run", f"cannot resume run {first.run_id}: agent holds {held}"
+                )
+                return
+            session = session_or_none
+            conn.send(
+                Resumed(
+                    run_id=session.run_id,
+                    state=session.machine.state.value,
+                    acked=session.receiver.processed,
+                )
+            )
+            session.sender.ack(min(first.acked, session.sender.highest_sent))
+            log.info("controller %s: resumed run %s", peer, session.run_id)
+        else:
+            raise ProtocolError(f"expected configure or resume, got {first.TAG}")
+        session.attach(conn)
+        try:
+            await self._serve_run(conn, session)
+        finally:
+            session.detach(conn)
+
+    async def _serve_run(self, conn: Connection, session: Session) -> None:
+        """Feed the run's control messages to the session until the run ends or the
+        connection does. Errors are handled here: nothing propagates out of the nursery."""
+        async with trio.open_nursery() as nursery:
+
+            async def finish_when_done() -> None:
+                await session.done.wait()
+                conn.send(Goodbye(reason=f"run {session.run_id} {session.outcome}"))
+                conn.close_soon("run finished")
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(finish_when_done)
+            try:
+                while True:
+                    session.handle(await conn.receive())
+            except ConnectionClosed:
+                pass
+            except ProtocolError as exc:
+                log.warning("%s: protocol error: %s", conn.name, exc)
+                self._refuse(conn, "protocol_error", str(exc))
+            nursery.cancel_scope.cancel()
+
+    async def _run_session(self, session: Session) -> None:
+        try:
+            await session.run()
+        except Exception as exc:  # a bug of ours: end this run, keep the agent serving
+            log.error("run %s: internal error: %s: %s", session.run_id, type(exc).__name__, exc)
+        finally:
+            if self.session is session:
+                self.session = None

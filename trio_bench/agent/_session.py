@@ -1,0 +1,364 @@
+"""One run on an agent, from CONFIGURE to the ACK of its final message.
+
+The session lives in the agent's nursery, not in a connection's: if the controller's
+connection drops, the run keeps going (orphaned) and a controller that reconnects with RESUME
+picks it up again, with every unACKed reliable message re-sent. A controller that stays silent
+for ``orphan_timeout`` (closed connection or open but quiet) gets the run aborted; the final
+results are written to the agent's local state directory in every case.
+
+All control-message handling (``handle``) is synchronous and quick: it moves the state machine,
+records what the lifecycle task waits for, and cancels the run's scope on ABORT. Long work
+happens in the lifecycle task and in worker threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from trio_bench.config import ConfigError, config_from_dict
+from trio_bench.engine import BackendError, Engine, StageFailed, StageRun
+from trio_bench.protocol import (
+    STAGES,
+    START_EVENT,
+    Abort,
+    Aborted,
+    Ack,
+    AgentEvent,
+    AgentMachine,
+    AgentState,
+    Completed,
+    Configure,
+    Error,
+    Goodbye,
+    Message,
+    ProtocolError,
+    Ready,
+    ReliableReceiver,
+    ReliableSender,
+    SessionInfo,
+    StageDone,
+    StageSummary,
+    Start,
+    Started,
+    Stats,
+    unstructure,
+)
+from trio_bench.stats import snapshot_to_wire
+from trio_bench.transport import Connection
+
+if TYPE_CHECKING:
+    from ._server import AgentServer
+
+log = logging.getLogger("triobench.agent")
+
+WATCHDOG_EVERY_S = 0.5
+STARTED_WAIT_S = 1.0  # how long to wait for the first worker to report it began
+
+
+class Session:
+    def __init__(self, server: AgentServer, configure: Configure) -> None:
+        self.server = server
+        self.clock = server.clock
+        self.configure = configure
+        self.run_id = configure.run_id
+        self.machine = AgentMachine()
+        self.machine.apply(AgentEvent.CONFIGURE)
+        self.sender = ReliableSender()
+        self.receiver = ReliableReceiver()
+        self.receiver.accept(configure.seq, "configure")
+        self.conn: Connection | None = None
+        self.last_heard = trio.current_time()
+        self.starts: dict[str, int] = {}
+        self._starts_changed = trio.Event()
+        self.summaries: list[StageSummary] = []
+        self.current: StageRun | None = None
+        self.run_scope = trio.CancelScope()
+        self.abort_reason = ""
+        self.final: Message | None = None
+        self.outcome = "running"
+        self.done = trio.Event()
+        self.stats_seq = 0
+        self.started_stage: str | None = None  # STATS only after this stage's STARTED
+        self.stats_interval_s = max(configure.stats_interval_ns, 1_000_000) / 1e9
+        self.orphan_timeout_s = configure.orphan_timeout_ns / 1e9
+        self.resend_interval_s = 2.0
+
+    # -- connection attachment
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            run_id=self.run_id, state=self.machine.state.value, attached=self.conn is not None
+        )
+
+    def attach(self, conn: Connection) -> None:
+        previous, self.conn = self.conn, conn
+        if previous is not None and previous is not conn:
+            previous.close_soon("replaced by a newer connection from the controller")
+        self.last_heard = trio.current_time()
+        conn.send(Ack(seq=self.receiver.processed))
+        for message in self.sender.unacked():
+            assert isinstance(message, Message)
+            conn.send(message)
+
+    def detach(self, conn: Connection) -> None:
+        if self.conn is conn:
+            self.last_heard = max(self.last_heard, conn.last_received)
+            self.conn = None
+
+    def _send(self, message: Message) -> None:
+        if self.conn is not None:
+            self.conn.send(message)
+
+    def _send_reliable(self, build: Callable[[int], Message]) -> Message:
+        seq = self.sender.next_seq()
+        message = build(seq)
+        self.sender.sent(seq, message, self.clock.now_ns())
+        self._send(message)
+        return message
+
+    # -- control messages (sync: called by the connection loop)
+
+    def handle(self, message: Message) -> None:
+        if isinstance(message, Ack):
+            acked = self.sender.ack(message.seq)
+            if self.final is not None and self.final in acked:
+                self.machine.apply(AgentEvent.FINAL_ACKED)
+                self.done.set()
+            return
+        if isinstance(message, Goodbye):
+            if self.conn is not None:
+                self.conn.close_soon(f"controller said goodbye: {message.reason}")
+            return
+        if isinstance(message, Configure):
+            raise ProtocolError(
+                f"configure: this connection already carries run {self.run_id} "
+                "(one run per connection; reconnect for the next run)"
+            )
+        if not isinstance(message, Start | Abort):
+            raise ProtocolError(f"{message.TAG}: not a message a controller sends during a run")
+        if message.seq <= self.receiver.processed:
+            self._send(Ack(seq=self.receiver.processed))  # a re-send: ACK again, do nothing
+            return
+        if message.seq != self.receiver.processed + 1:
+            self.receiver.accept(message.seq, message.TAG)  # raises: the sequence skips ahead
+        # Move the machine first: if the message is not allowed now, it raises and nothing
+        # (neither state nor sequence) has changed.
+        if isinstance(message, Start):
+            self.machine.apply(START_EVENT[message.stage])
+            self.starts[message.stage] = message.at_ns
+            self._starts_changed.set()
+        else:
+            before = self.machine.state
+            self.machine.apply(AgentEvent.ABORT)
+            if before is not AgentState.ABORTING and self.machine.state is AgentState.ABORTING:
+                self.abort_reason = message.reason or "aborted by the controller"
+                self.run_scope.cancel()
+        self.receiver.accept(message.seq, message.TAG)
+        self._send(Ack(seq=message.seq))
+
+    # -- the run
+
+    async def run(self) -> None:
+        """The whole session; returns when the final message is ACKed or the controller is
+        gone for good. Never raises for anything a peer or the storage did."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._stats_loop)
+                nursery.start_soon(self._watchdog)
+                nursery.start_soon(self._resend_loop)
+                await self._lifecycle()
+                await self.done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._save_locally()
+            log.info("run %s ended: %s", self.run_id, self.outcome)
+
+    async def _lifecycle(self) -> None:
+        with self.run_scope:
+            await self._stages()
+        if self.run_scope.cancelled_caught:
+            summaries = list(self.summaries)
+            if self.current is not None:
+                summaries.append(self.current.summary("aborted"))
+                self.current = None
+            self._discard_stats()
+            if self.machine.state is AgentState.ABORTING:
+                self.machine.apply(AgentEvent.ABORT_DONE)
+            self.outcome = "aborted"
+            self.summaries = summaries
+            reason = self.abort_reason
+            self.final = self._send_reliable(
+                lambda seq: Aborted(seq=seq, reason=reason[:1000], summaries=tuple(summaries))
+            )
+
+    async def _stages(self) -> None:
+        config_data = self.configure.config
+        try:
+            config = config_from_dict(config_data)
+            engine = Engine(
+                config,
+                agent_index=self.configure.agent_index,
+                agent_count=self.configure.agent_count,
+                prefix=self.configure.path_prefix,
+                run_tag=self.run_id[:8],
+                root=self.server.options.root,
+                clock=self.clock,
+            )
+            checks = await engine.preflight()
+        except ConfigError as exc:
+            self._fail("bad_config", "; ".join(exc.lines), AgentEvent.PREFLIGHT_FAILED)
+            return
+        except BackendError as exc:
+            self._fail("preflight_failed", str(exc), AgentEvent.PREFLIGHT_FAILED)
+            return
+        self.machine.apply(AgentEvent.PREFLIGHT_OK)
+        target = engine.backend.describe()
+        self._send_reliable(lambda seq: Ready(seq=seq, target=target, checks=tuple(checks)))
+        try:
+            for stage in STAGES:
+                at_ns = await self._wait_start(stage)
+                run = getattr(engine, f"{stage}_stage")()
+                self.current = run
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._report_started, run, stage, at_ns)
+                    try:
+                        await run.run(at_ns)
+                    except StageFailed as exc:
+                        self.summaries.append(run.summary("failed"))
+                        self.current = None
+                        self._fail("stage_failed", f"{stage}: {exc}", AgentEvent.STAGE_FAILED)
+                        return
+                if stage == "prepare":
+                    await engine.after_prepare()
+                summary = run.summary("completed")
+                self.summaries.append(summary)
+                self.current = None
+                self._discard_stats()
+                self.machine.apply(AgentEvent.STAGE_DONE)
+                self._send_reliable(functools.partial(StageDone, summary=summary))
+            self.outcome = "completed"
+            summaries = tuple(self.summaries)
+            self.final = self._send_reliable(lambda seq: Completed(seq=seq, summaries=summaries))
+        finally:
+            engine.close()
+
+    def _fail(self, code: str, message: str, event: AgentEvent) -> None:
+        self.machine.apply(event)
+        self.outcome = f"failed ({code})"
+        self._discard_stats()
+        summaries = tuple(self.summaries)
+        log.warning("run %s failed: %s", self.run_id, message)
+        self.final = self._send_reliable(
+            lambda seq: Error(seq=seq, code=code, message=message[:1000], summaries=summaries)
+        )
+
+    def _discard_stats(self) -> None:
+        if self.conn is not None:
+            self.conn.discard_stats()
+
+    async def _wait_start(self, stage: str) -> int:
+        while stage not in self.starts:
+            await self._starts_changed.wait()
+            self._starts_changed = trio.Event()
+        return self.starts[stage]
+
+    async def _report_started(self, run: StageRun, stage: str, at_ns: int) -> None:
+        delay = (at_ns - self.clock.now_ns()) / 1e9
+        await trio.sleep(max(0.0, delay))
+        with trio.move_on_after(STARTED_WAIT_S):
+            # worker threads only set an attribute; polling it costs less than a thread hop
+            while not any(w.started_perf_ns for w in run.workers) and run.workers:  # noqa: ASYNC110
+                await trio.sleep(0.001)
+        started = run.started_at_ns()
+        self._send_reliable(lambda seq: Started(seq=seq, stage=stage, at_ns=started))
+        self.started_stage = stage
+
+    # -- background duties
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await trio.sleep(self.stats_interval_s)
+            run, conn = self.current, self.conn
+            if run is None or conn is None or self.started_stage != run.name:
+                continue
+            progress = run.progress()
+            self.stats_seq += 1
+            conn.send_stats(
+                Stats(
+                    seq=self.stats_seq,
+                    stage=run.name,
+                    warmup=progress.warmup,
+                    elapsed_ns=progress.elapsed_ns,
+                    done=progress.done,
+                    total=progress.total,
+                    ops=snapshot_to_wire(progress.snapshot),
+                )
+            )
+
+    async def _resend_loop(self) -> None:
+        interval_ns = int(self.resend_interval_s * 1e9)
+        while True:
+            await trio.sleep(self.resend_interval_s / 2)
+            for message in self.sender.due(self.clock.now_ns(), interval_ns):
+                assert isinstance(message, Message)
+                self._send(message)
+
+    async def _watchdog(self) -> None:
+        """Abort the run when the controller has been silent for the orphan timeout."""
+        while True:
+            await trio.sleep(min(WATCHDOG_EVERY_S, self.orphan_timeout_s / 4))
+            if self.conn is not None:
+                self.last_heard = max(self.last_heard, self.conn.last_received)
+            silent = trio.current_time() - self.last_heard
+            if silent < self.orphan_timeout_s:
+                continue
+            state = self.machine.state
+            if state is AgentState.FINISHING:
+                self.machine.apply(AgentEvent.CONTROLLER_LOST)
+                log.warning(
+                    "run %s: final results not acknowledged after %.0fs; kept locally",
+                    self.run_id,
+                    silent,
+                )
+                self.done.set()
+                return
+            if state is not AgentState.ABORTING:
+                self.machine.apply(AgentEvent.CONTROLLER_LOST)
+                self.abort_reason = f"controller silent for {silent:.0f}s (orphan timeout)"
+                log.warning("run %s: %s; aborting", self.run_id, self.abort_reason)
+                if self.conn is not None:
+                    self.conn.close_soon("orphan timeout")
+                self.run_scope.cancel()
+
+    def _save_locally(self) -> None:
+        directory = self.server.options.state_dir
+        if directory is None:
+            return
+        try:
+            path = Path(directory) / self.server.options.agent_id / f"{self.run_id}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            record = {
+                "run_id": self.run_id,
+                "agent_id": self.server.options.agent_id,
+                "outcome": self.outcome,
+                "final_acknowledged": self.machine.state is AgentState.IDLE
+                and self.final is not None
+                and len(self.sender) == 0,
+                "summaries": unstructure(self.summaries),
+            }
+            path.write_text(json.dumps(record, indent=1, default=_bytes_hex))
+        except OSError as exc:
+            log.warning("run %s: could not keep results locally: %s", self.run_id, exc)
+
+
+def _bytes_hex(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(type(value).__name__)

@@ -1,0 +1,34 @@
+"""The controller: coordinates agents through a run, aggregates, writes the results."""
+
+from ._aggregate import PERF_LOG_COLUMNS, Aggregator, IntervalRow
+from ._display import Display
+from ._link import AgentLink, LinkFailed
+from ._results import STAGE_FILES, ResultsWriter, new_results_dir
+from ._run import (
+    EXIT_ABORTED,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_START,
+    Controller,
+    RunResult,
+)
+
+__all__ = [
+    "EXIT_ABORTED",
+    "EXIT_CONFIG",
+    "EXIT_OK",
+    "EXIT_PARTIAL",
+    "EXIT_START",
+    "PERF_LOG_COLUMNS",
+    "STAGE_FILES",
+    "AgentLink",
+    "Aggregator",
+    "Controller",
+    "Display",
+    "IntervalRow",
+    "LinkFailed",
+    "ResultsWriter",
+    "RunResult",
+    "new_results_dir",
+]

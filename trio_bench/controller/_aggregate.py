@@ -1,0 +1,196 @@
+"""Live aggregation: per-interval rates and exact percentiles, per agent and in aggregate.
+
+One caller (the controller's tick) owns the state here: the reference tool's two callers of a
+windowed aggregation corrupted each other's deltas. Each agent's interval is the difference of
+two of its cumulative snapshots; its rate uses the agent's own elapsed time between them (so
+controller jitter cannot distort it). The aggregate adds the agents' rates and merges their
+interval histograms bin by bin: percentiles are never averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from trio_bench.protocol import Stats
+from trio_bench.stats import (
+    BYTES,
+    ERRORS,
+    MAX_NS,
+    Record,
+    Snapshot,
+    merge_snapshots,
+    merged,
+    ops_of,
+    percentile_ns,
+    snapshot_difference,
+    snapshot_from_wire,
+)
+
+MIB = 1024 * 1024
+PERF_LOG_COLUMNS = (
+    "elapsed_s",
+    "stage",
+    "agent",
+    "warmup",
+    "ops",
+    "ops_per_s",
+    "mib_per_s",
+    "errors",
+    "p50_us",
+    "p90_us",
+    "p99_us",
+    "p999_us",
+    "max_us",
+    "done",
+    "total",
+)
+
+
+@attrs.frozen
+class IntervalRow:
+    elapsed_s: float
+    stage: str
+    agent: str
+    warmup: bool
+    ops: int
+    ops_per_s: float
+    mib_per_s: float
+    errors: int
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    p999_us: float
+    max_us: float
+    done: int
+    total: int
+
+    def cells(self) -> list[str]:
+        return [
+            f"{self.elapsed_s:.3f}",
+            self.stage,
+            self.agent,
+            "1" if self.warmup else "0",
+            str(self.ops),
+            f"{self.ops_per_s:.1f}",
+            f"{self.mib_per_s:.2f}",
+            str(self.errors),
+            f"{self.p50_us:.1f}",
+            f"{self.p90_us:.1f}",
+            f"{self.p99_us:.1f}",
+            f"{self.p999_us:.1f}",
+            f"{self.max_us:.1f}",
+            str(self.done),
+            str(self.total),
+        ]
+
+
+def interval_row(
+    elapsed_s: float,
+    stage: str,
+    agent: str,
+    warmup: bool,
+    delta: Snapshot,
+    seconds: float,
+    done: int,
+    total: int,
+    *,
+    ops_per_s: float | None = None,
+    mib_per_s: float | None = None,
+) -> IntervalRow:
+    record: Record = merged(delta.values())
+    ops = ops_of(record)
+    rate = 1 / seconds if seconds > 0 else 0.0
+    return IntervalRow(
+        elapsed_s=elapsed_s,
+        stage=stage,
+        agent=agent,
+        warmup=warmup,
+        ops=ops,
+        ops_per_s=ops * rate if ops_per_s is None else ops_per_s,
+        mib_per_s=record[BYTES] / MIB * rate if mib_per_s is None else mib_per_s,
+        errors=record[ERRORS],
+        p50_us=percentile_ns(record, 0.50) / 1000,
+        p90_us=percentile_ns(record, 0.90) / 1000,
+        p99_us=percentile_ns(record, 0.99) / 1000,
+        p999_us=percentile_ns(record, 0.999) / 1000,
+        max_us=record[MAX_NS] / 1000,
+        done=done,
+        total=total,
+    )
+
+
+@attrs.define
+class _Previous:
+    stage: str
+    warmup: bool
+    elapsed_ns: int
+    snapshot: Snapshot
+
+
+class Aggregator:
+    """Turns the latest cumulative STATS of every agent into interval rows, once per tick."""
+
+    def __init__(self) -> None:
+        self._previous: dict[str, _Previous] = {}
+        self.last_rows: dict[str, IntervalRow] = {}  # agent id (or "all:<stage>") -> newest row
+
+    def tick(
+        self,
+        elapsed_s: float,
+        latest: Iterable[tuple[str, Stats | None]],
+        stale_after_s: float = 3.0,
+    ) -> list[IntervalRow]:
+        """Rows for every agent with new numbers, plus one ``all`` row per stage.
+
+        The ``all`` row's ops and percentiles cover exactly the data newly reported since the
+        last tick (nothing counted twice, nothing lost); its rates are the sum of every agent's
+        current rate, including agents whose next frame has not arrived yet (not older than
+        ``stale_after_s``), so a frame arriving just after a tick cannot halve the aggregate.
+        """
+        rows: list[IntervalRow] = []
+        by_stage: dict[str, list[tuple[IntervalRow, Snapshot]]] = {}
+        for agent, stats in latest:
+            if stats is None:
+                continue
+            previous = self._previous.get(agent)
+            current = snapshot_from_wire(stats.ops)
+            fresh_epoch = (
+                previous is None or previous.stage != stats.stage or previous.warmup != stats.warmup
+            )
+            if not fresh_epoch and previous is not None and stats.elapsed_ns <= previous.elapsed_ns:
+                continue  # nothing new from this agent since the last tick
+            base = {} if fresh_epoch or previous is None else previous.snapshot
+            since = 0 if fresh_epoch or previous is None else previous.elapsed_ns
+            delta = snapshot_difference(current, base)
+            seconds = (stats.elapsed_ns - since) / 1e9
+            row = interval_row(
+                elapsed_s, stats.stage, agent, stats.warmup, delta, seconds, stats.done, stats.total
+            )
+            self._previous[agent] = _Previous(stats.stage, stats.warmup, stats.elapsed_ns, current)
+            self.last_rows[agent] = row
+            rows.append(row)
+            by_stage.setdefault(stats.stage, []).append((row, delta))
+        for stage, entries in by_stage.items():
+            fresh = merge_snapshots(d for _, d in entries)
+            recent = [
+                r
+                for agent, r in self.last_rows.items()
+                if agent != "all" and r.stage == stage and elapsed_s - r.elapsed_s <= stale_after_s
+            ]
+            total = interval_row(
+                elapsed_s,
+                stage,
+                "all",
+                any(r.warmup for r in recent),
+                fresh,
+                1.0,
+                sum(r.done for r in recent),
+                sum(r.total for r in recent),
+                ops_per_s=sum(r.ops_per_s for r in recent),
+                mib_per_s=sum(r.mib_per_s for r in recent),
+            )
+            self.last_rows["all"] = total
+            rows.append(total)
+        return rows

@@ -1,0 +1,134 @@
+"""What the controller shows while a run is going: one row per agent plus the aggregate.
+
+On a terminal it is a rich live table redrawn every tick; otherwise (a pipe, CI, a log file)
+one plain line per tick. Either way notable events (an agent stalled, disconnected, recovered,
+failed) are printed as lines of their own. Drawing happens in the controller's tick task and
+never touches the sockets: a slow terminal cannot delay a PING or an ABORT.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+import attrs
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+
+@attrs.frozen
+class AgentView:
+    id: str
+    state: str
+    stage: str
+    progress: str
+    ops_per_s: float
+    mib_per_s: float
+    p50_us: float
+    p99_us: float
+    silent_s: float | None
+    note: str
+
+
+@attrs.frozen
+class RunView:
+    title: str
+    stage: str
+    agents: list[AgentView]
+    ops_per_s: float
+    mib_per_s: float
+    p50_us: float
+    p99_us: float
+    counts: str
+
+
+def _latency(us: float) -> str:
+    if us <= 0:
+        return "-"
+    return f"{us / 1000:.2f}ms" if us >= 1000 else f"{us:.1f}us"
+
+
+class Display:
+    def __init__(self, mode: str = "auto", stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        if mode == "auto":
+            mode = "live" if self.stream.isatty() else "plain"
+        self.mode = mode
+        self.console = Console(file=self.stream, highlight=False)
+        self._live: Live | None = None
+
+    def start(self) -> None:
+        if self.mode == "live":
+            self._live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self._live.start()
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def event(self, line: str) -> None:
+        if self.mode == "quiet":
+            return
+        if self._live is not None:
+            self._live.console.print(line, markup=False)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def update(self, view: RunView) -> None:
+        if self.mode == "live" and self._live is not None:
+            self._live.update(self._table(view))
+        elif self.mode == "plain":
+            print(self._line(view), file=self.stream, flush=True)
+
+    def _line(self, view: RunView) -> str:
+        return (
+            f"{view.title} {view.stage:<8} all: {view.ops_per_s:,.0f} ops/s "
+            f"{view.mib_per_s:,.2f} MiB/s p50 {_latency(view.p50_us)} "
+            f"p99 {_latency(view.p99_us)} | {view.counts}"
+        )
+
+    def _table(self, view: RunView) -> Table:
+        table = Table(title=view.title, title_justify="left", expand=False)
+        for name, justify in [
+            ("agent", "left"),
+            ("state", "left"),
+            ("stage", "left"),
+            ("progress", "right"),
+            ("ops/s", "right"),
+            ("MiB/s", "right"),
+            ("p50", "right"),
+            ("p99", "right"),
+            ("last frame", "right"),
+            ("", "left"),
+        ]:
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for agent in view.agents:
+            silent = "-" if agent.silent_s is None else f"{agent.silent_s:.1f}s"
+            table.add_row(
+                agent.id,
+                agent.state,
+                agent.stage,
+                agent.progress,
+                f"{agent.ops_per_s:,.0f}",
+                f"{agent.mib_per_s:,.2f}",
+                _latency(agent.p50_us),
+                _latency(agent.p99_us),
+                silent,
+                agent.note,
+            )
+        table.add_row(
+            "all",
+            view.counts,
+            view.stage,
+            "",
+            f"{view.ops_per_s:,.0f}",
+            f"{view.mib_per_s:,.2f}",
+            _latency(view.p50_us),
+            _latency(view.p99_us),
+            "",
+            "",
+            style="bold",
+        )
+        return table

@@ -1,0 +1,130 @@
+"""The results directory, written as the run goes so a crash late in a run keeps what came
+before it.
+
+    config.yaml            the configuration as run (agents resolved)
+    summary.tsv            workload stage, one row per op kind plus ``all``
+    prepare.tsv            prepare stage, same columns (cleanup.tsv likewise)
+    agents/<id>/*.tsv      the same files for each agent
+    perf_log.tsv           one row per stats interval, per agent and ``all``
+    run.json               status, exit code, start skew, per-agent facts, timeline
+
+Aggregate rows merge the agents' histograms (exact percentiles) and add their counts; the
+aggregate window is the span from the earliest agent start to the latest agent end of that
+stage (on the controller's clock), so ops_per_s is the system's throughput over the time it
+was under load.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trio_bench.protocol import StageSummary, Stats, to_controller_clock
+from trio_bench.stats import (
+    Snapshot,
+    format_tsv,
+    merge_snapshots,
+    snapshot_from_wire,
+    summary_rows,
+)
+
+from ._aggregate import PERF_LOG_COLUMNS, IntervalRow
+
+STAGE_FILES = {"workload": "summary.tsv", "prepare": "prepare.tsv", "cleanup": "cleanup.tsv"}
+
+
+def new_results_dir(base: str | Path, name: str) -> Path:
+    """``<base>/<YYYYmmdd-HHMMSS>-<name>/``, never reusing an existing directory."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+    path = Path(base) / f"{stamp}-{safe}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = Path(base) / f"{stamp}-{safe}-{suffix}"
+    path.mkdir(parents=True)
+    return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class AgentStageResult:
+    """One agent's numbers for one stage: its final summary, or its last live stats if it was
+    lost before sending one (then ``partial``)."""
+
+    def __init__(
+        self,
+        agent: str,
+        summary: StageSummary | None,
+        last_stats: Stats | None,
+        offset_ns: int,
+    ) -> None:
+        self.agent = agent
+        self.partial = summary is None or summary.outcome != "completed"
+        if summary is not None:
+            self.snapshot: Snapshot = snapshot_from_wire(summary.ops)
+            self.seconds = summary.measured_ns / 1e9
+            end = to_controller_clock(summary.ended_at_ns, offset_ns)
+            self.window: tuple[int, int] | None = (end - summary.measured_ns, end)
+        elif last_stats is not None:
+            self.snapshot = snapshot_from_wire(last_stats.ops)
+            self.seconds = last_stats.elapsed_ns / 1e9
+            self.window = None
+        else:
+            self.snapshot = {}
+            self.seconds = 0.0
+            self.window = None
+
+
+class ResultsWriter:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._perf_log = open(directory / "perf_log.tsv", "w", buffering=1)  # noqa: SIM115
+        self._perf_log.write("\t".join(PERF_LOG_COLUMNS) + "\n")
+
+    def write_config(self, data: dict[str, Any], source: str) -> None:
+        header = f"# as run by triobench (from {source})\n"
+        _atomic_write(
+            self.directory / "config.yaml", header + yaml.safe_dump(data, sort_keys=False)
+        )
+
+    def log_intervals(self, rows: Iterable[IntervalRow]) -> None:
+        for row in rows:
+            self._perf_log.write("\t".join(row.cells()) + "\n")
+
+    def write_stage(self, stage: str, results: Sequence[AgentStageResult]) -> dict[str, Any]:
+        """Write the stage's aggregate and per-agent TSVs; return facts for run.json."""
+        name = STAGE_FILES[stage]
+        for result in results:
+            rows = summary_rows(result.snapshot, result.seconds)
+            _atomic_write(self.directory / "agents" / result.agent / name, format_tsv(rows))
+        windows = [r.window for r in results if r.window is not None]
+        if windows:
+            span = (max(end for _, end in windows) - min(start for start, _ in windows)) / 1e9
+        else:
+            span = max((r.seconds for r in results), default=0.0)
+        total = merge_snapshots(r.snapshot for r in results)
+        _atomic_write(self.directory / name, format_tsv(summary_rows(total, span)))
+        return {
+            "seconds": round(span, 6),
+            "agents": [r.agent for r in results],
+            "partial_agents": [r.agent for r in results if r.partial],
+        }
+
+    def write_run(self, record: dict[str, Any]) -> None:
+        _atomic_write(self.directory / "run.json", json.dumps(record, indent=2) + "\n")
+
+    def close(self) -> None:
+        self._perf_log.close()

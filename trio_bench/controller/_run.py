@@ -1,0 +1,549 @@
+"""One run, seen from the controller: connect, configure, measure clocks, then each stage
+behind a barrier with a coordinated start, then final results, ACKs and goodbyes.
+
+Exit codes: 0 every agent completed; 1 the run finished but some agent failed or was lost
+(partial results written); 2 the configuration was refused; 3 the run could not start (agent
+unreachable, authentication or version mismatch, preflight failed); 130 aborted by the user.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from trio_bench import __version__
+from trio_bench.clock import RunClock
+from trio_bench.config import AgentAddress, Config, config_to_dict
+from trio_bench.protocol import (
+    PROTOCOL_VERSION,
+    STAGES,
+    Abort,
+    Configure,
+    PeerEvent,
+    PeerState,
+    Start,
+    to_agent_clock,
+    to_controller_clock,
+)
+
+from ._aggregate import Aggregator
+from ._display import AgentView, Display, RunView
+from ._link import AgentLink, LinkFailed
+from ._results import AgentStageResult, ResultsWriter, new_results_dir
+
+log = logging.getLogger("triobench.controller")
+
+EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_START, EXIT_ABORTED = 0, 1, 2, 3, 130
+ABORT_WAIT_S = 10.0  # how long agents get to confirm an ABORT with their partial results
+GOODBYE_WAIT_S = 2.0
+CLOCK_SYNC_PINGS = 8
+CLOCK_SYNC_GAP_S = 0.01
+
+
+class StartupError(Exception):
+    def __init__(self, lines: list[str], exit_code: int = EXIT_START) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+        self.exit_code = exit_code
+
+
+@attrs.define
+class RunResult:
+    exit_code: int
+    status: str
+    results_dir: Path
+    message: str = ""
+
+
+class Controller:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        agents: Sequence[AgentAddress],
+        token: bytes | None = None,
+        results_base: str | Path = "results",
+        display: Display | None = None,
+        source: str = "config",
+        handle_signals: bool = True,
+        run_id: str | None = None,
+        results_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = config.distributed
+        self.source = source
+        self.display = display or Display("quiet")
+        self.handle_signals = handle_signals
+        self.clock = RunClock()
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.results_base = results_base
+        self.results_dir = results_dir
+        self._change = trio.Event()
+        self.timeline: list[dict[str, Any]] = []
+        self.links = [
+            AgentLink(
+                index=i,
+                address=agent.address,
+                agent_id=agent.id,
+                clock=self.clock,
+                token=token,
+                notify=self._changed,
+                record=self._record,
+            )
+            for i, agent in enumerate(agents)
+        ]
+        for link in self.links:
+            link.run_id = self.run_id
+            link._reconnect_window = self.settings.give_up_after / 1e9
+        self.stage = "connecting"
+        self.abort_reason: str | None = None
+        self.user_abort = False
+        self.skew_ms: dict[str, float] = {}
+        self.stage_facts: dict[str, dict[str, Any]] = {}
+        self.aggregator = Aggregator()
+        self.errors: list[str] = []
+        self._t0 = 0.0
+        self._main_scope: trio.CancelScope | None = None
+        self._results: ResultsWriter | None = None
+        self._started_wall = time.time()
+        self._exit_code = EXIT_OK
+        self._status = "running"
+
+    # -- notifications and the timeline
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = trio.Event()
+
+    def _all_terminal(self) -> bool:
+        return all(link.machine.terminal for link in self.links)
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            await self._change.wait()
+
+    def _elapsed(self) -> float:
+        return trio.current_time() - self._t0 if self._t0 else 0.0
+
+    def _record(self, agent: str, event: str, detail: str) -> None:
+        self.timeline.append(
+            {"t_s": round(self._elapsed(), 3), "agent": agent, "event": event, "detail": detail}
+        )
+        if event in (
+            "disconnected",
+            "failed",
+            "stalled",
+            "unstalled",
+            "resumed",
+            "aborted",
+            "probe",
+        ) or (agent != "controller" and event in ("ready", "completed")):
+            self.display.event(f"[{self._elapsed():7.1f}s] {agent}: {event} ({detail})")
+
+    # -- the run
+
+    async def run(self) -> RunResult:
+        self._t0 = trio.current_time()
+        if self.results_dir is None:
+            self.results_dir = new_results_dir(self.results_base, self.config.name or "run")
+        self._results = ResultsWriter(self.results_dir)
+        self._results.write_config(self._config_as_run(), self.source)
+        self.display.start()
+        message = ""
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.handle_signals:
+                    nursery.start_soon(self._signals)
+                try:
+                    message = await self._orchestrate(nursery)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.display.stop()
+            self._write_run_json()
+            self._results.close()
+        return RunResult(self._exit_code, self._status, self.results_dir, message)
+
+    async def _orchestrate(self, nursery: trio.Nursery) -> str:
+        with trio.CancelScope() as scope:
+            self._main_scope = scope
+            try:
+                await self._connect_all(nursery)
+                await self._configure_all(nursery)
+                await self._sync_clocks()
+                nursery.start_soon(self._ticker)
+                nursery.start_soon(self._policy_watch)
+                for stage in STAGES:
+                    await self._run_stage(stage)
+                    if self.abort_reason:
+                        break
+                if not self.abort_reason:
+                    self.stage = "finishing"
+                    await self._wait_until(
+                        lambda: all(link.machine.terminal for link in self.links)
+                    )
+            except StartupError as exc:
+                for line in exc.lines:
+                    self.display.event(f"error: {line}")
+                    self.errors.append(line)
+                self._exit_code = exc.exit_code
+                self._status = "failed"
+                await self._goodbye_all("could not start")
+                return "; ".join(exc.lines)
+        if self.abort_reason:
+            await self._abort_all(self.abort_reason)
+        await self._goodbye_all("run finished")
+        self._tick()  # a last interval row with whatever arrived at the end
+        return self._decide()
+
+    def _decide(self) -> str:
+        states = [link.state for link in self.links]
+        if self.user_abort:
+            self._exit_code, self._status = EXIT_ABORTED, "aborted"
+            return f"aborted: {self.abort_reason}"
+        if all(state is PeerState.COMPLETED for state in states):
+            self._exit_code, self._status = EXIT_OK, "completed"
+            return "completed"
+        self._exit_code, self._status = EXIT_PARTIAL, "partial"
+        lost = [
+            f"{link.id}: {link.failure or link.state.value}"
+            for link in self.links
+            if link.state is not PeerState.COMPLETED
+        ]
+        return "partial: " + "; ".join(lost)
+
+    # -- start-up
+
+    async def _connect_all(self, nursery: trio.Nursery) -> None:
+        self.stage = "connecting"
+        timeout = self.settings.connect_timeout / 1e9
+        failures: list[str] = []
+
+        async def connect(link: AgentLink) -> None:
+            try:
+                await link.open(nursery, timeout)
+            except LinkFailed as exc:
+                failures.append(str(exc))
+                link.failure = str(exc)
+                link.failure_code = exc.code
+                link.apply(PeerEvent.CONNECTION_LOST, str(exc))
+
+        async with trio.open_nursery() as connecting:
+            for link in self.links:
+                connecting.start_soon(connect, link)
+        ids = [link.id for link in self.links if link.hello is not None]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            failures.append(
+                f"several agents report the id {', '.join(duplicates)}: give each an id "
+                "(distributed.agents[].id or the agent's --id)"
+            )
+        if failures:
+            raise StartupError(failures)
+        for link in self.links:
+            assert link.hello is not None
+            link.apply(PeerEvent.HANDSHAKE_OK, f"{link.hello.hostname} ({link.address})")
+        self._record("controller", "connected", f"{len(self.links)} agent(s)")
+
+    async def _configure_all(self, nursery: trio.Nursery) -> None:
+        self.stage = "validating"
+        config = config_to_dict(self.config)
+        shared = self.settings.shared_storage
+        for link in self.links:
+            link.send_reliable(
+                functools.partial(
+                    Configure,
+                    run_id=self.run_id,
+                    config=config,
+                    agent_index=link.index,
+                    agent_count=len(self.links),
+                    path_prefix="" if shared else f"{link.id}/",
+                    stats_interval_ns=self.settings.stats_interval,
+                    orphan_timeout_ns=self.settings.orphan_timeout,
+                )
+            )
+            nursery.start_soon(link.watch, self.settings)
+        with trio.move_on_after(self.settings.configure_timeout / 1e9):
+            await self._wait_until(
+                lambda: all(link.state is not PeerState.VALIDATING for link in self.links)
+            )
+        problems = []
+        refused = False
+        for link in self.links:
+            if link.state is PeerState.READY:
+                continue
+            if link.state is PeerState.VALIDATING:
+                link.fail("no READY within configure_timeout", PeerEvent.AGENT_ERROR)
+            problems.append(f"agent {link.id}: {link.failure or link.state.value}")
+            refused |= link.failure_code == "bad_config"
+        if problems:
+            raise StartupError(problems, EXIT_CONFIG if refused else EXIT_START)
+
+    async def _sync_clocks(self) -> None:
+        self.stage = "clock sync"
+        for _ in range(CLOCK_SYNC_PINGS):
+            for link in self.links:
+                link.ping()
+            await trio.sleep(CLOCK_SYNC_GAP_S)
+        with trio.move_on_after(max(1.0, self.settings.ping_interval / 1e9)):
+            await self._wait_until(lambda: all(len(link.estimator) > 0 for link in self.links))
+        for link in self.links:
+            best = link.estimator.best
+            if best is not None:
+                self._record(
+                    link.id,
+                    "clock",
+                    f"offset {best.offset_ns / 1e6:+.3f}ms rtt {best.rtt_ns / 1e6:.3f}ms",
+                )
+
+    # -- stages
+
+    async def _run_stage(self, stage: str) -> None:
+        participants = [link for link in self.links if not link.machine.terminal]
+        if not participants:
+            return
+        self.stage = stage
+        start_at = self.clock.now_ns() + self.settings.start_delay
+        for link in participants:
+            at = to_agent_clock(start_at, link.offset_ns)
+            link.send_reliable(functools.partial(Start, stage=stage, at_ns=at))
+        self._record(
+            "controller",
+            f"start {stage}",
+            f"at +{self.settings.start_delay / 1e9:g}s for {len(participants)} agent(s)",
+        )
+        await self._wait_until(lambda: all(link.stage_finished(stage) for link in participants))
+        starts = [
+            to_controller_clock(link.started_at[stage], link.offset_ns)
+            for link in participants
+            if stage in link.started_at
+        ]
+        if starts:
+            self.skew_ms[stage] = (max(starts) - min(starts)) / 1e6
+        assert self._results is not None
+        results = [
+            AgentStageResult(
+                link.id,
+                link.summaries.get(stage),
+                link.latest if link.latest is not None and link.latest.stage == stage else None,
+                link.offset_ns,
+            )
+            for link in participants
+        ]
+        self.stage_facts[stage] = self._results.write_stage(stage, results)
+        self._write_run_json()
+
+    async def _policy_watch(self) -> None:
+        """Failure policy: with ``abort``, one agent failing aborts the others."""
+        seen: set[str] = set()
+        while True:
+            await self._change.wait()
+            for link in self.links:
+                if link.state is PeerState.FAILED and link.id not in seen:
+                    seen.add(link.id)
+                    self.display.event(f"agent {link.id} failed: {link.failure or 'lost'}")
+                    if self.settings.failure_policy == "abort" and not self.abort_reason:
+                        self.request_abort(f"agent {link.id} failed (failure_policy: abort)")
+
+    def request_abort(self, reason: str, *, user: bool = False) -> None:
+        if self.abort_reason is None:
+            self.abort_reason = reason
+            self.user_abort = user
+            self._record("controller", "abort", reason)
+            if self._main_scope is not None:
+                self._main_scope.cancel()
+
+    async def _abort_all(self, reason: str) -> None:
+        self.stage = "aborting"
+        for link in self.links:
+            if link.machine.terminal:
+                continue
+            link.abort_requested = True
+            if link.state is not PeerState.CONNECTING:
+                link.send_reliable(functools.partial(Abort, reason=reason[:500]))
+            link.apply(PeerEvent.ABORT_SENT, reason)
+        with trio.move_on_after(ABORT_WAIT_S):
+            await self._wait_until(self._all_terminal)
+        for link in self.links:
+            if not link.machine.terminal:
+                link.give_up(f"did not confirm the abort within {ABORT_WAIT_S:g}s")
+
+    async def _goodbye_all(self, reason: str) -> None:
+        for link in self.links:
+            link.say_goodbye(reason)
+        with trio.move_on_after(GOODBYE_WAIT_S):
+            for link in self.links:
+                if link.conn is not None:
+                    await link.conn.closed.wait()
+
+    # -- live view
+
+    async def _ticker(self) -> None:
+        interval = self.settings.stats_interval / 1e9
+        while True:
+            await trio.sleep(interval)
+            self._tick()
+
+    def _tick(self) -> None:
+        interval = self.settings.stats_interval / 1e9
+        rows = self.aggregator.tick(
+            self._elapsed(), [(link.id, link.latest) for link in self.links], 3 * interval
+        )
+        if self._results is not None:
+            self._results.log_intervals(rows)
+        self.display.update(self._view())
+
+    def _view(self) -> RunView:
+        agents = []
+        for link in self.links:
+            row = self.aggregator.last_rows.get(link.id)
+            latest = link.latest
+            progress = f"{latest.done}/{latest.total}" if latest and latest.total else ""
+            notes = []
+            if link.stalled:
+                notes.append("stalled")
+            if link.machine.recoveries:
+                notes.append(f"recovered x{link.machine.recoveries}")
+            if link.failure:
+                notes.append(link.failure[:60])
+            current = row is not None and row.stage == (latest.stage if latest else "")
+            agents.append(
+                AgentView(
+                    id=link.id,
+                    state=link.state.value,
+                    stage=latest.stage if latest else "",
+                    progress=progress,
+                    ops_per_s=row.ops_per_s if row and current else 0.0,
+                    mib_per_s=row.mib_per_s if row and current else 0.0,
+                    p50_us=row.p50_us if row and current else 0.0,
+                    p99_us=row.p99_us if row and current else 0.0,
+                    silent_s=link.seconds_since_frame(),
+                    note=", ".join(notes),
+                )
+            )
+        total = self.aggregator.last_rows.get("all")
+        if total is not None and total.stage != self.stage:
+            total = None  # numbers of a finished stage are not the current throughput
+        live = [link for link in self.links if link.machine.live]
+        counts = (
+            f"{len(live)} live, {sum(link.stalled for link in self.links)} stalled, "
+            f"{sum(link.state is PeerState.DISCONNECTED for link in self.links)} disconnected, "
+            f"{sum(link.state is PeerState.FAILED for link in self.links)} failed"
+        )
+        return RunView(
+            title=f"[{self._elapsed():7.1f}s] run {self.run_id}",
+            stage=self.stage,
+            agents=agents,
+            ops_per_s=total.ops_per_s if total else 0.0,
+            mib_per_s=total.mib_per_s if total else 0.0,
+            p50_us=total.p50_us if total else 0.0,
+            p99_us=total.p99_us if total else 0.0,
+            counts=counts,
+        )
+
+    # -- signals
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self.abort_reason is None or not self.user_abort:
+                    self.display.event(
+                        f"{name}: aborting the run (press Ctrl-C again to exit at once)"
+                    )
+                    self.request_abort(f"interrupted by the user ({name})", user=True)
+                else:
+                    self.display.stop()
+                    self._exit_code, self._status = EXIT_ABORTED, "aborted"
+                    self.errors.append(f"second {name}: exited without waiting for the agents")
+                    self._write_run_json()
+                    os._exit(EXIT_ABORTED)
+
+    # -- results
+
+    def _config_as_run(self) -> dict[str, Any]:
+        data = config_to_dict(self.config)
+        data["distributed"]["agents"] = [
+            {"address": link.address, **({"id": link.configured_id} if link.configured_id else {})}
+            for link in self.links
+        ]
+        return data
+
+    def _write_run_json(self) -> None:
+        if self._results is None:
+            return
+        self._results.write_run(self.run_record())
+
+    def run_record(self) -> dict[str, Any]:
+        def iso(ts: float) -> str:
+            return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat()
+
+        agents = []
+        for link in self.links:
+            best = link.estimator.best
+            errors: dict[str, int] = {}
+            samples: dict[str, list[str]] = {}
+            for summary in link.summaries.values():
+                for kind, stats in summary.ops.items():
+                    errors[kind] = errors.get(kind, 0) + stats.errors
+                for kind, lines in summary.error_samples.items():
+                    samples.setdefault(kind, []).extend(lines)
+            agents.append(
+                {
+                    "id": link.id,
+                    "address": link.address,
+                    "hostname": link.hello.hostname if link.hello else None,
+                    "software": link.hello.software if link.hello else None,
+                    "final_state": link.state.value,
+                    "lost": link.state is PeerState.FAILED and link.final is None,
+                    "failure": link.failure,
+                    "target": link.ready.target if link.ready else None,
+                    "preflight": list(link.ready.checks) if link.ready else [],
+                    "clock_offset_ms": best.offset_ns / 1e6 if best else None,
+                    "clock_rtt_ms": best.rtt_ns / 1e6 if best else None,
+                    "clock_error_bound_ms": best.error_bound_ns / 1e6 if best else None,
+                    "disconnects": link.machine.disconnects,
+                    "recoveries": link.machine.recoveries,
+                    "reconnects": link.reconnects,
+                    "sequence_gaps": link.stats_sequence.gaps,
+                    "stale_stats": link.stats_sequence.stale,
+                    "duplicate_messages": link.receiver.duplicates,
+                    "errors": errors,
+                    "error_samples": samples,
+                    "stages": {
+                        stage: {
+                            "outcome": s.outcome,
+                            "measured_s": s.measured_ns / 1e9,
+                            "message": s.message,
+                        }
+                        for stage, s in link.summaries.items()
+                    },
+                }
+            )
+        return {
+            "status": self._status,
+            "exit_code": self._exit_code,
+            "run_id": self.run_id,
+            "name": self.config.name,
+            "software": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "started_at": iso(self._started_wall),
+            "ended_at": iso(time.time()),
+            "abort_reason": self.abort_reason,
+            "start_skew_ms": self.skew_ms,
+            "stages": self.stage_facts,
+            "agents": agents,
+            "errors": self.errors,
+            "timeline": self.timeline,
+        }

@@ -1,0 +1,257 @@
+"""The protocol over one Trio stream: one reader task, one writer task, two logical channels.
+
+Inbound, the reader decodes frames as they arrive and never waits on application work:
+
+- a message the owner wants handled on arrival (PING answered with its receive timestamp,
+  PONG timestamped) goes to ``intercept``, a plain function that must not block;
+- STATS go to a latest-snapshot slot: stats are cumulative, so a newer snapshot replaces an
+  unread older one and nothing is lost;
+- every other message goes to a bounded control inbox. A peer that overflows it (thousands of
+  control messages the application has not consumed) is flooding us: protocol error.
+
+Outbound, control messages are queued (bounded) and STATS sit in a single replaceable slot;
+the writer always sends every queued control message before the pending STATS, batching them
+into one ``send_all``. So a PING, an ABORT or an ACK is never stuck behind statistics, and a
+slow peer costs us at most one stats frame of memory.
+
+Liveness is the owner's business; the connection only records when the last frame arrived
+(``last_received``, in ``trio.current_time()``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import trio
+
+from trio_bench.protocol import (
+    Error,
+    FrameDecoder,
+    Message,
+    Pong,
+    ProtocolError,
+    Stats,
+    decode_message,
+    encode_message,
+)
+
+log = logging.getLogger("triobench.transport")
+
+RECEIVE_SIZE = 65536
+# Why 1024: control traffic is a handful of messages per second per peer; the application
+# drains the inbox as fast as frames are decoded. A thousand unconsumed messages means a peer
+# flooding us, and 1024 frames of at most a few hundred bytes bound what it can make us hold.
+CONTROL_BACKLOG = 1024
+# Outbound: the same bound. PONGs beyond it are dropped (the next PING gets one); any other
+# control message beyond it means the peer stopped reading long ago: the connection is closed.
+OUTBOX_LIMIT = 1024
+CLOSE_TIMEOUT_S = 2.0  # how long a graceful close waits for queued frames to be written
+
+
+class ConnectionClosed(Exception):
+    """The connection is closed; ``reason`` says why (one line)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Connection:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        name: str = "peer",
+        intercept: Callable[[Message], bool] | None = None,
+        on_stats: Callable[[Stats], None] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.name = name
+        self.intercept = intercept
+        self.on_stats = on_stats
+        self.last_received = trio.current_time()
+        self.frames_received = 0
+        self.stats_superseded = 0  # outbound STATS replaced before they could be sent
+        self.pongs_dropped = 0
+        self.close_reason: str | None = None
+        self.closed = trio.Event()
+        self._decoder = FrameDecoder()
+        self._inbox: deque[Message] = deque()
+        self._inbox_changed = trio.Event()
+        self._frame_arrived = trio.Event()
+        self.latest_stats: Stats | None = None
+        self._control_out: deque[bytes] = deque()
+        self._stats_out: bytes | None = None
+        self._wake_writer = trio.Event()
+        self._cancel: trio.CancelScope | None = None
+
+    # -- sending (never blocks)
+
+    def send(self, message: Message) -> None:
+        """Queue a control message; it goes out before any pending STATS."""
+        if self.closed.is_set():
+            return
+        if len(self._control_out) >= OUTBOX_LIMIT:
+            if isinstance(message, Pong):
+                self.pongs_dropped += 1
+                return
+            self._abort(f"{self.name} stopped reading: {OUTBOX_LIMIT} control frames queued")
+            return
+        self._control_out.append(encode_message(message))
+        self._wake()
+
+    def send_stats(self, stats: Stats) -> None:
+        """Offer a STATS snapshot; it replaces any snapshot not yet sent."""
+        if self.closed.is_set():
+            return
+        if self._stats_out is not None:
+            self.stats_superseded += 1
+        self._stats_out = encode_message(stats)
+        self._wake()
+
+    def discard_stats(self) -> None:
+        """Drop a pending STATS (called when a stage ends: the summary supersedes it)."""
+        self._stats_out = None
+
+    def _wake(self) -> None:
+        self._wake_writer.set()
+
+    # -- receiving
+
+    async def receive(self) -> Message:
+        """The next message: control messages in arrival order, then the newest STATS.
+
+        Every control message that arrived before a STATS frame is returned before it, so a
+        consumer sees a stage's STARTED before that stage's statistics. Messages that arrived
+        before the connection closed are still returned; then ``ConnectionClosed``.
+        """
+        while True:
+            if self._inbox:
+                return self._inbox.popleft()
+            if self.latest_stats is not None:
+                stats, self.latest_stats = self.latest_stats, None
+                return stats
+            if self.closed.is_set():
+                raise ConnectionClosed(self.close_reason or "closed")
+            await self._inbox_changed.wait()
+            self._inbox_changed = trio.Event()
+
+    async def wait_frame(self) -> None:
+        """Return when the next frame arrives (any frame) or the connection closes."""
+        if self._frame_arrived.is_set():
+            self._frame_arrived = trio.Event()
+        await self._frame_arrived.wait()
+
+    def take_stats(self) -> Stats | None:
+        stats, self.latest_stats = self.latest_stats, None
+        return stats
+
+    # -- running
+
+    async def run(self) -> None:
+        """Run the reader and writer until the connection closes; then close the stream."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._writer)
+        finally:
+            self._mark_closed(self.close_reason or "closed")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    self._decoder.check_eof()
+                    self._abort(f"{self.name} closed the connection")
+                    return
+                self._decoder.feed(data)
+                for frame in self._decoder:
+                    self._dispatch(decode_message(frame))
+        except ProtocolError as exc:
+            self._protocol_error(str(exc))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._abort(f"connection to {self.name} lost: {exc or type(exc).__name__}")
+
+    def _dispatch(self, message: Message) -> None:
+        self.last_received = trio.current_time()
+        self.frames_received += 1
+        self._frame_arrived.set()
+        if self.intercept is not None and self.intercept(message):
+            return
+        if isinstance(message, Stats):
+            if self.on_stats is not None:
+                self.on_stats(message)
+            self.latest_stats = message
+        else:
+            if len(self._inbox) >= CONTROL_BACKLOG:
+                raise ProtocolError(
+                    f"{self.name} sent more than {CONTROL_BACKLOG} control messages "
+                    "that were not yet processed (flood)"
+                )
+            self._inbox.append(message)
+        self._inbox_changed.set()
+
+    def _protocol_error(self, reason: str) -> None:
+        """Tell the peer what it did wrong (best effort), then close."""
+        log.warning("%s: protocol error: %s", self.name, reason)
+        self.close_reason = f"protocol error from {self.name}: {reason}"
+        try:
+            error = Error(seq=0, code="protocol_error", message=reason[:1000], summaries=())
+            self._control_out.append(encode_message(error))
+            self._wake()
+        except ValueError:
+            pass
+        self.close_soon(self.close_reason)
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                await self._wake_writer.wait()
+                self._wake_writer = trio.Event()
+                while self._control_out or self._stats_out is not None:
+                    batch = list(self._control_out)
+                    self._control_out.clear()
+                    if self._stats_out is not None:
+                        batch.append(self._stats_out)  # control first, then stats
+                        self._stats_out = None
+                    await self.stream.send_all(b"".join(batch))
+                if self.closed.is_set():
+                    self._abort(self.close_reason or "closed")
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._abort(f"connection to {self.name} lost: {exc or type(exc).__name__}")
+
+    # -- closing
+
+    def _mark_closed(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.closed.set()
+        self._frame_arrived.set()
+        self._inbox_changed.set()
+        self._wake_writer.set()  # let the writer flush what is queued, then stop
+
+    def _abort(self, reason: str) -> None:
+        self._mark_closed(reason)
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    def close_soon(self, reason: str) -> None:
+        """Flush what is queued (within ``CLOSE_TIMEOUT_S``), then close."""
+        self._mark_closed(reason)
+        if self._cancel is not None:
+            self._cancel.deadline = min(
+                self._cancel.deadline, trio.current_time() + CLOSE_TIMEOUT_S
+            )
+
+    async def aclose(self, reason: str = "closed") -> None:
+        """Close now; idempotent; the stream is closed even if we are being cancelled."""
+        self._abort(reason)
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)
