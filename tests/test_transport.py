@@ -15,9 +15,22 @@ from trio_bench.transport import CONTROL_BACKLOG, Connection, ConnectionClosed
 def stats(seq: int, ops: int) -> p.Stats:
     hist = ((100, ops),) if ops else ()
     return p.Stats(
-        seq=seq, stage="workload", warmup=False, elapsed_ns=seq, done=0, total=0,
-        ops={"get": p.OpStats(ops=ops, bytes=ops * 4096, errors=0, sum_ns=ops * 100,
-                              max_ns=100 if ops else 0, hist=hist)},
+        seq=seq,
+        stage="workload",
+        warmup=False,
+        elapsed_ns=seq,
+        done=0,
+        total=0,
+        ops={
+            "get": p.OpStats(
+                ops=ops,
+                bytes=ops * 4096,
+                errors=0,
+                sum_ns=ops * 100,
+                max_ns=100 if ops else 0,
+                hist=hist,
+            )
+        },
     )
 
 

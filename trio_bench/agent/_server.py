@@ -229,11 +229,14 @@ class AgentServer:
                 self._refuse(conn, "protocol_error", str(exc))
             nursery.cancel_scope.cancel()
 
+    def release(self, session: Session) -> None:
+        if self.session is session:
+            self.session = None
+
     async def _run_session(self, session: Session) -> None:
         try:
             await session.run()
         except Exception as exc:  # a bug of ours: end this run, keep the agent serving
-            log.error("run %s: internal error: %s: %s", session.run_id, type(exc).__name__, exc)
+            log.error("run %s: internal error: %r", session.run_id, exc, exc_info=True)
         finally:
-            if self.session is session:
-                self.session = None
+            self.release(session)

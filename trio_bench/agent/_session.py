@@ -82,6 +82,7 @@ class Session:
         self.run_scope = trio.CancelScope()
         self.abort_reason = ""
         self.final: Message | None = None
+        self.farewell = False  # the controller said GOODBYE: no ACK will come
         self.outcome = "running"
         self.done = trio.Event()
         self.stats_seq = 0
@@ -130,11 +131,19 @@ class Session:
             acked = self.sender.ack(message.seq)
             if self.final is not None and self.final in acked:
                 self.machine.apply(AgentEvent.FINAL_ACKED)
-                self.done.set()
+                self._finish()
             return
         if isinstance(message, Goodbye):
+            # The controller is leaving for good: nobody will ACK or resume this run.
+            self.farewell = True
             if self.conn is not None:
                 self.conn.close_soon(f"controller said goodbye: {message.reason}")
+            if self.machine.state is AgentState.FINISHING:
+                self._finish()
+            elif self.machine.can_apply(AgentEvent.ABORT) and not self.abort_reason:
+                self.machine.apply(AgentEvent.ABORT)
+                self.abort_reason = f"controller left: {message.reason}"[:500]
+                self.run_scope.cancel()
             return
         if isinstance(message, Configure):
             raise ProtocolError(
@@ -162,6 +171,12 @@ class Session:
                 self.run_scope.cancel()
         self.receiver.accept(message.seq, message.TAG)
         self._send(Ack(seq=message.seq))
+
+    def _finish(self) -> None:
+        """The run is over for the controller: free the agent for the next one right now
+        (synchronously), even though this session still has cleanup to do."""
+        self.server.release(self)
+        self.done.set()
 
     # -- the run
 
@@ -197,6 +212,8 @@ class Session:
             self.final = self._send_reliable(
                 lambda seq: Aborted(seq=seq, reason=reason[:1000], summaries=tuple(summaries))
             )
+        if self.farewell and self.final is not None:
+            self._finish()
 
     async def _stages(self) -> None:
         config_data = self.configure.config
@@ -213,12 +230,12 @@ class Session:
             )
             checks = await engine.preflight()
         except ConfigError as exc:
-            self._fail("bad_config", "; ".join(exc.lines), AgentEvent.PREFLIGHT_FAILED)
+            await self._fail("bad_config", "; ".join(exc.lines), AgentEvent.PREFLIGHT_FAILED)
             return
         except BackendError as exc:
-            self._fail("preflight_failed", str(exc), AgentEvent.PREFLIGHT_FAILED)
+            await self._fail("preflight_failed", str(exc), AgentEvent.PREFLIGHT_FAILED)
             return
-        self.machine.apply(AgentEvent.PREFLIGHT_OK)
+        await self._advance(AgentEvent.PREFLIGHT_OK)
         target = engine.backend.describe()
         self._send_reliable(lambda seq: Ready(seq=seq, target=target, checks=tuple(checks)))
         try:
@@ -233,15 +250,15 @@ class Session:
                     except StageFailed as exc:
                         self.summaries.append(run.summary("failed"))
                         self.current = None
-                        self._fail("stage_failed", f"{stage}: {exc}", AgentEvent.STAGE_FAILED)
+                        await self._fail("stage_failed", f"{stage}: {exc}", AgentEvent.STAGE_FAILED)
                         return
-                if stage == "prepare":
-                    await engine.after_prepare()
                 summary = run.summary("completed")
                 self.summaries.append(summary)
                 self.current = None
+                if stage == "prepare":
+                    await engine.after_prepare()
                 self._discard_stats()
-                self.machine.apply(AgentEvent.STAGE_DONE)
+                await self._advance(AgentEvent.STAGE_DONE)
                 self._send_reliable(functools.partial(StageDone, summary=summary))
             self.outcome = "completed"
             summaries = tuple(self.summaries)
@@ -249,8 +266,19 @@ class Session:
         finally:
             engine.close()
 
-    def _fail(self, code: str, message: str, event: AgentEvent) -> None:
+    async def _advance(self, event: AgentEvent) -> None:
+        """Apply a lifecycle event, unless an ABORT arrived meanwhile.
+
+        ABORT moves the machine and cancels the run's scope at once, but the lifecycle task
+        only sees the cancellation at its next checkpoint (a thread's result can be delivered
+        first). So every lifecycle transition passes a checkpoint first: a pending abort is
+        raised here, and the machine never gets an event it cannot take.
+        """
+        await trio.lowlevel.checkpoint()
         self.machine.apply(event)
+
+    async def _fail(self, code: str, message: str, event: AgentEvent) -> None:
+        await self._advance(event)
         self.outcome = f"failed ({code})"
         self._discard_stats()
         summaries = tuple(self.summaries)
@@ -327,7 +355,7 @@ class Session:
                     self.run_id,
                     silent,
                 )
-                self.done.set()
+                self._finish()
                 return
             if state is not AgentState.ABORTING:
                 self.machine.apply(AgentEvent.CONTROLLER_LOST)

@@ -73,11 +73,25 @@ RECONNECT_EVERY_S = 1.0
 
 
 class LinkFailed(Exception):
-    """Could not connect/handshake with an agent. ``code`` is the agent's error code if any."""
+    """Could not connect/handshake with an agent. ``code`` is the agent's error code if any;
+    ``refused``: nothing listens there any more (the agent process is gone)."""
 
-    def __init__(self, message: str, code: str = "") -> None:
+    def __init__(self, message: str, code: str = "", *, refused: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.refused = refused
+
+
+def _connect_error(exc: OSError) -> tuple[str, bool]:
+    """(one-line reason, refused?) from what ``trio.open_tcp_stream`` raised: it wraps the
+    per-address errors (ECONNREFUSED, ...) in an ExceptionGroup behind a generic OSError."""
+    causes: list[BaseException] = [exc]
+    if isinstance(exc.__cause__, BaseExceptionGroup):
+        causes = list(exc.__cause__.exceptions)
+    refused = all(isinstance(c, ConnectionRefusedError) for c in causes)
+    first = causes[0]
+    reason = getattr(first, "strerror", None) or str(first)
+    return reason, refused
 
 
 class AgentLink:
@@ -183,7 +197,8 @@ class AgentLink:
         except trio.TooSlowError:
             raise LinkFailed(f"{self.address}: no connection within {timeout_s:g}s") from None
         except OSError as exc:
-            raise LinkFailed(f"{self.address}: cannot connect: {exc.strerror or exc}") from None
+            reason, refused = _connect_error(exc)
+            raise LinkFailed(f"{self.address}: cannot connect: {reason}", refused=refused) from None
         conn = Connection(
             stream,
             name=f"agent {self.id} ({self.address})",
@@ -298,8 +313,7 @@ class AgentLink:
                 try:
                     hello = await self.open(nursery, timeout_s=max(0.5, RECONNECT_EVERY_S * 2))
                 except LinkFailed as exc:
-                    refused = "refused" in str(exc).lower()
-                    if refused or trio.current_time() >= deadline:
+                    if exc.refused or trio.current_time() >= deadline:
                         self.give_up(f"lost: {exc}")
                         return
                 else:

@@ -106,7 +106,7 @@ class Controller:
         for link in self.links:
             link.run_id = self.run_id
             link._reconnect_window = self.settings.give_up_after / 1e9
-        self.stage = "connecting"
+        self._stage = "connecting"
         self.abort_reason: str | None = None
         self.user_abort = False
         self.skew_ms: dict[str, float] = {}
@@ -119,6 +119,7 @@ class Controller:
         self._started_wall = time.time()
         self._exit_code = EXIT_OK
         self._status = "running"
+        self._in_progress: tuple[str, list[AgentLink]] | None = None
 
     # -- notifications and the timeline
 
@@ -126,12 +127,27 @@ class Controller:
         self._change.set()
         self._change = trio.Event()
 
+    @property
+    def stage(self) -> str:
+        """What the run is doing: connecting, validating, clock sync, a stage name, ..."""
+        return self._stage
+
+    @stage.setter
+    def stage(self, value: str) -> None:
+        self._stage = value
+        self._changed()
+
     def _all_terminal(self) -> bool:
         return all(link.machine.terminal for link in self.links)
 
     async def _wait_until(self, condition: Callable[[], bool]) -> None:
         while not condition():
             await self._change.wait()
+
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds; re-checked whenever any agent's state changes
+        (for embedding the controller, and for tests that act at a precise phase)."""
+        await self._wait_until(condition)
 
     def _elapsed(self) -> float:
         return trio.current_time() - self._t0 if self._t0 else 0.0
@@ -199,10 +215,14 @@ class Controller:
                     self.errors.append(line)
                 self._exit_code = exc.exit_code
                 self._status = "failed"
+                if any(link.machine.live for link in self.links):
+                    await self._abort_all("the run could not start: " + "; ".join(exc.lines))
                 await self._goodbye_all("could not start")
                 return "; ".join(exc.lines)
         if self.abort_reason:
             await self._abort_all(self.abort_reason)
+            if self._in_progress is not None:
+                self._write_stage(*self._in_progress)
         await self._goodbye_all("run finished")
         self._tick()  # a last interval row with whatever arrived at the end
         return self._decide()
@@ -251,9 +271,6 @@ class Controller:
             )
         if failures:
             raise StartupError(failures)
-        for link in self.links:
-            assert link.hello is not None
-            link.apply(PeerEvent.HANDSHAKE_OK, f"{link.hello.hostname} ({link.address})")
         self._record("controller", "connected", f"{len(self.links)} agent(s)")
 
     async def _configure_all(self, nursery: trio.Nursery) -> None:
@@ -261,6 +278,8 @@ class Controller:
         config = config_to_dict(self.config)
         shared = self.settings.shared_storage
         for link in self.links:
+            assert link.hello is not None
+            link.apply(PeerEvent.HANDSHAKE_OK, f"{link.hello.hostname} ({link.address})")
             link.send_reliable(
                 functools.partial(
                     Configure,
@@ -314,6 +333,7 @@ class Controller:
         if not participants:
             return
         self.stage = stage
+        self._in_progress = (stage, participants)
         start_at = self.clock.now_ns() + self.settings.start_delay
         for link in participants:
             at = to_agent_clock(start_at, link.offset_ns)
@@ -324,6 +344,12 @@ class Controller:
             f"at +{self.settings.start_delay / 1e9:g}s for {len(participants)} agent(s)",
         )
         await self._wait_until(lambda: all(link.stage_finished(stage) for link in participants))
+        self._write_stage(stage, participants)
+
+    def _write_stage(self, stage: str, participants: list[AgentLink]) -> None:
+        """The stage's results files and facts: final summaries where the agents sent them,
+        partial ones (ABORTED, a lost agent's last STATS) otherwise."""
+        self._in_progress = None
         starts = [
             to_controller_clock(link.started_at[stage], link.offset_ns)
             for link in participants
@@ -382,10 +408,10 @@ class Controller:
     async def _goodbye_all(self, reason: str) -> None:
         for link in self.links:
             link.say_goodbye(reason)
-        with trio.move_on_after(GOODBYE_WAIT_S):
+        with trio.move_on_after(GOODBYE_WAIT_S):  # let the writers flush the last ACKs
             for link in self.links:
                 if link.conn is not None:
-                    await link.conn.closed.wait()
+                    await link.conn.finished.wait()
 
     # -- live view
 

@@ -34,14 +34,15 @@ class StopFlag:
         self.stopped = False
 
 
-def wait_until(target_perf_ns: int) -> None:
-    """Sleep until a perf_counter instant: coarse sleep, then short GIL-releasing waits."""
-    while True:
+def wait_until(target_perf_ns: int, stop: StopFlag | None = None) -> None:
+    """Sleep until a perf_counter instant: coarse sleeps in slices of at most 50 ms (so a stop
+    is noticed while waiting for a far start), then short GIL-releasing waits."""
+    while stop is None or not stop.stopped:
         remaining = target_perf_ns - perf_counter_ns()
         if remaining <= 0:
             return
         if remaining > 2_000_000:
-            time.sleep((remaining - 1_000_000) / 1e9)
+            time.sleep(min(remaining - 1_000_000, 50_000_000) / 1e9)
         else:
             time.sleep(0)
 
@@ -87,9 +88,9 @@ class Worker:
     def run(self, start_perf_ns: int) -> None:
         """Thread body: wait for the start instant, loop, record how it ended."""
         try:
-            wait_until(start_perf_ns)
-            self.started_perf_ns = perf_counter_ns()
+            wait_until(start_perf_ns, self.stop)
             if not self.stop.stopped:
+                self.started_perf_ns = perf_counter_ns()
                 self.loop()
         except BaseException as exc:  # a bug, not a storage error: reported by the stage
             self.crash = exc

@@ -76,7 +76,8 @@ class Connection:
         self.stats_superseded = 0  # outbound STATS replaced before they could be sent
         self.pongs_dropped = 0
         self.close_reason: str | None = None
-        self.closed = trio.Event()
+        self.closed = trio.Event()  # set when closing begins: nothing more is accepted
+        self.finished = trio.Event()  # set when the stream is closed and both tasks are done
         self._decoder = FrameDecoder()
         self._inbox: deque[Message] = deque()
         self._inbox_changed = trio.Event()
@@ -161,6 +162,7 @@ class Connection:
             self._mark_closed(self.close_reason or "closed")
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
+            self.finished.set()
 
     async def _reader(self) -> None:
         try:

@@ -1,0 +1,323 @@
+"""End to end: real agent processes on loopback, the controller in-process (or as the CLI).
+
+Each test is bounded: short stages, fast liveness settings, and a ``fail_after``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from trio_bench.controller import Controller, Display
+from trio_bench.protocol import PeerState
+
+from .agents import addresses, config, local_agents, start_agent, stop
+
+pytestmark = pytest.mark.slow
+
+NULL_RUN = """
+target: null://
+duration: {duration}
+concurrency: 1
+prepare:
+  ensure_objects: [{{base_uri: data/, count: {count}, object_size: 4KiB}}]
+  cleanup: true
+workload:
+  - {{op: get, path: "data/*", weight: 8}}
+  - {{op: put, path: "new/", weight: 1, object_size: 1KiB}}
+  - {{op: stat, path: "data/*", weight: 1}}
+"""
+
+
+def null_run(duration: str = "1s", count: int = 1000, policy: str = "abort"):
+    return config(NULL_RUN.format(duration=duration, count=count), policy)
+
+
+def controller_for(cfg, agents, tmp_path: Path) -> Controller:
+    return Controller(
+        cfg,
+        agents=addresses(agents),
+        results_base=tmp_path / "results",
+        display=Display("quiet"),
+        handle_signals=False,
+    )
+
+
+def tsv(path: Path) -> dict[str, dict[str, str]]:
+    with open(path) as f:
+        return {row["op"]: row for row in csv.DictReader(f, delimiter="\t")}
+
+
+def run_json(result) -> dict:
+    return json.loads((result.results_dir / "run.json").read_text())
+
+
+async def test_two_agents_aggregate_equals_the_sum_of_the_agents(tmp_path: Path) -> None:
+    with local_agents(tmp_path, 2) as agents:
+        controller = controller_for(null_run("1s"), agents, tmp_path)
+        with trio.fail_after(60):
+            result = await controller.run()
+    assert (result.exit_code, result.status) == (0, "completed")
+    directory = result.results_dir
+    for name in ("summary.tsv", "prepare.tsv", "cleanup.tsv"):
+        total = tsv(directory / name)
+        parts = [tsv(directory / "agents" / a.id / name) for a in agents]
+        for op, row in total.items():
+            for column in ("ops", "bytes", "errors"):
+                assert int(row[column]) == sum(int(p[op][column]) for p in parts), (name, op)
+    workload = tsv(directory / "summary.tsv")
+    assert int(workload["get"]["ops"]) > 1000
+    assert float(workload["all"]["p99_us"]) >= float(workload["all"]["p50_us"]) > 0
+    record = run_json(result)
+    assert record["status"] == "completed" and record["exit_code"] == 0
+    assert set(record["start_skew_ms"]) == {"prepare", "workload", "cleanup"}
+    assert record["start_skew_ms"]["workload"] < 50
+    for agent in record["agents"]:
+        assert agent["final_state"] == "completed" and agent["clock_rtt_ms"] is not None
+    lines = (directory / "perf_log.tsv").read_text().splitlines()
+    assert lines[0].split("\t")[:3] == ["elapsed_s", "stage", "agent"]
+    assert any("\tworkload\tall\t" in line for line in lines[1:])
+    assert "agents:" in (directory / "config.yaml").read_text()
+
+
+PHASES = {
+    # phase: (config, condition on the controller under which to abort)
+    "configuring": (
+        lambda: null_run("1s"),
+        lambda c: any(link.state is PeerState.VALIDATING for link in c.links),
+    ),
+    "waiting for start": (
+        lambda: attrs.evolve(
+            null_run("1s", 10),
+            distributed=attrs.evolve(null_run().distributed, start_delay=30_000_000_000),
+        ),
+        # START is sent (the stage is "prepare"), the agents wait for the instant 30 s ahead
+        lambda c: c.stage == "prepare" and all(link.state is PeerState.READY for link in c.links),
+    ),
+    "prepare": (
+        lambda: null_run("1s", 3_000_000),
+        lambda c: any(
+            link.latest is not None and link.latest.stage == "prepare" and link.latest.done > 0
+            for link in c.links
+        ),
+    ),
+    "workload": (
+        lambda: null_run("60s"),
+        lambda c: any(
+            link.latest is not None and link.latest.stage == "workload" for link in c.links
+        ),
+    ),
+    "cleanup": (
+        lambda: null_run("200ms", 3_000_000),
+        lambda c: any(
+            link.latest is not None and link.latest.stage == "cleanup" and link.latest.done > 0
+            for link in c.links
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+async def test_abort_in_every_phase_then_the_agents_serve_the_next_run(
+    tmp_path: Path, phase: str
+) -> None:
+    make_config, condition = PHASES[phase]
+    cfg = make_config()
+    with local_agents(tmp_path, 2) as agents:
+        controller = controller_for(cfg, agents, tmp_path)
+        t0 = time.monotonic()
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+
+                async def abort_when_ready() -> None:
+                    await controller.wait_for(lambda: condition(controller))
+                    controller.request_abort(f"test abort in {phase}", user=True)
+
+                nursery.start_soon(abort_when_ready)
+                result = await controller.run()
+                nursery.cancel_scope.cancel()
+        assert time.monotonic() - t0 < 30
+        assert (result.exit_code, result.status) == (130, "aborted")
+        record = run_json(result)
+        assert record["abort_reason"] == f"test abort in {phase}"
+        assert {a["final_state"] for a in record["agents"]} == {"aborted"}
+        # the same agent processes serve the next run normally
+        again = controller_for(null_run("300ms", 10), agents, tmp_path)
+        with trio.fail_after(60):
+            second = await again.run()
+        assert second.exit_code == 0, run_json(second)
+
+
+async def test_an_agent_paused_past_dead_after_recovers_and_the_run_completes(
+    tmp_path: Path,
+) -> None:
+    with local_agents(tmp_path, 2) as agents:
+        controller = controller_for(null_run("5s"), agents, tmp_path)
+        paused = agents[1]
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+
+                async def pause_and_resume() -> None:
+                    link = controller.links[1]
+                    await controller.wait_for(lambda: link.state is PeerState.RUNNING)
+                    paused.signal(signal.SIGSTOP)
+                    await controller.wait_for(lambda: link.state is PeerState.DISCONNECTED)
+                    paused.signal(signal.SIGCONT)
+
+                nursery.start_soon(pause_and_resume)
+                result = await controller.run()
+    assert (result.exit_code, result.status) == (0, "completed")
+    record = run_json(result)
+    agent = record["agents"][1]
+    assert agent["disconnects"] >= 1 and agent["recoveries"] >= 1
+    events = [(e["agent"], e["event"]) for e in record["timeline"]]
+    assert (paused.id, "disconnected") in events
+
+
+@pytest.mark.parametrize("policy", ["continue", "abort"])
+async def test_an_agent_killed_mid_run_is_detected_and_the_others_results_are_intact(
+    tmp_path: Path, policy: str
+) -> None:
+    with local_agents(tmp_path, 3) as agents:
+        controller = controller_for(null_run("3s", policy=policy), agents, tmp_path)
+        victim = agents[2]
+        killed_at = []
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+
+                async def kill_during_workload() -> None:
+                    link = controller.links[2]
+                    await controller.wait_for(
+                        lambda: link.latest is not None and link.latest.stage == "workload"
+                    )
+                    victim.signal(signal.SIGKILL)
+                    killed_at.append(trio.current_time())
+                    await controller.wait_for(lambda: link.state is PeerState.FAILED)
+                    killed_at.append(trio.current_time())
+
+                nursery.start_soon(kill_during_workload)
+                result = await controller.run()
+    assert (result.exit_code, result.status) == (1, "partial")
+    assert killed_at[1] - killed_at[0] < 2.0  # a closed connection is detected at once
+    record = run_json(result)
+    states = {a["id"]: a["final_state"] for a in record["agents"]}
+    survivors = "completed" if policy == "continue" else "aborted"
+    assert states == {"a1": survivors, "a2": survivors, "a3": "failed"}
+    assert record["agents"][2]["lost"] is True
+    summary = tsv(result.results_dir / "summary.tsv")
+    parts = [tsv(result.results_dir / "agents" / a.id / "summary.tsv") for a in agents]
+    assert int(parts[2]["all"]["ops"]) > 0  # the lost agent's last stats are kept
+    assert int(summary["all"]["ops"]) == sum(int(p["all"]["ops"]) for p in parts)
+    assert record["stages"]["workload"]["partial_agents"] == (
+        ["a3"] if policy == "continue" else ["a1", "a2", "a3"]
+    )
+
+
+async def test_skewed_agent_clocks_still_start_together(tmp_path: Path) -> None:
+    envs = [{"TRIOBENCH_CLOCK_SKEW_MS": "5000"}, {"TRIOBENCH_CLOCK_SKEW_MS": "-3000"}]
+    with local_agents(tmp_path, 2, envs) as agents:
+        controller = controller_for(null_run("500ms"), agents, tmp_path)
+        with trio.fail_after(60):
+            result = await controller.run()
+    assert result.exit_code == 0
+    record = run_json(result)
+    offsets = [a["clock_offset_ms"] for a in record["agents"]]
+    assert offsets[0] == pytest.approx(5000, abs=5)
+    assert offsets[1] == pytest.approx(-3000, abs=5)
+    for stage, skew in record["start_skew_ms"].items():
+        assert skew < 10, (stage, skew)  # without correction they would be 8000 ms apart
+
+
+async def test_a_busy_agent_refuses_a_second_controller(tmp_path: Path) -> None:
+    with local_agents(tmp_path, 1) as agents:
+        first = controller_for(null_run("2s"), agents, tmp_path)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+
+                async def second_controller() -> None:
+                    await first.wait_for(lambda: first.links[0].state is PeerState.RUNNING)
+                    second = controller_for(null_run("1s"), agents, tmp_path)
+                    result = await second.run()
+                    assert (result.exit_code, result.status) == (3, "failed")
+                    errors = run_json(result)["errors"]
+                    assert len(errors) == 1 and "is busy with run" in errors[0]
+                    assert first.run_id in errors[0]
+
+                nursery.start_soon(second_controller)
+                result = await first.run()
+    assert result.exit_code == 0  # the running one is untouched
+    assert "busy" in agents[0].log_text()
+
+
+def test_cli_run_demo_then_ctrl_c_on_the_controller(tmp_path: Path) -> None:
+    """The README's main job, as a user runs it; then an interrupted run exits 130."""
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(
+        NULL_RUN.format(duration="60s", count=1000)
+        + "distributed: {stats_interval: 200ms, start_delay: 300ms}\n"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "trio_bench",
+        "run",
+        str(cfg),
+        "--local-agents",
+        "2",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--display",
+        "plain",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    for line in process.stdout:
+        if "workload all:" in line and " 0 ops/s" not in line:
+            break
+        assert time.monotonic() < deadline, "the run never reached the workload"
+    interrupted = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert time.monotonic() - interrupted < 10
+    assert "run aborted" in out and "Traceback" not in err
+    (results,) = (tmp_path / "results").iterdir()
+    record = json.loads((results / "run.json").read_text())
+    assert record["status"] == "aborted" and record["exit_code"] == 130
+    assert {a["final_state"] for a in record["agents"]} == {"aborted"}
+    assert int(tsv(results / "summary.tsv")["all"]["ops"]) > 0  # partial results written
+
+
+def test_agent_startup_errors_are_one_line(tmp_path: Path) -> None:
+    first = start_agent(tmp_path, "first")
+    try:
+        taken = subprocess.run(
+            [sys.executable, "-m", "trio_bench", "agent", "--listen", first.address],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert taken.returncode == 3
+        assert taken.stderr.strip().startswith(f"triobench: cannot listen on {first.address}")
+        assert len(taken.stderr.strip().splitlines()) == 1
+    finally:
+        stop(first)
+    exposed = subprocess.run(
+        [sys.executable, "-m", "trio_bench", "agent", "--listen", "0.0.0.0:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "TRIOBENCH_TOKEN": ""},
+    )
+    assert exposed.returncode == 2
+    assert "not a loopback address: give a token" in exposed.stderr
