@@ -41,3 +41,7 @@ typecheck: setup
 # Benchmarks: prints a table measured side by side in one run, writes bench/results.md
 bench *args: setup
     {{py}} -m bench {{args}}
+
+# Regenerate the tables of protocol.md from the code (a test fails when they drift)
+spec: setup
+    {{py}} -m tests.protocol_tables --write

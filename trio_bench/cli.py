@@ -258,15 +258,23 @@ def _run_controller(
     return result.exit_code
 
 
+def _check_display(mode: str) -> None:
+    if mode not in DISPLAY_MODES:
+        raise _fail(f"--display {mode!r}: expected one of {', '.join(DISPLAY_MODES)}", EXIT_CONFIG)
+
+
 def _table(tsv: str) -> str:
     rows = [line.split("\t") for line in tsv.strip().splitlines()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
 
 
+DISPLAY_MODES = ("auto", "live", "plain", "quiet")
 DisplayOption = Annotated[
     str,
-    typer.Option(help="Live view: auto (a table on a terminal, lines otherwise), plain, quiet."),
+    typer.Option(
+        help="Live view: auto (a table on a terminal, lines otherwise), live, plain, quiet."
+    ),
 ]
 
 
@@ -287,6 +295,7 @@ def controller(
 ) -> None:
     """Coordinate agents through a run and write the results directory."""
     _setup_logging(False)
+    _check_display(display)
     cfg = _load(config)
     targets = _agents_from(agents, cfg)
     token = _read_token(token_file)
@@ -327,6 +336,7 @@ def run(
     from trio_bench.controller import new_results_dir
 
     _setup_logging(False)
+    _check_display(display)
     cfg = _load(config)
     count = local_agents or os.cpu_count() or 1
     path = new_results_dir(results_dir, cfg.name or "run")

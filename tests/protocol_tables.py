@@ -1,0 +1,112 @@
+"""Generate the tables of protocol.md from the code, so the specification cannot drift.
+
+    python -m tests.protocol_tables    # prints the tables; paste them into protocol.md
+
+``tests/test_protocol_md.py`` fails if protocol.md does not contain them verbatim.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import attrs
+
+from trio_bench import protocol as p
+
+DIRECTION = {
+    "hello": "A→C", "auth": "C→A", "welcome": "A→C", "configure": "C→A", "resume": "C→A",
+    "resumed": "A→C", "ready": "A→C", "error": "both", "ping": "C→A", "pong": "A→C",
+    "start": "C→A", "started": "A→C", "stats": "A→C", "stage_done": "A→C", "abort": "C→A",
+    "aborted": "A→C", "completed": "A→C", "ack": "both", "goodbye": "both",
+}
+
+
+def _type(annotation: object) -> str:
+    text = str(annotation).replace("typing.", "")
+    for name in ("StageSummary", "OpStats", "SessionInfo"):
+        text = text.replace(f"trio_bench.protocol._messages.{name}", name)
+    text = text.replace("<class '", "").replace("'>", "").replace(" | None", " or nil")
+    text = text.replace("dict[str, OpStats]", "map[str → OpStats]")
+    text = text.replace("dict[str, tuple[str, ...]]", "map[str → array[str]]")
+    return {
+        "int": "uint64", "bytes": "bin", "bool": "bool", "str": "str",
+        "dict[str, Any]": "map (the workload config)",
+    }.get(text, text.replace("int", "uint64").replace("tuple[", "array[").replace(", ...]", "]"))
+
+
+def message_table() -> str:
+    lines = ["| tag | direction | reliable | fields |", "|---|---|---|---|"]
+    for cls in p.MESSAGE_TYPES:
+        hints = typing.get_type_hints(cls)
+        fields = ", ".join(f"`{f.name}`: {_type(hints[f.name])}" for f in attrs.fields(cls))
+        reliable = "yes" if cls.RELIABLE is True else ("if seq > 0" if cls is p.Error else "no")
+        lines.append(f"| `{cls.TAG}` | {DIRECTION[cls.TAG]} | {reliable} | {fields} |")
+    return "\n".join(lines)
+
+
+def record_table() -> str:
+    lines = ["| record | fields |", "|---|---|"]
+    for cls in (p.OpStats, p.StageSummary, p.SessionInfo):
+        hints = typing.get_type_hints(cls)
+        fields = ", ".join(f"`{f.name}`: {_type(hints[f.name])}" for f in attrs.fields(cls))
+        lines.append(f"| {cls.__name__} | {fields} |")
+    return "\n".join(lines)
+
+
+def transition_table(table: dict, states: list, events: list) -> str:
+    lines = ["| state | event → next state |", "|---|---|"]
+    for state in states:
+        moves = []
+        for event in events:
+            target = table.get((state, event))
+            if target is None:
+                continue
+            name = "prior" if target is p.PRIOR else target.value
+            moves.append(f"{event.value} → {'=' if target is state else name}")
+        lines.append(f"| {state.value} | {', '.join(moves) or '(terminal)'} |")
+    return "\n".join(lines)
+
+
+def agent_table() -> str:
+    return transition_table(p.AGENT_TABLE, list(p.AgentState), list(p.AgentEvent))
+
+
+def peer_table() -> str:
+    return transition_table(p.PEER_TABLE, list(p.PeerState), list(p.PeerEvent))
+
+
+ALL = {
+    "messages": message_table,
+    "records": record_table,
+    "agent machine": agent_table,
+    "controller view": peer_table,
+}
+
+def rewrite(text: str) -> str:
+    """Replace each ``<!-- generated: NAME -->`` block (marker to the next blank line)."""
+    out: list[str] = []
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        if line.startswith("<!-- generated: ") and line.endswith(" -->"):
+            name = line[len("<!-- generated: ") : -len(" -->")]
+            while i < len(lines) and lines[i].strip():
+                i += 1  # drop the old table
+            out.append(ALL[name]())
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    spec = Path(__file__).resolve().parent.parent / "protocol.md"
+    if "--write" in sys.argv:
+        spec.write_text(rewrite(spec.read_text()))
+        print(f"rewrote the generated tables in {spec}")
+    else:
+        for name, make in ALL.items():
+            print(f"<!-- generated: {name} -->\n{make()}\n")
