@@ -14,10 +14,25 @@ import attrs
 from trio_bench import protocol as p
 
 DIRECTION = {
-    "hello": "A→C", "auth": "C→A", "welcome": "A→C", "configure": "C→A", "resume": "C→A",
-    "resumed": "A→C", "ready": "A→C", "error": "both", "ping": "C→A", "pong": "A→C",
-    "start": "C→A", "started": "A→C", "stats": "A→C", "stage_done": "A→C", "abort": "C→A",
-    "aborted": "A→C", "completed": "A→C", "ack": "both", "goodbye": "both",
+    "hello": "A→C",
+    "auth": "C→A",
+    "welcome": "A→C",
+    "configure": "C→A",
+    "resume": "C→A",
+    "resumed": "A→C",
+    "ready": "A→C",
+    "error": "both",
+    "ping": "C→A",
+    "pong": "A→C",
+    "start": "C→A",
+    "started": "A→C",
+    "stats": "A→C",
+    "stage_done": "A→C",
+    "abort": "C→A",
+    "aborted": "A→C",
+    "completed": "A→C",
+    "ack": "both",
+    "goodbye": "both",
 }
 
 
@@ -29,7 +44,10 @@ def _type(annotation: object) -> str:
     text = text.replace("dict[str, OpStats]", "map[str → OpStats]")
     text = text.replace("dict[str, tuple[str, ...]]", "map[str → array[str]]")
     return {
-        "int": "uint64", "bytes": "bin", "bool": "bool", "str": "str",
+        "int": "uint64",
+        "bytes": "bin",
+        "bool": "bool",
+        "str": "str",
         "dict[str, Any]": "map (the workload config)",
     }.get(text, text.replace("int", "uint64").replace("tuple[", "array[").replace(", ...]", "]"))
 
@@ -81,6 +99,7 @@ ALL = {
     "agent machine": agent_table,
     "controller view": peer_table,
 }
+
 
 def rewrite(text: str) -> str:
     """Replace each ``<!-- generated: NAME -->`` block (marker to the next blank line)."""

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import trio
 import typer
@@ -334,6 +334,7 @@ def run(
     <results>/agents/<id>/agent.log. The agents are stopped at the end.
     """
     from trio_bench.controller import new_results_dir
+    from trio_bench.local import start_local_agents, stop_local_agents
 
     _setup_logging(False)
     _check_display(display)
@@ -341,13 +342,13 @@ def run(
     count = local_agents or os.cpu_count() or 1
     path = new_results_dir(results_dir, cfg.name or "run")
     try:
-        agents, processes = _start_local_agents(count, path)
+        local = start_local_agents(count, path)
     except RuntimeError as exc:
         raise _fail(str(exc), EXIT_START) from None
     try:
         code = _run_controller(
             cfg,
-            agents,
+            [agent.as_target() for agent in local],
             token=None,
             results_dir=results_dir,
             source=str(config),
@@ -355,71 +356,8 @@ def run(
             results_path=path,
         )
     finally:
-        _stop_local_agents(processes)
+        stop_local_agents(local)
     raise typer.Exit(code)
-
-
-def _start_local_agents(count: int, results: Path) -> tuple[list[AgentAddress], list[Any]]:
-    import subprocess
-
-    processes: list[subprocess.Popen[str]] = []
-    agents = []
-    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
-    try:
-        for i in range(1, count + 1):
-            agent_id = f"agent-{i}"
-            log_path = results / "agents" / agent_id / "agent.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "w") as log_file:
-                process = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "trio_bench",
-                        "agent",
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--id",
-                        agent_id,
-                        "--verbose",
-                        "--state-dir",
-                        str(results / "agent-state"),
-                    ],
-                    stdout=subprocess.PIPE,
-                    stderr=log_file,
-                    stdin=subprocess.DEVNULL,
-                    text=True,
-                    env=env,
-                    start_new_session=True,  # Ctrl-C goes to the controller, which aborts them
-                )
-            processes.append(process)
-        for i, process in enumerate(processes, start=1):
-            assert process.stdout is not None
-            line = process.stdout.readline().strip()
-            if " listening on " not in line:
-                log_path = results / "agents" / f"agent-{i}" / "agent.log"
-                raise RuntimeError(f"local agent agent-{i} did not start (see {log_path})")
-            agents.append(AgentAddress(address=line.rsplit(" ", 1)[1], id=f"agent-{i}"))
-    except BaseException:
-        _stop_local_agents(processes)
-        raise
-    return agents, processes
-
-
-def _stop_local_agents(processes: list[Any]) -> None:
-    import subprocess
-
-    for process in processes:
-        assert isinstance(process, subprocess.Popen)
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        assert isinstance(process, subprocess.Popen)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # --- validate ---------------------------------------------------------------------------------

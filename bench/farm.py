@@ -1,0 +1,44 @@
+"""Many lightweight agents in one process, for scale benchmarks and tests.
+
+    python -m bench.farm N [--skew-ms X]
+
+Starts N agent servers on free loopback ports in one Trio process and prints one line per
+agent, ``<id> <host:port>``, then ``ready``. Runs until SIGTERM/SIGINT. Each agent is a full
+AgentServer (handshake, sessions, stats); only the process is shared.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import trio
+
+from trio_bench.agent import AgentOptions, AgentServer
+
+
+async def serve(count: int, state_dir: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        for i in range(1, count + 1):
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = listeners[0].socket.getsockname()[1]
+            server = AgentServer(AgentOptions(agent_id=f"f{i}", state_dir=state_dir))
+            await nursery.start(server.serve, listeners)
+            print(f"f{i} 127.0.0.1:{port}", flush=True)
+        print("ready", flush=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                return
+
+
+def main() -> None:
+    count = int(sys.argv[1])
+    with tempfile.TemporaryDirectory() as state:
+        trio.run(serve, count, Path(state))
+
+
+if __name__ == "__main__":
+    main()
