@@ -277,9 +277,9 @@ class AgentLink:
         """Run one connection; once the handshake is done, feed its messages to ``handle``;
         if it is lost mid-run, try to resume on a new one."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._consume, conn, handshake_done, nursery.cancel_scope)
+            nursery.start_soon(self._consume, conn, handshake_done)
             await conn.run()
-            nursery.cancel_scope.deadline = trio.current_time() + 0.5  # drain what arrived
+            nursery.cancel_scope.cancel()  # the consumer has taken everything that arrived
         if self.conn is conn and not self.machine.terminal and self.hello is not None:
             reason = conn.close_reason or "connection closed"
             if self.machine.can_apply(PeerEvent.CONNECTION_LOST):
@@ -290,9 +290,10 @@ class AgentLink:
         elif self.machine.terminal:
             self.closed.set()
 
-    async def _consume(
-        self, conn: Connection, handshake_done: trio.Event, scope: trio.CancelScope
-    ) -> None:
+    async def _consume(self, conn: Connection, handshake_done: trio.Event) -> None:
+        """Feed the connection's messages to ``handle``. It never closes the connection
+        itself: ``receive`` ends as soon as closing *begins*, while the connection is still
+        flushing our last ACKs and GOODBYE; tearing it down here would lose them."""
         await handshake_done.wait()
         try:
             while True:
@@ -303,7 +304,6 @@ class AgentLink:
             pass
         except ProtocolError as exc:
             self.fail(f"protocol error: {exc}")
-        scope.cancel()
 
     async def _reconnect(self) -> None:
         """The connection closed mid-run: resume on a new one, or give up on the agent."""

@@ -16,6 +16,11 @@ slow peer costs us at most one stats frame of memory.
 
 Liveness is the owner's business; the connection only records when the last frame arrived
 (``last_received``, in ``trio.current_time()``).
+
+Closing is a lingering close: queued frames are flushed, our side is half-closed (FIN), and
+the reader keeps reading until the peer's EOF (at most ``CLOSE_TIMEOUT_S``). Closing a socket
+with unread data in its receive buffer makes the kernel send RST instead of FIN, and an RST
+can destroy what the peer had not read yet -- such as the final ACK it was waiting for.
 """
 
 from __future__ import annotations
@@ -224,12 +229,22 @@ class Connection:
                         self._stats_out = None
                     await self.stream.send_all(b"".join(batch))
                 if self.closed.is_set():
-                    self._abort(self.close_reason or "closed")
+                    await self._half_close()
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._abort(f"connection to {self.name} lost: {exc or type(exc).__name__}")
 
     # -- closing
+
+    async def _half_close(self) -> None:
+        """Everything is flushed: send FIN and let the reader drain until the peer's EOF."""
+        if isinstance(self.stream, trio.abc.HalfCloseableStream):
+            try:
+                await self.stream.send_eof()
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        self._abort(self.close_reason or "closed")
 
     def _mark_closed(self, reason: str) -> None:
         if self.close_reason is None:
