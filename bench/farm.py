@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from trio_bench.agent import AgentOptions, AgentServer
+from trio_bench.agent import AGENT_SWITCH_INTERVAL_S, AgentOptions, AgentServer
 
 
 async def serve(count: int, state_dir: Path) -> None:
@@ -36,6 +36,7 @@ async def serve(count: int, state_dir: Path) -> None:
 
 def main() -> None:
     count = int(sys.argv[1])
+    sys.setswitchinterval(AGENT_SWITCH_INTERVAL_S)
     with tempfile.TemporaryDirectory() as state:
         trio.run(serve, count, Path(state))
 

@@ -115,3 +115,28 @@ def test_empty_record() -> None:
     record = stats.new_record()
     assert stats.percentile_ns(record, 0.99) == 0
     assert stats.mean_ns(record) == 0
+
+
+# --- the sparse (wire-form) arithmetic the controller uses must equal the dense one -----------
+
+
+@given(latencies, latencies)
+def test_sparse_difference_equals_dense(first: list[int], second: list[int]) -> None:
+    earlier, later = record_of(first), record_of(first + second)
+    sparse = stats.op_difference(stats.to_wire(later), stats.to_wire(earlier))
+    assert sparse == stats.to_wire(stats.difference(later, earlier))
+
+
+@given(st.lists(latencies, min_size=1, max_size=5))
+def test_sparse_merge_equals_dense(groups: list[list[int]]) -> None:
+    records = [record_of(g) for g in groups]
+    assert stats.merge_ops(stats.to_wire(r) for r in records) == stats.to_wire(stats.merged(records))
+
+
+@given(latencies)
+def test_sparse_percentiles_equal_dense(values: list[int]) -> None:
+    record = record_of(values)
+    fractions = (0.5, 0.9, 0.99, 0.999, 1.0)
+    assert stats.percentiles(stats.to_wire(record), fractions) == [
+        stats.percentile_ns(record, f) for f in fractions
+    ]

@@ -144,9 +144,10 @@ def agent(
     Serves one run at a time (another controller gets a clear "busy" error), then the next,
     until SIGTERM or SIGINT. Prints "listening on HOST:PORT" when ready.
     """
-    from trio_bench.agent import AgentOptions
+    from trio_bench.agent import AGENT_SWITCH_INTERVAL_S, AgentOptions
 
     _setup_logging(verbose)
+    sys.setswitchinterval(AGENT_SWITCH_INTERVAL_S)
     try:
         host, port = split_address(listen) if not listen.endswith(":0") else (listen[:-2], 0)
     except ValueError as exc:

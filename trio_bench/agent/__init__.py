@@ -1,6 +1,12 @@
 """The agent: serves runs to controllers over TCP, drives the storage with the engine."""
 
-from ._server import HANDSHAKE_TIMEOUT_S, AgentOptions, AgentServer
+from ._server import AGENT_SWITCH_INTERVAL_S, HANDSHAKE_TIMEOUT_S, AgentOptions, AgentServer
 from ._session import Session
 
-__all__ = ["HANDSHAKE_TIMEOUT_S", "AgentOptions", "AgentServer", "Session"]
+__all__ = [
+    "AGENT_SWITCH_INTERVAL_S",
+    "HANDSHAKE_TIMEOUT_S",
+    "AgentOptions",
+    "AgentServer",
+    "Session",
+]

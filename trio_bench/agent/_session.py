@@ -60,6 +60,7 @@ log = logging.getLogger("triobench.agent")
 
 WATCHDOG_EVERY_S = 0.5
 STARTED_WAIT_S = 1.0  # how long to wait for the first worker to report it began
+STARTED_REPORT_LAG_S = 0.005
 
 
 class Session:
@@ -298,7 +299,9 @@ class Session:
         return self.starts[stage]
 
     async def _report_started(self, run: StageRun, stage: str, at_ns: int) -> None:
-        delay = (at_ns - self.clock.now_ns()) / 1e9
+        # Wake a little after the instant: at the instant itself the CPU belongs to the
+        # worker threads (on a busy host every extra runnable thread delays their start).
+        delay = (at_ns - self.clock.now_ns()) / 1e9 + STARTED_REPORT_LAG_S
         await trio.sleep(max(0.0, delay))
         with trio.move_on_after(STARTED_WAIT_S):
             # worker threads only set an attribute; polling it costs less than a thread hop

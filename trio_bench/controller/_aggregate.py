@@ -13,20 +13,8 @@ from collections.abc import Iterable
 
 import attrs
 
-from trio_bench.protocol import Stats
-from trio_bench.stats import (
-    BYTES,
-    ERRORS,
-    MAX_NS,
-    Record,
-    Snapshot,
-    merge_snapshots,
-    merged,
-    ops_of,
-    percentile_ns,
-    snapshot_difference,
-    snapshot_from_wire,
-)
+from trio_bench.protocol import OpStats, Stats
+from trio_bench.stats import merge_ops, op_difference, percentiles
 
 MIB = 1024 * 1024
 PERF_LOG_COLUMNS = (
@@ -91,7 +79,7 @@ def interval_row(
     stage: str,
     agent: str,
     warmup: bool,
-    delta: Snapshot,
+    delta: OpStats,
     seconds: float,
     done: int,
     total: int,
@@ -99,23 +87,23 @@ def interval_row(
     ops_per_s: float | None = None,
     mib_per_s: float | None = None,
 ) -> IntervalRow:
-    record: Record = merged(delta.values())
-    ops = ops_of(record)
+    """One perf_log row from an interval's merged statistics (all op kinds together)."""
     rate = 1 / seconds if seconds > 0 else 0.0
+    p50, p90, p99, p999 = percentiles(delta, (0.50, 0.90, 0.99, 0.999))
     return IntervalRow(
         elapsed_s=elapsed_s,
         stage=stage,
         agent=agent,
         warmup=warmup,
-        ops=ops,
-        ops_per_s=ops * rate if ops_per_s is None else ops_per_s,
-        mib_per_s=record[BYTES] / MIB * rate if mib_per_s is None else mib_per_s,
-        errors=record[ERRORS],
-        p50_us=percentile_ns(record, 0.50) / 1000,
-        p90_us=percentile_ns(record, 0.90) / 1000,
-        p99_us=percentile_ns(record, 0.99) / 1000,
-        p999_us=percentile_ns(record, 0.999) / 1000,
-        max_us=record[MAX_NS] / 1000,
+        ops=delta.ops,
+        ops_per_s=delta.ops * rate if ops_per_s is None else ops_per_s,
+        mib_per_s=delta.bytes / MIB * rate if mib_per_s is None else mib_per_s,
+        errors=delta.errors,
+        p50_us=p50 / 1000,
+        p90_us=p90 / 1000,
+        p99_us=p99 / 1000,
+        p999_us=p999 / 1000,
+        max_us=delta.max_ns / 1000,
         done=done,
         total=total,
     )
@@ -126,15 +114,19 @@ class _Previous:
     stage: str
     warmup: bool
     elapsed_ns: int
-    snapshot: Snapshot
+    ops: dict[str, OpStats]
 
 
 class Aggregator:
-    """Turns the latest cumulative STATS of every agent into interval rows, once per tick."""
+    """Turns the latest cumulative STATS of every agent into interval rows, once per tick.
+
+    Works on the sparse wire form, so a tick costs in proportion to the buckets the agents
+    actually filled, not agents x op kinds x 2368.
+    """
 
     def __init__(self) -> None:
         self._previous: dict[str, _Previous] = {}
-        self.last_rows: dict[str, IntervalRow] = {}  # agent id (or "all:<stage>") -> newest row
+        self.last_rows: dict[str, IntervalRow] = {}  # agent id (or "all") -> newest row
 
     def tick(
         self,
@@ -150,30 +142,36 @@ class Aggregator:
         ``stale_after_s``), so a frame arriving just after a tick cannot halve the aggregate.
         """
         rows: list[IntervalRow] = []
-        by_stage: dict[str, list[tuple[IntervalRow, Snapshot]]] = {}
+        fresh: dict[str, list[OpStats]] = {}
         for agent, stats in latest:
             if stats is None:
                 continue
             previous = self._previous.get(agent)
-            current = snapshot_from_wire(stats.ops)
-            fresh_epoch = (
+            new_epoch = (
                 previous is None or previous.stage != stats.stage or previous.warmup != stats.warmup
             )
-            if not fresh_epoch and previous is not None and stats.elapsed_ns <= previous.elapsed_ns:
+            if previous is not None and not new_epoch and stats.elapsed_ns <= previous.elapsed_ns:
                 continue  # nothing new from this agent since the last tick
-            base = {} if fresh_epoch or previous is None else previous.snapshot
-            since = 0 if fresh_epoch or previous is None else previous.elapsed_ns
-            delta = snapshot_difference(current, base)
-            seconds = (stats.elapsed_ns - since) / 1e9
+            base = {} if new_epoch or previous is None else previous.ops
+            since = 0 if new_epoch or previous is None else previous.elapsed_ns
+            delta = merge_ops(op_difference(ops, base.get(kind)) for kind, ops in stats.ops.items())
             row = interval_row(
-                elapsed_s, stats.stage, agent, stats.warmup, delta, seconds, stats.done, stats.total
+                elapsed_s,
+                stats.stage,
+                agent,
+                stats.warmup,
+                delta,
+                (stats.elapsed_ns - since) / 1e9,
+                stats.done,
+                stats.total,
             )
-            self._previous[agent] = _Previous(stats.stage, stats.warmup, stats.elapsed_ns, current)
+            self._previous[agent] = _Previous(
+                stats.stage, stats.warmup, stats.elapsed_ns, stats.ops
+            )
             self.last_rows[agent] = row
             rows.append(row)
-            by_stage.setdefault(stats.stage, []).append((row, delta))
-        for stage, entries in by_stage.items():
-            fresh = merge_snapshots(d for _, d in entries)
+            fresh.setdefault(stats.stage, []).append(delta)
+        for stage, deltas in fresh.items():
             recent = [
                 r
                 for agent, r in self.last_rows.items()
@@ -184,7 +182,7 @@ class Aggregator:
                 stage,
                 "all",
                 any(r.warmup for r in recent),
-                fresh,
+                merge_ops(deltas),
                 1.0,
                 sum(r.done for r in recent),
                 sum(r.total for r in recent),

@@ -47,6 +47,7 @@ log = logging.getLogger("triobench.controller")
 EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_START, EXIT_ABORTED = 0, 1, 2, 3, 130
 ABORT_WAIT_S = 10.0  # how long agents get to confirm an ABORT with their partial results
 GOODBYE_WAIT_S = 2.0
+DISPLAY_EVERY_S = 0.9  # live view redraws / plain lines at most about once a second
 CLOCK_SYNC_PINGS = 8
 CLOCK_SYNC_GAP_S = 0.01
 
@@ -120,6 +121,7 @@ class Controller:
         self._exit_code = EXIT_OK
         self._status = "running"
         self._in_progress: tuple[str, list[AgentLink]] | None = None
+        self._last_view = float("-inf")
 
     # -- notifications and the timeline
 
@@ -428,7 +430,11 @@ class Controller:
         )
         if self._results is not None:
             self._results.log_intervals(rows)
-        self.display.update(self._view())
+        # perf_log keeps every interval; people need at most a few redraws a second
+        now = trio.current_time()
+        if now - self._last_view >= DISPLAY_EVERY_S:
+            self._last_view = now
+            self.display.update(self._view())
 
     def _view(self) -> RunView:
         agents = []

@@ -35,16 +35,15 @@ class StopFlag:
 
 
 def wait_until(target_perf_ns: int, stop: StopFlag | None = None) -> None:
-    """Sleep until a perf_counter instant: coarse sleeps in slices of at most 50 ms (so a stop
-    is noticed while waiting for a far start), then short GIL-releasing waits."""
+    """Sleep until a perf_counter instant, in slices of at most 50 ms (a stop is noticed while
+    waiting for a far start). The last slice is one precise sleep: the kernel wakes us within
+    its timer slack (~50 us). Spinning instead (sched_yield) competes for the CPU with every
+    other agent on the host and made starts later, not earlier."""
     while stop is None or not stop.stopped:
         remaining = target_perf_ns - perf_counter_ns()
         if remaining <= 0:
             return
-        if remaining > 2_000_000:
-            time.sleep(min(remaining - 1_000_000, 50_000_000) / 1e9)
-        else:
-            time.sleep(0)
+        time.sleep(min(remaining, 50_000_000) / 1e9)
 
 
 def record_latency(record: Record, latency_ns: int, nbytes: int) -> None:

@@ -27,10 +27,12 @@ from ._record import (
     snapshot_to_wire,
     to_wire,
 )
+from ._sparse import EMPTY, merge_ops, op_difference, percentiles
 from ._summary import SUMMARY_COLUMNS, SummaryRow, format_tsv, summarize, summary_rows
 
 __all__ = [
     "BYTES",
+    "EMPTY",
     "ERRORS",
     "MAX_NS",
     "RECORD_LEN",
@@ -44,11 +46,14 @@ __all__ = [
     "from_wire",
     "mean_ns",
     "merge_into",
+    "merge_ops",
     "merge_snapshots",
     "merged",
     "new_record",
+    "op_difference",
     "ops_of",
     "percentile_ns",
+    "percentiles",
     "snapshot_difference",
     "snapshot_from_wire",
     "snapshot_to_wire",

@@ -1,0 +1,673 @@
+"""triobench benchmarks: measured side by side in one run, printed as a table.
+
+    python -m bench [--quick] [--only NAME,...] [--write bench/results.md]
+
+Data plane (in-process engine, one worker thread unless said otherwise):
+  null         null:// ops/s per worker thread (target >= 700k)
+  get4k        4 KiB object GET from page cache: triobench vs a bare Python
+               open/read/close loop over the same files (target >= 0.85x) vs fio
+  mib          1 MiB object GET and PUT MiB/s vs fio
+  memory       agent peak RSS at concurrency 64
+Control plane (real agent processes on loopback):
+  skew         start skew across 2 and 8 local agents
+  ping         PING round trip p50/p99 while stats flow at full rate
+  ctrlc        time from Ctrl-C to controller exit with 8 agents
+  scale        agents one controller serves at 1 stats frame/s before its CPU passes 50 %
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import trio
+
+from trio_bench.config import AgentAddress, parse_config
+from trio_bench.controller import Controller, Display
+from trio_bench.engine import Engine
+from trio_bench.local import start_local_agents, stop_local_agents
+from trio_bench.protocol import StageSummary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@attrs.define
+class Row:
+    bench: str
+    measure: str
+    value: str
+    target: str = ""
+    note: str = ""
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def engine_workload(text: str, *, repeat: int = 1) -> list[StageSummary]:
+    """Prepare once, then run the workload stage ``repeat`` times; workload summaries."""
+
+    async def main() -> list[StageSummary]:
+        engine = Engine(parse_config(text), prefix="bench/")
+        await engine.preflight()
+        run = engine.prepare_stage()
+        await run.run(engine.clock.now_ns())
+        await engine.after_prepare()
+        out = []
+        for _ in range(repeat):
+            run = engine.workload_stage()
+            await run.run(engine.clock.now_ns())
+            out.append(run.summary("completed"))
+        return out
+
+    return trio.run(main)
+
+
+def rate(summary: StageSummary, kind: str) -> tuple[float, float]:
+    """(ops/s, MiB/s) of one op kind in a workload summary."""
+    stats = summary.ops[kind]
+    seconds = summary.measured_ns / 1e9
+    return stats.ops / seconds, stats.bytes / seconds / 2**20
+
+
+def fio(args: list[str]) -> dict | None:
+    if shutil.which("fio") is None:
+        return None
+    out = subprocess.run(
+        ["fio", "--output-format=json", *args], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout[out.stdout.index("{") :])["jobs"][0]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# --- data plane ---------------------------------------------------------------------------------
+
+
+def bench_null(quick: bool) -> list[Row]:
+    seconds = 2 if quick else 4
+
+    def text(concurrency: int) -> str:
+        return (
+            f"target: null://\nduration: {seconds}s\nconcurrency: {concurrency}\n"
+            "prepare: {ensure_objects: [{base_uri: data/, count: 10000, object_size: 4KiB}]}\n"
+            'workload: [{op: get, path: "data/*"}]\n'
+        )
+
+    one = [rate(s, "get")[0] for s in engine_workload(text(1), repeat=3)]
+    mixed_text = f"""
+target: null://
+duration: {seconds}s
+concurrency: 1
+prepare: {{ensure_objects: [{{base_uri: data/, count: 10000, object_size: 4KiB}}]}}
+workload:
+  - {{op: get, path: "data/*", weight: 60}}
+  - {{op: put, path: "new/", weight: 20, object_size: 4KiB}}
+  - {{op: stat, path: "data/*", weight: 10}}
+  - {{op: delete, path: "new/*", weight: 10}}
+"""
+    (mixed,) = engine_workload(mixed_text)
+    mixed_ops = sum(s.ops for s in mixed.ops.values()) / (mixed.measured_ns / 1e9)
+    two = engine_workload(text(2))[0]
+    return [
+        Row(
+            "null",
+            "get ops/s, 1 worker thread (median of 3)",
+            f"{median(one):,.0f}",
+            ">= 700,000",
+            f"runs: {', '.join(f'{v:,.0f}' for v in one)}",
+        ),
+        Row("null", "mixed get/put/stat/delete ops/s, 1 thread", f"{mixed_ops:,.0f}"),
+        Row(
+            "null",
+            "get ops/s, 2 threads, one agent",
+            f"{rate(two, 'get')[0]:,.0f}",
+            "",
+            "one process shares one GIL: scale out with more agents per host",
+        ),
+    ]
+
+
+def _files(directory: Path, count: int, size: int) -> list[str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(size)
+    paths = []
+    for i in range(count):
+        path = directory / f"prepared-{i:08d}.dat"
+        path.write_bytes(block)
+        paths.append(str(path))
+    return paths
+
+
+def _bare_loop(paths: list[str], seconds: float) -> float:
+    """The plainest Python way: open, read whole, close, random file each time."""
+    rnd = random.Random(1).random
+    n = len(paths)
+    ops = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(1000):
+            with open(paths[int(rnd() * n)], "rb") as f:
+                f.read()
+        ops += 1000
+        if time.perf_counter() >= deadline:
+            return ops / (time.perf_counter() - start)
+
+
+def bench_get4k(quick: bool, work: Path) -> list[Row]:
+    seconds = 2 if quick else 4
+    count = 10_000
+    target = work / "get4k"
+    text = f"""
+target: file://{target}/
+duration: {seconds}s
+concurrency: 1
+prepare: {{ensure_objects: [{{base_uri: data/, count: {count}, object_size: 4KiB}}]}}
+workload: [{{op: get, path: "data/*"}}]
+"""
+    # side by side, interleaved: bare, triobench, bare, triobench, ... (the machine is noisy)
+    engine_workload(text)  # prepare the files and warm the page cache
+    paths = sorted(str(p) for p in (target / "bench" / "data").iterdir())
+    bare, ours = [], []
+    for _ in range(3):
+        bare.append(_bare_loop(paths, seconds))
+        ours.append(rate(engine_workload(text)[0], "get")[0])
+    rows = [
+        Row(
+            "get4k",
+            "bare Python open/read/close loop, ops/s",
+            f"{median(bare):,.0f}",
+            "",
+            f"runs: {', '.join(f'{v:,.0f}' for v in bare)}",
+        ),
+        Row(
+            "get4k",
+            "triobench file:// get, 1 thread, ops/s",
+            f"{median(ours):,.0f}",
+            "",
+            f"runs: {', '.join(f'{v:,.0f}' for v in ours)}",
+        ),
+        Row("get4k", "triobench / bare loop", f"{median(ours) / median(bare):.2f}x", ">= 0.85x"),
+    ]
+    fio_dir = work / "fio4k"
+    fio_dir.mkdir(exist_ok=True)
+    job = [
+        "--name=get4k",
+        f"--directory={fio_dir}",
+        f"--nrfiles={count}",
+        "--filesize=4k",
+        "--bs=4k",
+        "--rw=read",
+        "--ioengine=psync",
+        "--invalidate=0",
+        "--file_service_type=random",
+        "--time_based",
+        f"--runtime={seconds}",
+    ]
+    if fio([*job[:-1], "--runtime=1"]) is None:  # lays out the files, warms the cache
+        rows.append(Row("get4k", "fio", "not installed", "", "apt-get install fio"))
+        return rows
+    kept_open = [fio(job)["read"]["iops"] for _ in range(3)]
+    reopened = fio([*job, "--openfiles=1"])
+    rows += [
+        Row(
+            "get4k",
+            "fio psync, same 10,000 x 4 KiB files kept open, ops/s",
+            f"{median(kept_open):,.0f}",
+            "",
+            f"pread only, no open/close per op; triobench/fio "
+            f"{median(ours) / median(kept_open):.2f}x",
+        ),
+        Row(
+            "get4k",
+            "fio psync, open/read/close per file (openfiles=1), ops/s",
+            f"{reopened['read']['iops']:,.0f}",
+            "",
+            f"not a usable reference: fio spends {reopened['usr_cpu']:.0f}% user CPU "
+            "managing its file table",
+        ),
+    ]
+    return rows
+
+
+def bench_mib(quick: bool, work: Path) -> list[Row]:
+    seconds = 2 if quick else 3
+    target = work / "mib"
+    get_text = f"""
+target: file://{target}/
+duration: {seconds}s
+concurrency: 1
+prepare: {{ensure_objects: [{{base_uri: data/, count: 256, object_size: 1MiB}}]}}
+workload: [{{op: get, path: "data/*"}}]
+"""
+    put_text = f"""
+target: file://{target}/
+duration: {seconds}s
+concurrency: 1
+prepare: {{cleanup: true}}
+workload: [{{op: put, path: "new/", object_size: 1MiB}}]
+"""
+    engine_workload(get_text)  # warm
+    gets = [rate(engine_workload(get_text)[0], "get")[1] for _ in range(3)]
+    puts = [rate(engine_workload(put_text)[0], "put")[1] for _ in range(3)]
+    shutil.rmtree(target / "bench" / "new", ignore_errors=True)
+    rows = [
+        Row("mib", "triobench 1 MiB get, 1 thread, MiB/s", f"{median(gets):,.0f}"),
+        Row("mib", "triobench 1 MiB put (new file each), 1 thread, MiB/s", f"{median(puts):,.0f}"),
+    ]
+    fio_dir = work / "fio1m"
+    fio_dir.mkdir(exist_ok=True)
+    common = [
+        f"--directory={fio_dir}",
+        "--nrfiles=256",
+        "--filesize=1m",
+        "--bs=1m",
+        "--ioengine=psync",
+        "--openfiles=1",
+        "--invalidate=0",
+        "--file_service_type=random",
+        "--time_based",
+        f"--runtime={seconds}",
+    ]
+    if fio(["--name=warm", "--rw=read", *common]) is None:
+        rows.append(Row("mib", "fio", "not installed", "", "apt-get install fio"))
+        return rows
+    fio_get = [
+        fio(["--name=warm", "--rw=read", *common])["read"]["bw_bytes"] / 2**20 for _ in range(3)
+    ]
+    # unlink_each_loop: fio deletes and recreates its files each pass, so it allocates new
+    # files as triobench's puts do (overwriting allocated blocks is cheaper)
+    fio_put = [
+        fio(["--name=warm", "--rw=write", "--unlink_each_loop=1", *common])["write"]["bw_bytes"]
+        / 2**20
+        for _ in range(3)
+    ]
+    rows += [
+        Row(
+            "mib",
+            "fio 1 MiB read, psync, MiB/s",
+            f"{median(fio_get):,.0f}",
+            "",
+            f"triobench/fio {median(gets) / median(fio_get):.2f}x",
+        ),
+        Row(
+            "mib",
+            "fio 1 MiB write, new files (unlink_each_loop), psync, MiB/s",
+            f"{median(fio_put):,.0f}",
+            "",
+            f"triobench/fio {median(puts) / median(fio_put):.2f}x",
+        ),
+    ]
+    return rows
+
+
+def _rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def bench_memory(quick: bool, work: Path) -> list[Row]:
+    target = work / "memory"
+    agents = start_local_agents(1, work / "memory-agents")
+    try:
+        pid = agents[0].process.pid
+        idle = _rss_kib(pid, "VmRSS")
+        cfg = parse_config(f"""
+target: file://{target}/
+duration: {2 if quick else 4}s
+concurrency: 64
+prepare: {{ensure_objects: [{{base_uri: data/, count: 2000, object_size: 4KiB}}], cleanup: true}}
+workload:
+  - {{op: get, path: "data/*", weight: 9}}
+  - {{op: put, path: "new/", weight: 1, object_size: 64KiB}}
+distributed: {{start_delay: 300ms}}
+""")
+        result = _run_controller(cfg, [agents[0].as_target()], work)
+        peak = _rss_kib(pid, "VmHWM")
+        threads = 64
+    finally:
+        stop_local_agents(agents)
+    return [
+        Row("memory", "agent RSS idle", f"{idle / 1024:.0f} MiB"),
+        Row(
+            "memory",
+            f"agent peak RSS, concurrency {threads} (file:// get+put)",
+            f"{peak / 1024:.0f} MiB",
+            "",
+            f"exit {result.exit_code}; 64 x 1 MiB read buffers are most of it",
+        ),
+    ]
+
+
+# --- control plane ------------------------------------------------------------------------------
+
+
+def _run_controller(cfg, targets: list[AgentAddress], work: Path, **hooks):
+    controller = Controller(
+        cfg,
+        agents=targets,
+        results_base=work / "results",
+        display=Display("quiet"),
+        handle_signals=False,
+    )
+    for name, hook in hooks.items():
+        setattr(controller, name, hook)
+    return trio.run(controller.run)
+
+
+NULL_MIX = """
+target: null://
+duration: {duration}
+concurrency: 1
+{rate}
+prepare: {{ensure_objects: [{{base_uri: data/, count: 1000, object_size: 4KiB}}]}}
+workload:
+  - {{op: get, path: "data/*", weight: 80}}
+  - {{op: put, path: "new/", weight: 10, object_size: 1KiB}}
+  - {{op: stat, path: "data/*", weight: 10}}
+distributed: {{stats_interval: {stats}, ping_interval: {ping}, start_delay: 500ms}}
+"""
+
+
+def bench_skew(quick: bool, work: Path) -> list[Row]:
+    return _skew(2, work) + _skew(8, work)
+
+
+def _skew(count: int, work: Path) -> list[Row]:
+    agents = start_local_agents(count, work / f"skew-agents-{count}")
+    try:
+        cfg = parse_config(NULL_MIX.format(duration="500ms", rate="", stats="1s", ping="1s"))
+        skews: dict[str, list[float]] = {}
+        for _ in range(3):
+            result = _run_controller(cfg, [a.as_target() for a in agents], work)
+            record = json.loads((result.results_dir / "run.json").read_text())
+            for stage, value in record["start_skew_ms"].items():
+                skews.setdefault(stage, []).append(value)
+            bounds = [a["clock_error_bound_ms"] for a in record["agents"]]
+    finally:
+        stop_local_agents(agents)
+    return [
+        Row(
+            "skew",
+            f"start skew, {count} local agents, {stage} (median of 3)",
+            f"{median(values):.3f} ms",
+            "a few ms",
+            f"runs: {', '.join(f'{v:.3f}' for v in values)}",
+        )
+        for stage, values in skews.items()
+    ] + [
+        Row(
+            "skew",
+            f"clock offset error bound (rtt/2), worst of {count} agents",
+            f"{max(bounds):.3f} ms",
+        )
+    ]
+
+
+def _collect_rtts(controller: Controller) -> list[float]:
+    """Record the RTT (ms) of every PONG received while its agent runs the workload."""
+    samples: list[float] = []
+    for link in controller.links:
+
+        def add(sample, original=link.estimator.add, link=link):
+            original(sample)
+            if link.state.value == "running":
+                samples.append(sample.rtt_ns / 1e6)
+
+        link.estimator.add = add  # type: ignore[method-assign]
+    return samples
+
+
+def _ping_rtts(
+    agents, work: Path, *, stats: str, rate: str, duration: str
+) -> tuple[list[float], int]:
+    cfg = parse_config(NULL_MIX.format(duration=duration, rate=rate, stats=stats, ping="50ms"))
+    controller = Controller(
+        cfg,
+        agents=[a.as_target() for a in agents],
+        results_base=work / "results",
+        display=Display("quiet"),
+        handle_signals=False,
+    )
+    samples = _collect_rtts(controller)
+    trio.run(controller.run)
+    return sorted(samples), sum(link.stats_sequence.last for link in controller.links)
+
+
+def bench_ping(quick: bool, work: Path) -> list[Row]:
+    agents = start_local_agents(8, work / "ping-agents")
+    duration = "3s" if quick else "5s"
+    cases = [
+        ("agents at 2,000 ops/s, stats every 1 s", "1s", "io_rate: {iops: 2000}"),
+        ("agents at 2,000 ops/s, stats every 10 ms (full rate)", "10ms", "io_rate: {iops: 2000}"),
+        ("agents saturating the CPUs (null:// flat out), stats every 1 s", "1s", ""),
+    ]
+    rows = []
+    try:
+        for label, stats, rate in cases:
+            samples, frames = _ping_rtts(agents, work, stats=stats, rate=rate, duration=duration)
+            p50 = samples[len(samples) // 2]
+            p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+            rows.append(
+                Row(
+                    "ping",
+                    f"PING RTT p50 / p99, 8 agents, {label}",
+                    f"{p50:.3f} / {p99:.3f} ms",
+                    "",
+                    f"{len(samples)} pings, {frames} stats frames",
+                )
+            )
+    finally:
+        stop_local_agents(agents)
+    return rows
+
+
+def bench_ctrlc(quick: bool, work: Path) -> list[Row]:
+    agents = start_local_agents(8, work / "ctrlc-agents")
+    config = work / "ctrlc.yaml"
+    config.write_text(NULL_MIX.format(duration="60s", rate="", stats="200ms", ping="200ms"))
+    times = []
+    try:
+        for _ in range(3):
+            command = [
+                sys.executable,
+                "-m",
+                "trio_bench",
+                "controller",
+                str(config),
+                "--agents",
+                ",".join(a.address for a in agents),
+                "--results-dir",
+                str(work / "results"),
+                "--display",
+                "plain",
+            ]
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL
+            )
+            assert process.stdout is not None
+            for line in process.stdout:
+                if "workload all:" in line and " 0 ops/s" not in line:
+                    break
+            start = time.perf_counter()
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
+            times.append(time.perf_counter() - start)
+            assert process.returncode == 130, process.returncode
+    finally:
+        stop_local_agents(agents)
+    return [
+        Row(
+            "ctrlc",
+            "Ctrl-C to controller exit, 8 agents mid-workload (median of 3)",
+            f"{median(times) * 1000:.0f} ms",
+            "",
+            f"runs: {', '.join(f'{t * 1000:.0f}' for t in times)} ms; exit 130, "
+            "partial results written",
+        )
+    ]
+
+
+def _farm(count: int) -> tuple[subprocess.Popen[str], list[AgentAddress]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.farm", str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    targets = []
+    for line in process.stdout:
+        if line.strip() == "ready":
+            break
+        agent_id, address = line.split()
+        targets.append(AgentAddress(address=address, id=agent_id))
+    return process, targets
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _controller_cpu_share(cfg, targets: list[AgentAddress], work: Path) -> tuple[float, Controller]:
+    """Run a controller in this process; its CPU share over 4 s in the middle of the workload."""
+    controller = Controller(
+        cfg,
+        agents=targets,
+        results_base=work / "results",
+        display=Display("quiet"),
+        handle_signals=False,
+    )
+    marks: list[tuple[float, float]] = []
+
+    async def sample() -> None:
+        await controller.wait_for(lambda: controller.stage == "workload")
+        await trio.sleep(2.5)
+        marks.append((time.perf_counter(), _cpu_seconds()))
+        await trio.sleep(4)
+        marks.append((time.perf_counter(), _cpu_seconds()))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample)
+            await controller.run()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    (t0, c0), (t1, c1) = marks
+    return (c1 - c0) / (t1 - t0), controller
+
+
+def bench_scale(quick: bool, work: Path) -> list[Row]:
+    rows = []
+    counts = [50, 100, 200] if quick else [100, 200, 400, 800]
+    cfg = parse_config(
+        NULL_MIX.format(duration="8s", rate="io_rate: {iops: 20}", stats="1s", ping="1s")
+    )
+    for count in counts:
+        farm, targets = _farm(count)
+        try:
+            share, controller = _controller_cpu_share(cfg, targets, work)
+        finally:
+            farm.send_signal(signal.SIGTERM)
+            farm.wait(timeout=30)
+            if farm.stdout:
+                farm.stdout.close()
+        frames = sum(link.stats_sequence.last for link in controller.links)
+        states = {link.state.value for link in controller.links}
+        rows.append(
+            Row(
+                "scale",
+                f"controller CPU, {count} agents at 1 stats frame/s",
+                f"{share:.0%} of a core",
+                "< 50%",
+                f"agents ended {'/'.join(sorted(states))}; {frames} stats frames",
+            )
+        )
+        if share > 0.5:
+            break
+    return rows
+
+
+BENCHES: dict[str, Callable[..., list[Row]]] = {
+    "null": lambda quick, work: bench_null(quick),
+    "get4k": bench_get4k,
+    "mib": bench_mib,
+    "memory": bench_memory,
+    "skew": bench_skew,
+    "ping": bench_ping,
+    "ctrlc": bench_ctrlc,
+    "scale": bench_scale,
+}
+
+
+def table(rows: list[Row]) -> str:
+    header = ["bench", "measure", "value", "target", "note"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append(f"| {row.bench} | {row.measure} | {row.value} | {row.target} | {row.note} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    fio_version = subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}, "
+        f"{fio_version.strip() or 'no fio'}, {time.strftime('%Y-%m-%d')}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument("--only", default="", help="comma-separated benchmark names")
+    parser.add_argument(
+        "--write",
+        default=str(ROOT / "bench" / "results.md"),
+        help="where to write the markdown table ('' to skip)",
+    )
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n] or list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)} (have {', '.join(BENCHES)})")
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="triobench-bench-") as tmp:
+        for name in names:
+            started = time.perf_counter()
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            rows += BENCHES[name](args.quick, Path(tmp))
+            print(f"  {name}: {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    text = f"Measured on {machine()}\n\n{table(rows)}\n"
+    print(text)
+    if args.write:
+        Path(args.write).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

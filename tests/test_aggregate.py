@@ -1,0 +1,66 @@
+"""The controller's live aggregation: exact interval accounting, rates that do not depend on
+when frames happen to arrive relative to the controller's tick."""
+
+from __future__ import annotations
+
+from trio_bench import protocol as p
+from trio_bench import stats
+from trio_bench.controller import Aggregator
+from trio_bench.engine import record_latency
+
+
+def snapshot(seq: int, ops: int, latency_ns: int = 1000, stage: str = "workload") -> p.Stats:
+    record = stats.new_record()
+    for _ in range(ops):
+        record_latency(record, latency_ns, 4096)
+    return p.Stats(seq=seq, stage=stage, warmup=False, elapsed_ns=seq * 10**9, done=0,
+                   total=0, ops={"get": stats.to_wire(record)})
+
+
+def test_intervals_add_up_to_the_cumulative_totals() -> None:
+    aggregator = Aggregator()
+    rows = []
+    for seq in range(1, 6):
+        rows += aggregator.tick(float(seq), [("a1", snapshot(seq, 100 * seq)),
+                                             ("a2", snapshot(seq, 50 * seq))])
+    assert sum(r.ops for r in rows if r.agent == "a1") == 500
+    assert sum(r.ops for r in rows if r.agent == "a2") == 250
+    assert sum(r.ops for r in rows if r.agent == "all") == 750
+    last = [r for r in rows if r.elapsed_s == 5.0]
+    assert {r.agent: r.ops_per_s for r in last} == {"a1": 100.0, "a2": 50.0, "all": 150.0}
+
+
+def test_a_frame_arriving_after_the_tick_does_not_halve_the_aggregate_rate() -> None:
+    aggregator = Aggregator()
+    aggregator.tick(1.0, [("a1", snapshot(1, 100)), ("a2", snapshot(1, 100))])
+    # a2's second frame is late for this tick: the aggregate still counts a2's current rate
+    rows = aggregator.tick(2.0, [("a1", snapshot(2, 200)), ("a2", snapshot(1, 100))])
+    (total,) = [r for r in rows if r.agent == "all"]
+    assert total.ops_per_s == 200.0
+    assert total.ops == 100  # but only the newly reported operations are counted
+    rows = aggregator.tick(3.0, [("a1", snapshot(2, 200)), ("a2", snapshot(3, 300))])
+    (total,) = [r for r in rows if r.agent == "all"]
+    assert total.ops == 200 and total.ops_per_s == 200.0
+
+
+def test_interval_percentiles_come_from_the_interval_only() -> None:
+    aggregator = Aggregator()
+    aggregator.tick(1.0, [("a1", snapshot(1, 100, latency_ns=1_000_000))])
+    record = stats.new_record()
+    for _ in range(100):
+        record_latency(record, 1_000_000, 4096)
+    for _ in range(100):
+        record_latency(record, 1_000, 4096)
+    later = p.Stats(seq=2, stage="workload", warmup=False, elapsed_ns=2 * 10**9, done=0,
+                    total=0, ops={"get": stats.to_wire(record)})
+    rows = aggregator.tick(2.0, [("a1", later)])
+    (row,) = [r for r in rows if r.agent == "a1"]
+    assert row.ops == 100 and row.p99_us < 1.1  # the slow ops were in the earlier interval
+
+
+def test_a_new_stage_starts_a_new_epoch() -> None:
+    aggregator = Aggregator()
+    aggregator.tick(1.0, [("a1", snapshot(1, 500, stage="prepare"))])
+    rows = aggregator.tick(2.0, [("a1", snapshot(2, 40, stage="workload"))])
+    (row,) = [r for r in rows if r.agent == "a1"]
+    assert (row.stage, row.ops) == ("workload", 40)
