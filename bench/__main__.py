@@ -359,17 +359,18 @@ distributed: {{start_delay: 300ms}}
 # --- control plane ------------------------------------------------------------------------------
 
 
-def _run_controller(cfg, targets: list[AgentAddress], work: Path, **hooks):
-    controller = Controller(
+def _controller(cfg, targets: list[AgentAddress], work: Path) -> Controller:
+    return Controller(
         cfg,
         agents=targets,
         results_base=work / "results",
         display=Display("quiet"),
         handle_signals=False,
     )
-    for name, hook in hooks.items():
-        setattr(controller, name, hook)
-    return trio.run(controller.run)
+
+
+def _run_controller(cfg, targets: list[AgentAddress], work: Path):
+    return trio.run(_controller(cfg, targets, work).run)
 
 
 NULL_MIX = """
@@ -439,13 +440,7 @@ def _ping_rtts(
     agents, work: Path, *, stats: str, rate: str, duration: str
 ) -> tuple[list[float], int]:
     cfg = parse_config(NULL_MIX.format(duration=duration, rate=rate, stats=stats, ping="50ms"))
-    controller = Controller(
-        cfg,
-        agents=[a.as_target() for a in agents],
-        results_base=work / "results",
-        display=Display("quiet"),
-        handle_signals=False,
-    )
+    controller = _controller(cfg, [a.as_target() for a in agents], work)
     samples = _collect_rtts(controller)
     trio.run(controller.run)
     return sorted(samples), sum(link.stats_sequence.last for link in controller.links)
@@ -525,21 +520,41 @@ def bench_ctrlc(quick: bool, work: Path) -> list[Row]:
     ]
 
 
-def _farm(count: int) -> tuple[subprocess.Popen[str], list[AgentAddress]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.farm", str(count)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert process.stdout is not None
-    targets = []
-    for line in process.stdout:
-        if line.strip() == "ready":
-            break
-        agent_id, address = line.split()
-        targets.append(AgentAddress(address=address, id=agent_id))
-    return process, targets
+FARM_SIZE = 200  # agents per farm process: beyond that one process's GIL is the bottleneck
+
+
+def _farms(count: int) -> tuple[list[subprocess.Popen[str]], list[AgentAddress]]:
+    """``count`` agents in ceil(count / FARM_SIZE) processes."""
+    processes, targets = [], []
+    for start in range(0, count, FARM_SIZE):
+        size = min(FARM_SIZE, count - start)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.farm", str(size), str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        processes.append(process)
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.strip() == "ready":
+                break
+            agent_id, address = line.split()
+            targets.append(AgentAddress(address=address, id=agent_id))
+    return processes, targets
+
+
+def _stop(processes: list[subprocess.Popen[str]]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
 
 
 def _cpu_seconds() -> float:
@@ -549,13 +564,7 @@ def _cpu_seconds() -> float:
 
 def _controller_cpu_share(cfg, targets: list[AgentAddress], work: Path) -> tuple[float, Controller]:
     """Run a controller in this process; its CPU share over 4 s in the middle of the workload."""
-    controller = Controller(
-        cfg,
-        agents=targets,
-        results_base=work / "results",
-        display=Display("quiet"),
-        handle_signals=False,
-    )
+    controller = _controller(cfg, targets, work)
     marks: list[tuple[float, float]] = []
 
     async def sample() -> None:
@@ -583,14 +592,11 @@ def bench_scale(quick: bool, work: Path) -> list[Row]:
         NULL_MIX.format(duration="8s", rate="io_rate: {iops: 20}", stats="1s", ping="1s")
     )
     for count in counts:
-        farm, targets = _farm(count)
+        farms, targets = _farms(count)
         try:
             share, controller = _controller_cpu_share(cfg, targets, work)
         finally:
-            farm.send_signal(signal.SIGTERM)
-            farm.wait(timeout=30)
-            if farm.stdout:
-                farm.stdout.close()
+            _stop(farms)
         frames = sum(link.stats_sequence.last for link in controller.links)
         states = {link.state.value for link in controller.links}
         rows.append(
@@ -661,7 +667,13 @@ def main() -> None:
         for name in names:
             started = time.perf_counter()
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            rows += BENCHES[name](args.quick, Path(tmp))
+            try:
+                got = BENCHES[name](args.quick, Path(tmp))
+            except Exception as exc:  # one broken benchmark must not lose the others
+                got = [Row(name, "FAILED", type(exc).__name__, "", str(exc)[:200])]
+            for row in got:
+                print(f"  {row.measure}: {row.value} {row.note}", file=sys.stderr, flush=True)
+            rows += got
             print(f"  {name}: {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
     text = f"Measured on {machine()}\n\n{table(rows)}\n"
     print(text)

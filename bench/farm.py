@@ -1,6 +1,6 @@
 """Many lightweight agents in one process, for scale benchmarks and tests.
 
-    python -m bench.farm N [--skew-ms X]
+    python -m bench.farm N [FIRST]
 
 Starts N agent servers on free loopback ports in one Trio process and prints one line per
 agent, ``<id> <host:port>``, then ``ready``. Runs until SIGTERM/SIGINT. Each agent is a full
@@ -19,9 +19,9 @@ import trio
 from trio_bench.agent import AGENT_SWITCH_INTERVAL_S, AgentOptions, AgentServer
 
 
-async def serve(count: int, state_dir: Path) -> None:
+async def serve(count: int, first: int, state_dir: Path) -> None:
     async with trio.open_nursery() as nursery:
-        for i in range(1, count + 1):
+        for i in range(first + 1, first + count + 1):
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
             port = listeners[0].socket.getsockname()[1]
             server = AgentServer(AgentOptions(agent_id=f"f{i}", state_dir=state_dir))
@@ -36,9 +36,10 @@ async def serve(count: int, state_dir: Path) -> None:
 
 def main() -> None:
     count = int(sys.argv[1])
+    first = int(sys.argv[2]) if len(sys.argv) > 2 else 0
     sys.setswitchinterval(AGENT_SWITCH_INTERVAL_S)
     with tempfile.TemporaryDirectory() as state:
-        trio.run(serve, count, Path(state))
+        trio.run(serve, count, first, Path(state))
 
 
 if __name__ == "__main__":

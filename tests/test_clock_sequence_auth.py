@@ -119,3 +119,22 @@ def test_proofs() -> None:
     assert not p.check_proof(TOKEN, "controller", "a2", a, c, proof)
     assert not p.check_proof(TOKEN, "controller", "a1", p.new_challenge(), c, proof)  # replay
     assert not p.check_proof(TOKEN, "controller", "a1", a, c, b"")
+
+
+def test_receiver_check_then_commit_counts_only_applied_messages() -> None:
+    receiver = p.ReliableReceiver()
+    assert receiver.check(1, "start")
+    assert receiver.processed == 0  # refused by the state machine: not processed
+    assert receiver.check(1, "start")
+    receiver.commit(1)
+    assert not receiver.check(1, "start") and receiver.duplicates == 1
+    with pytest.raises(p.ProtocolError, match="start: seq 3 skips ahead"):
+        receiver.check(3, "start")
+
+
+def test_sender_stamp_numbers_and_keeps_messages() -> None:
+    sender = p.ReliableSender()
+    first = sender.stamp(lambda seq: ("m", seq), now_ns=5)
+    second = sender.stamp(lambda seq: ("m", seq), now_ns=6)
+    assert (first, second) == (("m", 1), ("m", 2))
+    assert list(sender.unacked()) == [first, second]

@@ -119,9 +119,7 @@ class Session:
             self.conn.send(message)
 
     def _send_reliable(self, build: Callable[[int], Message]) -> Message:
-        seq = self.sender.next_seq()
-        message = build(seq)
-        self.sender.sent(seq, message, self.clock.now_ns())
+        message = self.sender.stamp(build, self.clock.now_ns())
         self._send(message)
         return message
 
@@ -153,11 +151,9 @@ class Session:
             )
         if not isinstance(message, Start | Abort):
             raise ProtocolError(f"{message.TAG}: not a message a controller sends during a run")
-        if message.seq <= self.receiver.processed:
+        if not self.receiver.check(message.seq, message.TAG):
             self._send(Ack(seq=self.receiver.processed))  # a re-send: ACK again, do nothing
             return
-        if message.seq != self.receiver.processed + 1:
-            self.receiver.accept(message.seq, message.TAG)  # raises: the sequence skips ahead
         # Move the machine first: if the message is not allowed now, it raises and nothing
         # (neither state nor sequence) has changed.
         if isinstance(message, Start):
@@ -170,7 +166,7 @@ class Session:
             if before is not AgentState.ABORTING and self.machine.state is AgentState.ABORTING:
                 self.abort_reason = message.reason or "aborted by the controller"
                 self.run_scope.cancel()
-        self.receiver.accept(message.seq, message.TAG)
+        self.receiver.commit(message.seq)
         self._send(Ack(seq=message.seq))
 
     def _finish(self) -> None:

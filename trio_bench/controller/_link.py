@@ -377,13 +377,11 @@ class AgentLink:
             return
         if not isinstance(message, Ready | Started | StageDone | Completed | Aborted | Error):
             raise ProtocolError(f"{message.TAG}: not a message an agent sends")
-        if message.seq <= self.receiver.processed:
-            self._send(Ack(seq=self.receiver.processed))  # a re-send
+        if not self.receiver.check(message.seq, message.TAG):
+            self._send(Ack(seq=self.receiver.processed))  # a re-send: ACK again
             return
-        if message.seq != self.receiver.processed + 1:
-            self.receiver.accept(message.seq, message.TAG)  # raises: skips ahead
         self.apply(*self._event_for(message))
-        self.receiver.accept(message.seq, message.TAG)
+        self.receiver.commit(message.seq)
         self._remember(message)
         self._send(Ack(seq=message.seq))
 
@@ -427,10 +425,7 @@ class AgentLink:
             self.conn.send(message)
 
     def send_reliable(self, build: Callable[[int], Message]) -> None:
-        seq = self.sender.next_seq()
-        message = build(seq)
-        self.sender.sent(seq, message, self.clock.now_ns())
-        self._send(message)
+        self._send(self.sender.stamp(build, self.clock.now_ns()))
 
     def resend_due(self, interval_ns: int) -> None:
         for message in self.sender.due(self.clock.now_ns(), interval_ns):

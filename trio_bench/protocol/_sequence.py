@@ -17,7 +17,8 @@ Two independent number spaces per run session and direction:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import attrs
 
@@ -28,6 +29,9 @@ from ._errors import ProtocolError
 class _Pending:
     message: object
     last_sent_ns: int
+
+
+M = TypeVar("M")
 
 
 class ReliableSender:
@@ -45,6 +49,13 @@ class ReliableSender:
 
     def sent(self, seq: int, message: object, now_ns: int) -> None:
         self._pending[seq] = _Pending(message, now_ns)
+
+    def stamp(self, build: Callable[[int], M], now_ns: int) -> M:
+        """Build the next reliable message with its seq and keep it until ACKed."""
+        seq = self.next_seq()
+        message = build(seq)
+        self.sent(seq, message, now_ns)
+        return message
 
     @property
     def highest_sent(self) -> int:
@@ -83,8 +94,10 @@ class ReliableReceiver:
         self.processed = 0  # highest seq processed; what we ACK
         self.duplicates = 0
 
-    def accept(self, seq: int, what: str = "message") -> bool:
-        """True: process this message now. False: a re-send of one already processed."""
+    def check(self, seq: int, what: str = "message") -> bool:
+        """Is this the next message to process (True) or a re-send (False)? Raises if it
+        skips ahead. Changes nothing: call ``commit`` once the message was applied, so a
+        message the receiver refuses does not count as processed."""
         if seq <= 0:
             raise ProtocolError(f"{what}: reliable message with seq {seq} (must be >= 1)")
         if seq <= self.processed:
@@ -92,7 +105,17 @@ class ReliableReceiver:
             return False
         if seq != self.processed + 1:
             raise ProtocolError(f"{what}: seq {seq} skips ahead (expected {self.processed + 1})")
+        return True
+
+    def commit(self, seq: int) -> None:
+        assert seq == self.processed + 1, "commit without a successful check"
         self.processed = seq
+
+    def accept(self, seq: int, what: str = "message") -> bool:
+        """``check`` and, if new, ``commit`` at once."""
+        if not self.check(seq, what):
+            return False
+        self.commit(seq)
         return True
 
 
