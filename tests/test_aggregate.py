@@ -13,16 +13,24 @@ def snapshot(seq: int, ops: int, latency_ns: int = 1000, stage: str = "workload"
     record = stats.new_record()
     for _ in range(ops):
         record_latency(record, latency_ns, 4096)
-    return p.Stats(seq=seq, stage=stage, warmup=False, elapsed_ns=seq * 10**9, done=0,
-                   total=0, ops={"get": stats.to_wire(record)})
+    return p.Stats(
+        seq=seq,
+        stage=stage,
+        warmup=False,
+        elapsed_ns=seq * 10**9,
+        done=0,
+        total=0,
+        ops={"get": stats.to_wire(record)},
+    )
 
 
 def test_intervals_add_up_to_the_cumulative_totals() -> None:
     aggregator = Aggregator()
     rows = []
     for seq in range(1, 6):
-        rows += aggregator.tick(float(seq), [("a1", snapshot(seq, 100 * seq)),
-                                             ("a2", snapshot(seq, 50 * seq))])
+        rows += aggregator.tick(
+            float(seq), [("a1", snapshot(seq, 100 * seq)), ("a2", snapshot(seq, 50 * seq))]
+        )
     assert sum(r.ops for r in rows if r.agent == "a1") == 500
     assert sum(r.ops for r in rows if r.agent == "a2") == 250
     assert sum(r.ops for r in rows if r.agent == "all") == 750
@@ -51,8 +59,15 @@ def test_interval_percentiles_come_from_the_interval_only() -> None:
         record_latency(record, 1_000_000, 4096)
     for _ in range(100):
         record_latency(record, 1_000, 4096)
-    later = p.Stats(seq=2, stage="workload", warmup=False, elapsed_ns=2 * 10**9, done=0,
-                    total=0, ops={"get": stats.to_wire(record)})
+    later = p.Stats(
+        seq=2,
+        stage="workload",
+        warmup=False,
+        elapsed_ns=2 * 10**9,
+        done=0,
+        total=0,
+        ops={"get": stats.to_wire(record)},
+    )
     rows = aggregator.tick(2.0, [("a1", later)])
     (row,) = [r for r in rows if r.agent == "a1"]
     assert row.ops == 100 and row.p99_us < 1.1  # the slow ops were in the earlier interval

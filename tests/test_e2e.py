@@ -321,3 +321,96 @@ def test_agent_startup_errors_are_one_line(tmp_path: Path) -> None:
     )
     assert exposed.returncode == 2
     assert "not a loopback address: give a token" in exposed.stderr
+
+
+def _controller_process(cfg: Path, agents, tmp_path: Path) -> subprocess.Popen[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "trio_bench",
+        "controller",
+        str(cfg),
+        "--agents",
+        ",".join(a.address for a in agents),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--display",
+        "plain",
+    ]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_workload(process: subprocess.Popen[str]) -> None:
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    for line in process.stdout:
+        if "workload all:" in line and " 0 ops/s" not in line:
+            return
+        assert time.monotonic() < deadline, "the run never reached the workload"
+    raise AssertionError("the controller exited before the workload")
+
+
+async def test_when_the_controller_dies_agents_abort_keep_results_and_serve_the_next(
+    tmp_path: Path,
+) -> None:
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(
+        NULL_RUN.format(duration="60s", count=100)
+        + """
+distributed: {stats_interval: 200ms, ping_interval: 200ms, warn_after: 600ms, dead_after: 1s,
+              probe_timeout: 500ms, start_delay: 300ms, orphan_timeout: 2s}
+"""
+    )
+    with local_agents(tmp_path, 2) as agents:
+        process = _controller_process(cfg, agents, tmp_path)
+        _wait_for_workload(process)
+        process.kill()
+        killed = time.monotonic()
+        process.communicate()
+        (results,) = (tmp_path / "results").iterdir()
+        run_id = json.loads((results / "run.json").read_text())["run_id"]
+        # the agents are busy until they notice (orphan timeout 2 s) and abort
+        while True:
+            second = controller_for(null_run("300ms", 10), agents, tmp_path)
+            with trio.fail_after(60):
+                result = await second.run()
+            if result.exit_code == 0:
+                break
+            assert "busy" in result.message
+            assert time.monotonic() - killed < 15, "the agents never gave the run up"
+            await trio.sleep(0.5)
+        freed_after = time.monotonic() - killed
+    assert 2.0 <= freed_after < 10.0
+    for agent in agents:
+        kept = json.loads((tmp_path / "agent-state" / agent.id / f"{run_id}.json").read_text())
+        assert kept["outcome"] == "aborted" and not kept["final_acknowledged"]
+        workload = [s for s in kept["summaries"] if s["stage"] == "workload"]
+        assert workload and workload[0]["ops"]["get"]["ops"] > 0  # results kept locally
+        assert "orphan timeout" in agent.log_text()
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(
+        NULL_RUN.format(duration="60s", count=100)
+        + "distributed: {stats_interval: 200ms, start_delay: 300ms}\n"
+    )
+    with local_agents(tmp_path, 2) as agents:
+        process = _controller_process(cfg, agents, tmp_path)
+        _wait_for_workload(process)
+        agents[0].signal(signal.SIGSTOP)  # this one cannot confirm the abort
+        try:
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            second = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            _out, err = process.communicate(timeout=30)
+            assert time.monotonic() - second < 2.0  # not the 10 s wait for confirmations
+        finally:
+            agents[0].signal(signal.SIGCONT)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    (results,) = (tmp_path / "results").iterdir()
+    record = json.loads((results / "run.json").read_text())
+    assert record["status"] == "aborted"
+    assert any("second SIGINT" in e for e in record["errors"])

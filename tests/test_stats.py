@@ -130,7 +130,9 @@ def test_sparse_difference_equals_dense(first: list[int], second: list[int]) -> 
 @given(st.lists(latencies, min_size=1, max_size=5))
 def test_sparse_merge_equals_dense(groups: list[list[int]]) -> None:
     records = [record_of(g) for g in groups]
-    assert stats.merge_ops(stats.to_wire(r) for r in records) == stats.to_wire(stats.merged(records))
+    assert stats.merge_ops(stats.to_wire(r) for r in records) == stats.to_wire(
+        stats.merged(records)
+    )
 
 
 @given(latencies)

@@ -90,7 +90,9 @@ class Display:
         )
 
     def _table(self, view: RunView) -> Table:
-        table = Table(title=view.title, title_justify="left", expand=False)
+        table = Table(
+            title=view.title, title_justify="left", caption=view.counts, caption_justify="left"
+        )
         for name, justify in [
             ("agent", "left"),
             ("state", "left"),
@@ -101,7 +103,7 @@ class Display:
             ("p50", "right"),
             ("p99", "right"),
             ("last frame", "right"),
-            ("", "left"),
+            ("notes", "left"),
         ]:
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
         for agent in view.agents:
@@ -120,7 +122,7 @@ class Display:
             )
         table.add_row(
             "all",
-            view.counts,
+            "",
             view.stage,
             "",
             f"{view.ops_per_s:,.0f}",

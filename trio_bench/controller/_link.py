@@ -65,7 +65,7 @@ from trio_bench.protocol import (
     make_proof,
     new_challenge,
 )
-from trio_bench.transport import Connection, ConnectionClosed
+from trio_bench.transport import CLOSE_TIMEOUT_S, Connection, ConnectionClosed
 
 log = logging.getLogger("triobench.controller")
 
@@ -219,6 +219,8 @@ class AgentLink:
             raise LinkFailed(f"{self.address}: {exc.reason}") from None
         except LinkFailed:
             conn.close_soon("handshake failed")
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await conn.finished.wait()  # our ERROR (version, token) reaches the agent
             raise
         handshake_done.set()
         return hello

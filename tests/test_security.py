@@ -1,0 +1,195 @@
+"""Handshake security: versions, token authentication, and the token never on the wire."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+
+from trio_bench import protocol as p
+from trio_bench.config import AgentAddress
+from trio_bench.controller import Controller, Display
+from trio_bench.local import start_local_agent, stop_local_agents
+
+from .agents import config
+from .proxy import Proxy
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "s3cret-token-that-must-never-cross-the-wire"
+RUN = """
+target: null://
+duration: 300ms
+workload: [{op: list, path: "x/"}]
+"""
+
+
+@pytest.fixture
+def token_agent(tmp_path: Path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    agent = start_local_agent(
+        "sec",
+        tmp_path / "sec.log",
+        state_dir=tmp_path / "state",
+        args=["--token-file", str(token_file)],
+    )
+    yield agent
+    stop_local_agents([agent])
+
+
+async def run_controller(tmp_path: Path, address: str, token: str | None):
+    controller = Controller(
+        config(RUN),
+        agents=[AgentAddress(address=address)],
+        token=token.encode() if token else None,
+        results_base=tmp_path / "results",
+        display=Display("quiet"),
+        handle_signals=False,
+    )
+    with trio.fail_after(30):
+        return await controller.run()
+
+
+async def test_the_right_token_works_and_never_crosses_the_wire(tmp_path, token_agent) -> None:
+    async with trio.open_nursery() as nursery:
+        host, port = token_agent.address.split(":")
+        proxy = Proxy(host, int(port))
+        await nursery.start(proxy.serve)
+        result = await run_controller(tmp_path, proxy.address, TOKEN)
+        nursery.cancel_scope.cancel()
+    assert result.exit_code == 0
+    wire = bytes(proxy.to_agent) + bytes(proxy.to_controller)
+    assert len(wire) > 1000
+    assert TOKEN.encode() not in wire
+    assert TOKEN.encode().hex().encode() not in wire
+
+
+@pytest.mark.parametrize(
+    "token, message",
+    [
+        ("wrong-token", "authentication failed: wrong or missing token"),
+        (None, "requires a token (--token-file or TRIOBENCH_TOKEN)"),
+    ],
+)
+async def test_a_wrong_or_missing_token_is_refused(tmp_path, token_agent, token, message) -> None:
+    result = await run_controller(tmp_path, token_agent.address, token)
+    assert (result.exit_code, result.status) == (3, "failed")
+    assert message in result.message
+
+
+async def test_a_replayed_auth_is_refused(tmp_path, token_agent) -> None:
+    """Record a good handshake, replay the controller's AUTH on a new connection."""
+    host, port = token_agent.address.split(":")
+
+    async def handshake(auth_bytes: bytes | None) -> tuple[p.Message, bytes]:
+        stream = await trio.open_tcp_stream(host, int(port))
+        decoder = p.FrameDecoder()
+        async with stream:
+            hello = None
+            while hello is None:
+                decoder.feed(await stream.receive_some(65536))
+                hello = decoder.next_frame()
+            hello_msg = p.decode_message(hello)
+            assert isinstance(hello_msg, p.Hello)
+            if auth_bytes is None:
+                challenge = p.new_challenge()
+                auth_bytes = p.encode_message(
+                    p.Auth(
+                        protocol=p.PROTOCOL_VERSION,
+                        software="test",
+                        controller="test",
+                        challenge=challenge,
+                        proof=p.make_proof(
+                            TOKEN.encode(),
+                            "controller",
+                            hello_msg.agent_id,
+                            hello_msg.challenge,
+                            challenge,
+                        ),
+                    )
+                )
+            await stream.send_all(auth_bytes)
+            reply = None
+            while reply is None:
+                decoder.feed(await stream.receive_some(65536))
+                reply = decoder.next_frame()
+            return p.decode_message(reply), auth_bytes
+
+    with trio.fail_after(30):
+        welcome, recorded = await handshake(None)
+        assert isinstance(welcome, p.Welcome)
+        replayed, _ = await handshake(recorded)
+    assert isinstance(replayed, p.Error) and replayed.code == "auth_failed"
+
+
+async def test_a_controller_of_another_version_is_refused_with_both_versions(token_agent) -> None:
+    host, port = token_agent.address.split(":")
+    with trio.fail_after(30):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            decoder = p.FrameDecoder()
+            decoder.feed(await stream.receive_some(65536))
+            assert isinstance(p.decode_message(decoder.next_frame()), p.Hello)
+            await stream.send_all(
+                p.encode_message(
+                    p.Auth(
+                        protocol=99, software="9.9", controller="x", challenge=b"c" * 32, proof=b""
+                    )
+                )
+            )
+            while (frame := decoder.next_frame()) is None:
+                decoder.feed(await stream.receive_some(65536))
+    error = p.decode_message(frame)
+    assert isinstance(error, p.Error) and error.code == "version_mismatch"
+    assert (
+        "speaks protocol 1" in error.message
+        and "controller speaks 99 (triobench 9.9)" in error.message
+    )
+
+
+async def test_an_agent_of_another_version_is_refused_with_both_versions(tmp_path: Path) -> None:
+    """A fake agent that speaks protocol 2: the controller names both versions, exit 3."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    got: list[p.Message] = []
+
+    async def fake_agent() -> None:
+        conn, _ = await listener.accept()
+        async with trio.SocketStream(conn) as stream:
+            await talk(stream)
+
+    async def talk(stream: trio.SocketStream) -> None:
+        await stream.send_all(
+            p.encode_message(
+                p.Hello(
+                    protocol=2,
+                    software="2.0",
+                    agent_id="future",
+                    hostname=socket.gethostname(),
+                    cpus=os.cpu_count() or 1,
+                    challenge=b"c" * 32,
+                    auth_required=False,
+                    session=None,
+                )
+            )
+        )
+        decoder = p.FrameDecoder()
+        with trio.move_on_after(5):
+            while data := await stream.receive_some(65536):
+                decoder.feed(data)
+                got.extend(p.decode_message(f) for f in decoder)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake_agent)
+        result = await run_controller(tmp_path, f"127.0.0.1:{port}", None)
+    listener.close()
+    assert result.exit_code == 3
+    assert "controller speaks protocol 1" in result.message
+    assert "speaks 2 (triobench 2.0)" in result.message
+    assert got and isinstance(got[0], p.Error) and got[0].code == "version_mismatch"
