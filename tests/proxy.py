@@ -1,8 +1,13 @@
-"""A TCP proxy on loopback between a controller and an agent, for tests: it records the bytes
-in both directions and can add latency, stall (stop reading, so TCP backpressure builds on the
-sender), throttle, cut the connection, or corrupt bytes."""
+"""A TCP proxy on loopback between a controller and an agent, for fault-injection tests.
+
+It records the bytes in both directions and can add latency, stall a direction (stop reading,
+so TCP backpressure builds on the sender), throttle, cut every connection, or corrupt the next
+frame header going to the agent (so the damage is detectable, not a silently changed value).
+"""
 
 from __future__ import annotations
+
+import struct
 
 import attrs
 import trio
@@ -10,21 +15,66 @@ import trio
 
 @attrs.define
 class Faults:
-    delay_s: float = 0.0  # added before forwarding each chunk
-    stalled: bool = False  # stop reading from both sides while set
-    bytes_per_s: float | None = None  # throttle
-    corrupt_after: int | None = None  # flip a byte once this many bytes went to the agent
+    delay_s: float = 0.0  # added before forwarding each chunk (each direction)
+    bytes_per_s: float | None = None  # throttle (each direction)
+    stall_to_agent: bool = False
+    stall_to_controller: bool = False
+    corrupt_next_header: bool = False  # controller -> agent
+
+
+class _FrameCursor:
+    """Follows frame boundaries in one direction, to find the next header."""
+
+    def __init__(self) -> None:
+        self.header = bytearray()
+        self.body_left = 0
+
+    def corrupt(self, data: bytes) -> tuple[bytes, bool]:
+        """Overwrite the next frame header starting in ``data`` with 0xFFFFFFFF."""
+        out = bytearray(data)
+        i = 0
+        while i < len(out):
+            if self.body_left:
+                step = min(self.body_left, len(out) - i)
+                self.body_left -= step
+                i += step
+                continue
+            if not self.header:
+                out[i : i + 4] = b"\xff\xff\xff\xff"[: len(out) - i]
+                return bytes(out), True
+            i += self.feed_header(out, i)
+        return bytes(out), False
+
+    def feed(self, data: bytes) -> None:
+        i = 0
+        while i < len(data):
+            if self.body_left:
+                step = min(self.body_left, len(data) - i)
+                self.body_left -= step
+                i += step
+            else:
+                i += self.feed_header(data, i)
+
+    def feed_header(self, data: bytes | bytearray, i: int) -> int:
+        take = min(4 - len(self.header), len(data) - i)
+        self.header += data[i : i + take]
+        if len(self.header) == 4:
+            (self.body_left,) = struct.unpack(">I", self.header)
+            self.header.clear()
+        return take
 
 
 class Proxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
         self.faults = Faults()
         self.to_agent = bytearray()
         self.to_controller = bytearray()
         self.connections = 0
+        self.corrupted = 0
         self._cut = trio.Event()
-        self._unstall = trio.Event()
+        self._changed = trio.Event()
         self.port = 0
 
     @property
@@ -36,13 +86,11 @@ class Proxy:
         self._cut.set()
         self._cut = trio.Event()
 
-    def stall(self) -> None:
-        self.faults.stalled = True
-
-    def resume(self) -> None:
-        self.faults.stalled = False
-        self._unstall.set()
-        self._unstall = trio.Event()
+    def set(self, **faults: object) -> None:
+        for name, value in faults.items():
+            setattr(self.faults, name, value)
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -60,31 +108,40 @@ class Proxy:
             return
         cut = self._cut
         async with client, upstream, trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, client, upstream, self.to_agent, True)
-            nursery.start_soon(self._pump, upstream, client, self.to_controller, False)
+            nursery.start_soon(self._pump, client, upstream, self.to_agent, "stall_to_agent")
+            nursery.start_soon(
+                self._pump, upstream, client, self.to_controller, "stall_to_controller"
+            )
             await cut.wait()
             nursery.cancel_scope.cancel()
 
     async def _pump(
-        self, source: trio.SocketStream, sink: trio.SocketStream, log: bytearray, to_agent: bool
+        self, source: trio.SocketStream, sink: trio.SocketStream, log: bytearray, stall: str
     ) -> None:
+        cursor = _FrameCursor()
         try:
             while True:
-                while self.faults.stalled:
-                    await self._unstall.wait()
+                while getattr(self.faults, stall):
+                    await self._changed.wait()
                 data = await source.receive_some(65536)
                 if not data:
                     await sink.send_eof()
                     return
                 if self.faults.delay_s:
                     await trio.sleep(self.faults.delay_s)
-                if self.faults.bytes_per_s:
-                    await trio.sleep(len(data) / self.faults.bytes_per_s)
-                corrupt_at = self.faults.corrupt_after
-                if to_agent and corrupt_at is not None and len(log) + len(data) > corrupt_at:
-                    i = max(0, corrupt_at - len(log))
-                    data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
-                    self.faults.corrupt_after = None
+                if self.faults.bytes_per_s:  # trickle, as a slow link does
+                    for i in range(0, len(data), 1024):
+                        await trio.sleep(min(1024, len(data) - i) / self.faults.bytes_per_s)
+                        await sink.send_all(data[i : i + 1024])
+                    log += data
+                    continue
+                if stall == "stall_to_agent" and self.faults.corrupt_next_header:
+                    data, done = cursor.corrupt(data)
+                    if done:
+                        self.faults.corrupt_next_header = False
+                        self.corrupted += 1
+                else:
+                    cursor.feed(data)
                 log += data
                 await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

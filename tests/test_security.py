@@ -56,8 +56,7 @@ async def run_controller(tmp_path: Path, address: str, token: str | None):
 
 async def test_the_right_token_works_and_never_crosses_the_wire(tmp_path, token_agent) -> None:
     async with trio.open_nursery() as nursery:
-        host, port = token_agent.address.split(":")
-        proxy = Proxy(host, int(port))
+        proxy = Proxy(token_agent.address)
         await nursery.start(proxy.serve)
         result = await run_controller(tmp_path, proxy.address, TOKEN)
         nursery.cancel_scope.cancel()

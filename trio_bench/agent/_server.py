@@ -22,6 +22,8 @@ from trio_bench import __version__
 from trio_bench.clock import RunClock
 from trio_bench.protocol import (
     CHALLENGE_SIZE,
+    HANDSHAKE_FRAME_SIZE,
+    MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
     Auth,
     Configure,
@@ -36,6 +38,7 @@ from trio_bench.protocol import (
     Resumed,
     Welcome,
     check_proof,
+    encode_message,
     make_proof,
     new_challenge,
 )
@@ -46,6 +49,10 @@ from ._session import Session
 log = logging.getLogger("triobench.agent")
 
 HANDSHAKE_TIMEOUT_S = 10.0  # AUTH, then CONFIGURE/RESUME, must each arrive within this
+# At most this many connections at once (one controller, plus a few being refused or
+# resuming): with the pre-authentication frame cap this bounds what peers can make an agent
+# buffer before anyone authenticated to MAX_CONNECTIONS x 64 KiB.
+MAX_CONNECTIONS = 32
 # Worker threads running flat out hand the GIL to the event loop only every switch interval
 # (5 ms by default), which delays PONGs and ABORTs. At 1 ms the loop's lag under a saturated
 # worker drops from ~5.5 ms to ~1.5 ms at no measurable cost in worker ops/s (bench/README.md).
@@ -60,6 +67,7 @@ class AgentOptions:
     state_dir: Path | None = None
     clock_skew_ns: int = 0
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS
 
 
 class AgentServer:
@@ -100,7 +108,16 @@ class AgentServer:
                 return True
             return False
 
-        conn = Connection(stream, name=f"controller {peer}", intercept=answer_pings)
+        if self.connections >= self.options.max_connections:
+            log.warning("controller %s refused: %d connections open", peer, self.connections)
+            await _refuse_now(stream, f"agent {self.options.agent_id} has too many connections")
+            return
+        conn = Connection(
+            stream,
+            name=f"controller {peer}",
+            intercept=answer_pings,
+            max_frame_size=HANDSHAKE_FRAME_SIZE,
+        )
         self.connections += 1
         try:
             async with trio.open_nursery() as nursery:
@@ -169,6 +186,7 @@ class AgentServer:
         else:
             proof = b""
         conn.send(Welcome(proof=proof))
+        conn.allow_frames_up_to(MAX_FRAME_SIZE)  # CONFIGURE carries the workload config
         first = await self._receive(conn, "configure or resume")
         if isinstance(first, Configure):
             if self.session is not None:
@@ -244,3 +262,15 @@ class AgentServer:
             log.error("run %s: internal error: %r", session.run_id, exc, exc_info=True)
         finally:
             self.release(session)
+
+
+async def _refuse_now(stream: trio.SocketStream, message: str) -> None:
+    """Refuse a connection we will not even read from (too many open)."""
+    with trio.move_on_after(1):
+        try:
+            await stream.send_all(
+                encode_message(Error(seq=0, code="busy", message=message, summaries=()))
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await trio.aclose_forcefully(stream)

@@ -374,6 +374,14 @@ class AgentLink:
         if isinstance(message, Goodbye | Resumed):
             return
         if isinstance(message, Error) and message.seq == 0:
+            if message.code == "protocol_error" and self.machine.live:
+                # The agent could not read what we sent. We cannot tell a corrupted link from
+                # a bug, so treat it as a lost connection: reconnect and RESUME (bounded by
+                # give_up_after); a real bug fails again and is then given up.
+                log.warning("agent %s: dropped the connection: %s", self.id, message.message)
+                if self.conn is not None:
+                    self.conn.close_soon(f"agent reported a protocol error: {message.message}")
+                return
             self.failure_code = message.code
             self.fail(f"agent reported: {message.message}", PeerEvent.AGENT_ERROR)
             return

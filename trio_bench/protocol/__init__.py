@@ -15,7 +15,14 @@ from ._clock import (
     to_controller_clock,
 )
 from ._errors import ProtocolError, TransitionError
-from ._frames import HEADER_SIZE, MAX_FRAME_SIZE, FrameDecoder, decode_body, encode_frame
+from ._frames import (
+    HANDSHAKE_FRAME_SIZE,
+    HEADER_SIZE,
+    MAX_FRAME_SIZE,
+    FrameDecoder,
+    decode_body,
+    encode_frame,
+)
 from ._histogram import (
     CLAMP_NS,
     NBINS,
@@ -91,6 +98,7 @@ __all__ = [
     "CLAMP_NS",
     "DONE_EVENT",
     "ERROR_CODES",
+    "HANDSHAKE_FRAME_SIZE",
     "HEADER_SIZE",
     "IMPLIED_STATE",
     "MAX_ERROR_SAMPLES",

@@ -26,6 +26,9 @@ HEADER_SIZE = HEADER.size
 # leaves 8x headroom while bounding what one peer can make us buffer before we see a single
 # byte of its body.
 MAX_FRAME_SIZE = 4 * 1024 * 1024
+# Before a peer has authenticated, it may only send HELLO/AUTH/WELCOME/ERROR (a few hundred
+# bytes): a 64 KiB cap keeps what an anonymous connection can make us buffer small.
+HANDSHAKE_FRAME_SIZE = 64 * 1024
 
 
 def encode_frame(payload: dict[str, Any], *, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:

@@ -14,7 +14,7 @@ the writer always sends every queued control message before the pending STATS, b
 into one ``send_all``. So a PING, an ABORT or an ACK is never stuck behind statistics, and a
 slow peer costs us at most one stats frame of memory.
 
-Liveness is the owner's business; the connection only records when the last frame arrived
+Liveness is the owner's business; the connection only records when bytes last arrived
 (``last_received``, in ``trio.current_time()``).
 
 Closing is a lingering close: queued frames are flushed, our side is half-closed (FIN), and
@@ -32,6 +32,7 @@ from collections.abc import Callable
 import trio
 
 from trio_bench.protocol import (
+    MAX_FRAME_SIZE,
     Error,
     FrameDecoder,
     Message,
@@ -71,6 +72,7 @@ class Connection:
         name: str = "peer",
         intercept: Callable[[Message], bool] | None = None,
         on_stats: Callable[[Stats], None] | None = None,
+        max_frame_size: int = MAX_FRAME_SIZE,
     ) -> None:
         self.stream = stream
         self.name = name
@@ -83,7 +85,7 @@ class Connection:
         self.close_reason: str | None = None
         self.closed = trio.Event()  # set when closing begins: nothing more is accepted
         self.finished = trio.Event()  # set when the stream is closed and both tasks are done
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(max_frame_size=max_frame_size)
         self._inbox: deque[Message] = deque()
         self._inbox_changed = trio.Event()
         self._frame_arrived = trio.Event()
@@ -125,6 +127,10 @@ class Connection:
         self._wake_writer.set()
 
     # -- receiving
+
+    def allow_frames_up_to(self, size: int) -> None:
+        """Raise the inbound frame cap (after the peer authenticated)."""
+        self._decoder.max_frame_size = size
 
     async def receive(self) -> Message:
         """The next message: control messages in arrival order, then the newest STATS.
@@ -177,6 +183,9 @@ class Connection:
                     self._decoder.check_eof()
                     self._abort(f"{self.name} closed the connection")
                     return
+                # Any bytes are a sign of life: a large frame crossing a slow link takes a
+                # while to complete, and the peer is not silent meanwhile.
+                self.last_received = trio.current_time()
                 self._decoder.feed(data)
                 for frame in self._decoder:
                     self._dispatch(decode_message(frame))
