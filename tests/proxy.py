@@ -12,6 +12,8 @@ import struct
 import attrs
 import trio
 
+from trio_bench import protocol as p
+
 
 @attrs.define
 class Faults:
@@ -20,6 +22,7 @@ class Faults:
     stall_to_agent: bool = False
     stall_to_controller: bool = False
     corrupt_next_header: bool = False  # controller -> agent
+    hold_to_agent_after: str | None = None  # forward up to this message tag, then stall
 
 
 class _FrameCursor:
@@ -73,6 +76,8 @@ class Proxy:
         self.to_controller = bytearray()
         self.connections = 0
         self.corrupted = 0
+        self.held_after: str | None = None
+        self._pending = bytearray()
         self._cut = trio.Event()
         self._changed = trio.Event()
         self.port = 0
@@ -96,6 +101,7 @@ class Proxy:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
+            self._listening = nursery.cancel_scope
             await nursery.start(trio.serve_listeners, self._handle, listeners)
             task_status.started()
 
@@ -104,6 +110,9 @@ class Proxy:
         try:
             upstream = await trio.open_tcp_stream(*self.target)
         except OSError:
+            # the agent is gone: stop listening, so the next attempt is refused as it would
+            # be by the dead host itself
+            self._listening.cancel()
             await client.aclose()
             return
         cut = self._cut
@@ -114,6 +123,23 @@ class Proxy:
             )
             await cut.wait()
             nursery.cancel_scope.cancel()
+
+    async def _forward_until(self, data: bytes, sink: trio.SocketStream, log: bytearray) -> None:
+        """Forward whole frames; after the one tagged ``hold_to_agent_after``, stall."""
+        self._pending += data
+        while len(self._pending) >= 4:
+            (length,) = struct.unpack(">I", self._pending[:4])
+            if len(self._pending) < 4 + length:
+                return
+            frame = bytes(self._pending[: 4 + length])
+            del self._pending[: 4 + length]
+            log += frame
+            await sink.send_all(frame)
+            tag = p.decode_body(frame[4:]).get("t")
+            if tag == self.faults.hold_to_agent_after:
+                self.set(stall_to_agent=True, hold_to_agent_after=None)
+                self.held_after = tag
+                return
 
     async def _pump(
         self, source: trio.SocketStream, sink: trio.SocketStream, log: bytearray, stall: str
@@ -134,6 +160,9 @@ class Proxy:
                         await trio.sleep(min(1024, len(data) - i) / self.faults.bytes_per_s)
                         await sink.send_all(data[i : i + 1024])
                     log += data
+                    continue
+                if stall == "stall_to_agent" and self.faults.hold_to_agent_after:
+                    await self._forward_until(data, sink, log)
                     continue
                 if stall == "stall_to_agent" and self.faults.corrupt_next_header:
                     data, done = cursor.corrupt(data)

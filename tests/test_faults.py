@@ -56,8 +56,18 @@ async def proxied(
             nursery.cancel_scope.cancel()
 
 
-def controller_through(cfg, agents: list[LocalAgent], proxies: list[Proxy], tmp_path: Path):
-    targets = [AgentAddress(address=p.address, id=a.id) for a, p in zip(agents, proxies)]
+def controller_through(
+    cfg,
+    agents: list[LocalAgent],
+    proxies: list[Proxy],
+    tmp_path: Path,
+    direct: tuple[int, ...] = (),
+):
+    """A controller reaching each agent through its proxy (or directly, for ``direct``)."""
+    targets = [
+        AgentAddress(address=a.address if i in direct else p.address, id=a.id)
+        for i, (a, p) in enumerate(zip(agents, proxies))
+    ]
     return Controller(
         cfg,
         agents=targets,
