@@ -243,7 +243,7 @@ async def test_a_cut_connection_is_resumed(tmp_path, reliability) -> None:
     )
 
 
-async def test_corrupted_bytes_are_detected_and_the_run_resumes(tmp_path, reliability) -> None:
+async def test_corrupted_bytes_are_detected_never_silently_accepted(tmp_path, reliability) -> None:
     async with proxied(tmp_path) as (agents, proxies):
         controller = controller_through(run_config("4s"), agents, proxies, tmp_path)
 
@@ -253,12 +253,20 @@ async def test_corrupted_bytes_are_detected_and_the_run_resumes(tmp_path, reliab
 
         result = await run(controller, corrupt)
     assert proxies[0].corrupted == 1
-    assert result.exit_code == 0
-    assert controller.links[0].reconnects == 1
+    assert result.exit_code == 1  # failure_policy continue: the other agent completes
+    broken, other = controller.links
+    assert broken.state is PeerState.FAILED and "exceeds the maximum" in (broken.failure or "")
+    assert other.state is PeerState.COMPLETED
     assert "protocol error" in agents[0].log_text()
-    counted = assert_nothing_lost(result, tmp_path, agents)
+    # the broken agent aborted its run and kept its results locally; the other lost nothing
+    record = json.loads((result.results_dir / "run.json").read_text())
+    kept = json.loads((tmp_path / "agent-state" / "a1" / f"{record['run_id']}.json").read_text())
+    assert kept["outcome"] == "aborted"
+    counted = assert_nothing_lost(result, tmp_path, agents[1:])
     reliability(
         "a frame header corrupted on the way to the agent",
-        "agent refuses the frame (protocol error) and closes; controller resumes; nothing lost",
-        f"exit 0; agent logged the protocol error; 1 reconnect; {counted:,} ops compared, 0 lost",
+        "the agent refuses it (protocol error), aborts that run keeping its results locally "
+        "and is free at once; the controller reports that agent failed, with the reason",
+        f'exit 1; a1 failed: "{broken.failure[:48]}..."; a1 kept its results; a2 '
+        f"completed, {counted:,} ops compared, 0 lost",
     )

@@ -157,3 +157,21 @@ async def test_messages_received_before_the_peer_closed_are_still_delivered(auto
     assert await conn.receive() == p.Completed(seq=9, summaries=())
     with pytest.raises(ConnectionClosed, match="agent closed the connection"):
         await conn.receive()
+
+
+async def test_pongs_never_crowd_out_control_messages(autojump_clock) -> None:
+    a_stream, b_stream = trio.testing.lockstep_stream_pair()
+    conn = Connection(a_stream, name="controller")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.run)
+            await trio.sleep(0.1)
+            for nonce in range(5000):  # the peer does not read: its PING flood backs up
+                conn.send(p.Pong(nonce=nonce, t1_ns=0, t2_ns=0, t3_ns=0))
+            conn.send(p.Ready(seq=1, target="x", checks=()))  # still accepted
+            assert not conn.closed.is_set()
+            assert conn.pongs_dropped >= 5000 - 64 - 1
+            got = await read_messages(b_stream, 1)
+            while not any(isinstance(m, p.Ready) for m in got):
+                got += await read_messages(b_stream, 1)
+            nursery.cancel_scope.cancel()

@@ -251,6 +251,8 @@ def _run_controller(
         source=source,
     )
     result = trio.run(controller.run)
+    for line in result.errors:
+        typer.echo(f"triobench: {line}", err=True)
     typer.echo(f"results: {result.results_dir}")
     summary = result.results_dir / "summary.tsv"
     if summary.exists() and display_mode != "quiet":

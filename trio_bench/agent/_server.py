@@ -245,10 +245,14 @@ class AgentServer:
                 while True:
                     session.handle(await conn.receive())
             except ConnectionClosed:
-                pass
+                if conn.protocol_error:  # the frames themselves were broken
+                    session.controller_gone(f"controller sent invalid bytes: {conn.protocol_error}")
             except ProtocolError as exc:
+                # A controller that breaks the protocol cannot be trusted with the run:
+                # abort it (results kept locally) so the agent is free for the next one.
                 log.warning("%s: protocol error: %s", conn.name, exc)
                 self._refuse(conn, "protocol_error", str(exc))
+                session.controller_gone(f"controller sent an invalid message: {exc}")
             nursery.cancel_scope.cancel()
 
     def release(self, session: Session) -> None:

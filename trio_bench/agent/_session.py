@@ -133,16 +133,7 @@ class Session:
                 self._finish()
             return
         if isinstance(message, Goodbye):
-            # The controller is leaving for good: nobody will ACK or resume this run.
-            self.farewell = True
-            if self.conn is not None:
-                self.conn.close_soon(f"controller said goodbye: {message.reason}")
-            if self.machine.state is AgentState.FINISHING:
-                self._finish()
-            elif self.machine.can_apply(AgentEvent.ABORT) and not self.abort_reason:
-                self.machine.apply(AgentEvent.ABORT)
-                self.abort_reason = f"controller left: {message.reason}"[:500]
-                self.run_scope.cancel()
+            self.controller_gone(f"controller left: {message.reason}")
             return
         if isinstance(message, Configure):
             raise ProtocolError(
@@ -168,6 +159,19 @@ class Session:
                 self.run_scope.cancel()
         self.receiver.commit(message.seq)
         self._send(Ack(seq=message.seq))
+
+    def controller_gone(self, reason: str) -> None:
+        """The controller said GOODBYE, or sent something invalid: nobody will ACK or resume
+        this run. Abort it, keep the results locally, and free the agent at once."""
+        self.farewell = True
+        if self.conn is not None:
+            self.conn.close_soon(reason)
+        if self.machine.state is AgentState.FINISHING:
+            self._finish()
+        elif self.machine.can_apply(AgentEvent.ABORT) and not self.abort_reason:
+            self.machine.apply(AgentEvent.ABORT)
+            self.abort_reason = reason[:500]
+            self.run_scope.cancel()
 
     def _finish(self) -> None:
         """The run is over for the controller: free the agent for the next one right now

@@ -623,6 +623,11 @@ def validate(config: Config) -> list[str]:
         )
     elif target.scheme == "file" and (target.netloc or not target.path.startswith("/")):
         lines.append(f"target: {config.target!r} must be file:///absolute/path/")
+    elif target.scheme == "file" and ("%" in target.path or target.query or target.fragment):
+        lines.append(
+            f"target: {config.target!r}: percent-encoding, '?' and '#' are not supported in "
+            "file:// targets; write the path as it is on disk"
+        )
     if config.duration <= 0:
         lines.append("duration: must be longer than 0")
     if config.max_errors is not None and config.max_errors < 0:

@@ -282,7 +282,11 @@ class AgentLink:
             nursery.start_soon(self._consume, conn, handshake_done)
             await conn.run()
             nursery.cancel_scope.cancel()  # the consumer has taken everything that arrived
-        if self.conn is conn and not self.machine.terminal and self.hello is not None:
+        if self.conn is conn and conn.protocol_error and not self.machine.terminal:
+            # the agent sent bytes that are not our protocol: a broken peer, not a link fault
+            self.fail(f"protocol error: {conn.protocol_error}")
+            self.closed.set()
+        elif self.conn is conn and not self.machine.terminal and self.hello is not None:
             reason = conn.close_reason or "connection closed"
             if self.machine.can_apply(PeerEvent.CONNECTION_LOST):
                 self.apply(PeerEvent.CONNECTION_LOST, reason)
@@ -374,14 +378,8 @@ class AgentLink:
         if isinstance(message, Goodbye | Resumed):
             return
         if isinstance(message, Error) and message.seq == 0:
-            if message.code == "protocol_error" and self.machine.live:
-                # The agent could not read what we sent. We cannot tell a corrupted link from
-                # a bug, so treat it as a lost connection: reconnect and RESUME (bounded by
-                # give_up_after); a real bug fails again and is then given up.
-                log.warning("agent %s: dropped the connection: %s", self.id, message.message)
-                if self.conn is not None:
-                    self.conn.close_soon(f"agent reported a protocol error: {message.message}")
-                return
+            # busy, auth, version, or the agent could not read what we sent (it aborted the
+            # run and kept its results): this agent is done for this run
             self.failure_code = message.code
             self.fail(f"agent reported: {message.message}", PeerEvent.AGENT_ERROR)
             return

@@ -65,6 +65,7 @@ class RunResult:
     status: str
     results_dir: Path
     message: str = ""
+    errors: list[str] = attrs.Factory(list)  # why the run could not start, one line each
 
 
 class Controller:
@@ -191,7 +192,7 @@ class Controller:
             self.display.stop()
             self._write_run_json()
             self._results.close()
-        return RunResult(self._exit_code, self._status, self.results_dir, message)
+        return RunResult(self._exit_code, self._status, self.results_dir, message, self.errors)
 
     async def _orchestrate(self, nursery: trio.Nursery) -> str:
         with trio.CancelScope() as scope:

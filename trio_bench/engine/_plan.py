@@ -251,10 +251,11 @@ class AgentPlan:
                 continue
             names = scan(op.pool.directory)
             if not any(op.pool.matches(name) for name in names):
+                target = self.config.target
+                where = (target if target.endswith("/") else target + "/") + op.pool.directory
                 lines.append(
-                    f"workload[{op.index}].path: {op.path!r} matches no objects under "
-                    f"{self.config.target.rstrip('/')}/{op.pool.directory} and nothing in this "
-                    "run creates any"
+                    f"workload[{op.index}].path: {op.path!r} matches no objects under {where} "
+                    "and nothing in this run creates any"
                 )
         return lines
 

@@ -50,9 +50,11 @@ RECEIVE_SIZE = 65536
 # drains the inbox as fast as frames are decoded. A thousand unconsumed messages means a peer
 # flooding us, and 1024 frames of at most a few hundred bytes bound what it can make us hold.
 CONTROL_BACKLOG = 1024
-# Outbound: the same bound. PONGs beyond it are dropped (the next PING gets one); any other
-# control message beyond it means the peer stopped reading long ago: the connection is closed.
+# Outbound: the same bound for control messages; beyond it the peer stopped reading long ago
+# and the connection is closed. PONGs have their own small allowance and are dropped beyond
+# it (the next PING gets one), so a PING flood can never crowd out a real control message.
 OUTBOX_LIMIT = 1024
+PONG_BACKLOG = 64
 CLOSE_TIMEOUT_S = 2.0  # how long a graceful close waits for queued frames to be written
 
 
@@ -83,6 +85,7 @@ class Connection:
         self.stats_superseded = 0  # outbound STATS replaced before they could be sent
         self.pongs_dropped = 0
         self.close_reason: str | None = None
+        self.protocol_error: str | None = None  # set if we closed because the peer sent junk
         self.closed = trio.Event()  # set when closing begins: nothing more is accepted
         self.finished = trio.Event()  # set when the stream is closed and both tasks are done
         self._decoder = FrameDecoder(max_frame_size=max_frame_size)
@@ -91,6 +94,7 @@ class Connection:
         self._frame_arrived = trio.Event()
         self.latest_stats: Stats | None = None
         self._control_out: deque[bytes] = deque()
+        self._queued_pongs = 0
         self._stats_out: bytes | None = None
         self._wake_writer = trio.Event()
         self._cancel: trio.CancelScope | None = None
@@ -101,10 +105,12 @@ class Connection:
         """Queue a control message; it goes out before any pending STATS."""
         if self.closed.is_set():
             return
-        if len(self._control_out) >= OUTBOX_LIMIT:
-            if isinstance(message, Pong):
+        if isinstance(message, Pong):
+            if self._queued_pongs >= PONG_BACKLOG:
                 self.pongs_dropped += 1
                 return
+            self._queued_pongs += 1
+        elif len(self._control_out) - self._queued_pongs >= OUTBOX_LIMIT:
             self._abort(f"{self.name} stopped reading: {OUTBOX_LIMIT} control frames queued")
             return
         self._control_out.append(encode_message(message))
@@ -216,6 +222,7 @@ class Connection:
     def _protocol_error(self, reason: str) -> None:
         """Tell the peer what it did wrong (best effort), then close."""
         log.warning("%s: protocol error: %s", self.name, reason)
+        self.protocol_error = reason
         self.close_reason = f"protocol error from {self.name}: {reason}"
         try:
             error = Error(seq=0, code="protocol_error", message=reason[:1000], summaries=())
@@ -233,6 +240,7 @@ class Connection:
                 while self._control_out or self._stats_out is not None:
                     batch = list(self._control_out)
                     self._control_out.clear()
+                    self._queued_pongs = 0
                     if self._stats_out is not None:
                         batch.append(self._stats_out)  # control first, then stats
                         self._stats_out = None

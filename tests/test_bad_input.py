@@ -1,0 +1,557 @@
+"""Bad input against a running agent and against the controller, and bad configurations.
+
+The agent must answer a protocol error where it can, close that connection, log one line,
+and keep serving; it must never buffer without bound. The controller must mark a misbehaving
+agent failed with a clear reason and leave the others alone."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trio_bench import protocol as p
+from trio_bench.agent import AgentOptions, AgentServer
+from trio_bench.config import AgentAddress
+from trio_bench.controller import Controller, Display
+from trio_bench.protocol import PeerState
+
+from .agents import config
+from .strategies import messages
+
+pytestmark = pytest.mark.reliability
+
+RUN = """
+target: null://
+duration: 200ms
+workload: [{op: list, path: "x/"}]
+"""
+
+
+@contextlib.asynccontextmanager
+async def serving_agent(**options: object) -> AsyncIterator[tuple[AgentServer, str]]:
+    """An agent server in this process on a free loopback port."""
+    with tempfile.TemporaryDirectory() as state:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        server = AgentServer(
+            AgentOptions(
+                agent_id="target", state_dir=Path(state), **{"handshake_timeout_s": 0.5, **options}
+            )
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, listeners)
+            yield server, f"127.0.0.1:{port}"
+            nursery.cancel_scope.cancel()
+
+
+class Peer:
+    """A raw client: frames in, frames out, and whether the agent closed on us."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.decoder = p.FrameDecoder()
+        self.received: list[p.Message] = []
+        self.closed = False
+
+    @classmethod
+    async def connect(cls, address: str) -> Peer:
+        host, port = address.split(":")
+        return cls(await trio.open_tcp_stream(host, int(port)))
+
+    async def read_until_closed(self, limit_s: float = 5.0) -> list[p.Message]:
+        with trio.move_on_after(limit_s):
+            while True:
+                try:
+                    data = await self.stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    data = b""
+                if not data:
+                    self.closed = True
+                    return self.received
+                self.decoder.feed(data)
+                self.received.extend(p.decode_message(f) for f in self.decoder)
+        return self.received
+
+    async def next_message(self) -> p.Message:
+        while not self.received:
+            data = await self.stream.receive_some(65536)
+            assert data, "closed while waiting for a message"
+            self.decoder.feed(data)
+            self.received.extend(p.decode_message(f) for f in self.decoder)
+        return self.received.pop(0)
+
+    async def handshake(self) -> p.Hello:
+        hello = await self.next_message()
+        assert isinstance(hello, p.Hello)
+        await self.stream.send_all(
+            p.encode_message(
+                p.Auth(
+                    protocol=p.PROTOCOL_VERSION,
+                    software="test",
+                    controller="test",
+                    challenge=p.new_challenge(),
+                    proof=b"",
+                )
+            )
+        )
+        assert isinstance(await self.next_message(), p.Welcome)
+        return hello
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def configure(seq: int = 1, run_id: str = "r1") -> p.Configure:
+    from trio_bench.config import config_to_dict
+
+    return p.Configure(
+        seq=seq,
+        run_id=run_id,
+        config=config_to_dict(config(RUN)),
+        agent_index=0,
+        agent_count=1,
+        path_prefix="x/",
+        stats_interval_ns=10**9,
+        orphan_timeout_ns=10 * 10**9,
+    )
+
+
+async def still_serves(address: str) -> None:
+    """A new controller still gets a HELLO and a full run still completes."""
+    controller = Controller(
+        config(RUN),
+        agents=[AgentAddress(address=address)],
+        results_base=Path(tempfile.mkdtemp()),
+        display=Display("quiet"),
+        handle_signals=False,
+    )
+    with trio.fail_after(30):
+        result = await controller.run()
+    assert result.exit_code == 0, result.message
+
+
+# --- random bytes and random message sequences ------------------------------------------------
+
+fuzz = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@fuzz
+@given(st.binary(max_size=3000), st.booleans())
+async def test_random_bytes_get_an_error_or_a_close_and_the_agent_serves_on(
+    data: bytes, after_handshake: bool
+) -> None:
+    async with serving_agent() as (server, address):
+        peer = await Peer.connect(address)
+        if after_handshake:
+            await peer.handshake()
+        else:
+            assert isinstance(await peer.next_message(), p.Hello)
+        with contextlib.suppress(trio.BrokenResourceError):
+            await peer.stream.send_all(data)
+        received = await peer.read_until_closed()
+        await peer.aclose()
+        assert peer.closed  # the agent closed (protocol error, or the handshake bound)
+        assert all(isinstance(m, p.Error | p.Ack | p.Pong | p.Goodbye) for m in received)
+        assert server.session is None or server.session.run_id
+        # and it keeps serving
+        again = await Peer.connect(address)
+        assert isinstance(await again.next_message(), p.Hello)
+        await again.aclose()
+
+
+@fuzz
+@given(st.lists(messages, max_size=8))
+async def test_random_message_sequences_never_break_the_agent(sequence: list[p.Message]) -> None:
+    async with serving_agent() as (_server, address):
+        peer = await Peer.connect(address)
+        await peer.handshake()
+        with contextlib.suppress(trio.BrokenResourceError):
+            for message in sequence:
+                await peer.stream.send_all(p.encode_message(message))
+        await peer.read_until_closed(limit_s=1.0)
+        await peer.aclose()
+        errors = [m for m in peer.received if isinstance(m, p.Error)]
+        assert all(e.code in ("protocol_error", "busy", "unknown_run") for e in errors)
+        again = await Peer.connect(address)
+        assert isinstance(await again.next_message(), p.Hello)
+        await again.aclose()
+
+
+# --- named cases -----------------------------------------------------------------------------
+
+CASES = {
+    "huge length prefix": (False, [b"\xff\xff\xff\xff"], "exceeds the maximum of 65536"),
+    "zero length prefix": (False, [b"\x00\x00\x00\x00"], "declared length is 0"),
+    "truncated frame": (False, [p.encode_message(p.Ack(seq=1))[:-2]], "no auth within"),
+    "wrong field type": (
+        False,
+        [
+            p.encode_frame(
+                {
+                    "t": "auth",
+                    "protocol": "1",
+                    "software": "x",
+                    "controller": "x",
+                    "challenge": b"",
+                    "proof": b"",
+                }
+            )
+        ],
+        "auth: protocol: expected int, got str",
+    ),
+    "unknown tag": (
+        False,
+        [p.encode_frame({"t": "launch_missiles"})],
+        "message: unknown tag 'launch_missiles'",
+    ),
+    "START before CONFIGURE": (
+        True,
+        [p.encode_message(p.Start(seq=1, stage="workload", at_ns=1))],
+        "expected configure or resume, got start",
+    ),
+    "ACK for an unknown sequence": (
+        True,
+        [p.encode_message(configure()), p.encode_message(p.Ack(seq=99))],
+        "ack: seq 99 was never sent",
+    ),
+    "a second CONFIGURE": (
+        True,
+        [p.encode_message(configure()), p.encode_message(configure(seq=2, run_id="r2"))],
+        "this connection already carries run r1",
+    ),
+    "START out of order": (
+        True,
+        [p.encode_message(configure()), p.encode_message(p.Start(seq=2, stage="cleanup", at_ns=1))],
+        "start_cleanup is not allowed in state",
+    ),
+    "sequence skipping ahead": (
+        True,
+        [p.encode_message(configure()), p.encode_message(p.Abort(seq=5, reason="x"))],
+        "abort: seq 5 skips ahead (expected 2)",
+    ),
+    "STATS from a controller": (
+        True,
+        [
+            p.encode_message(configure()),
+            p.encode_message(
+                p.Stats(
+                    seq=1, stage="workload", warmup=False, elapsed_ns=0, done=0, total=0, ops={}
+                )
+            ),
+        ],
+        "stats: not a message a controller sends",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_named_bad_input(case: str, caplog: pytest.LogCaptureFixture, reliability) -> None:
+    after_handshake, frames, expected = CASES[case]
+    async with serving_agent() as (_server, address):
+        peer = await Peer.connect(address)
+        if after_handshake:
+            await peer.handshake()
+        else:
+            assert isinstance(await peer.next_message(), p.Hello)
+        for frame in frames:
+            await peer.stream.send_all(frame)
+        received = await peer.read_until_closed()
+        await peer.aclose()
+        errors = [m for m in received if isinstance(m, p.Error)]
+        assert peer.closed and errors, received
+        assert expected in errors[-1].message
+        assert errors[-1].code == "protocol_error"
+        logged = [r for r in caplog.records if expected in r.getMessage()]
+        assert len(logged) == 1 and "\n" not in logged[0].getMessage()
+        await still_serves(address)
+    reliability(
+        f"agent: {case}",
+        "ERROR protocol_error naming it, connection closed, one log "
+        "line; the agent serves the next run",
+        f'ERROR: "{errors[-1].message[:70]}"',
+    )
+
+
+async def test_a_ping_flood_is_answered_and_bounded(reliability) -> None:
+    async with serving_agent() as (server, address):
+        peer = await Peer.connect(address)
+        await peer.handshake()
+        await peer.stream.send_all(p.encode_message(configure()))
+        flood = b"".join(p.encode_message(p.Ping(nonce=i, t1_ns=i)) for i in range(20_000))
+        pongs = 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.stream.send_all, flood)
+            while True:  # read until the agent has been quiet for a second
+                with trio.move_on_after(1.0) as quiet:
+                    message = await peer.next_message()
+                if quiet.cancelled_caught:
+                    break
+                pongs += isinstance(message, p.Pong)
+        assert server.session is not None and server.session.conn is not None
+        dropped = server.session.conn.pongs_dropped
+        # still responsive: a PING now is answered at once
+        await peer.stream.send_all(p.encode_message(p.Ping(nonce=-1 % 2**64, t1_ns=0)))
+        with trio.fail_after(2):
+            while not isinstance(await peer.next_message(), p.Pong):
+                pass
+        await peer.stream.send_all(p.encode_message(p.Goodbye(reason="done")))  # frees it
+        await peer.aclose()
+        await still_serves(address)
+    assert pongs + dropped == 20_000 and pongs > 0
+    reliability(
+        "agent: 20,000 PINGs in one burst",
+        "each answered, or its PONG dropped when "
+        "the outbox is full (bounded); the agent stays responsive and serves on",
+        f"{pongs:,} PONGs + {dropped:,} dropped; a later PING answered at once",
+    )
+
+
+async def test_half_open_connections_are_closed_after_the_handshake_bound(reliability) -> None:
+    async with serving_agent(handshake_timeout_s=0.5) as (_server, address):
+        peer = await Peer.connect(address)  # connects, never says anything
+        t0 = trio.current_time()
+        received = await peer.read_until_closed()
+        waited = trio.current_time() - t0
+        await peer.aclose()
+    assert peer.closed and 0.4 < waited < 3
+    assert isinstance(received[-1], p.Error) and "no auth within 0.5s" in received[-1].message
+    reliability(
+        "agent: a connection that never authenticates",
+        "closed after the handshake bound",
+        f"closed after {waited:.2f} s (bound 0.5 s)",
+    )
+
+
+async def test_no_peer_can_make_the_agent_buffer_without_bound(reliability) -> None:
+    async with serving_agent(max_connections=8) as (_server, address):
+        # before authentication a frame may be at most 64 KiB: refused at the header
+        peer = await Peer.connect(address)
+        await peer.next_message()
+        await peer.stream.send_all(struct.pack(">I", 1024 * 1024) + b"x" * 1000)
+        received = await peer.read_until_closed()
+        assert "exceeds the maximum of 65536" in received[-1].message
+        await peer.aclose()
+        # and at most max_connections at once
+        peers = [await Peer.connect(address) for _ in range(12)]
+        refused = 0
+        for extra in peers:
+            received = await extra.read_until_closed(limit_s=0.2)
+            refused += any(
+                isinstance(m, p.Error) and "too many connections" in m.message for m in received
+            )
+        for extra in peers:
+            await extra.aclose()
+        assert refused == 4
+        await trio.sleep(0.6)  # the held ones time out
+        await still_serves(address)
+    reliability(
+        "agent: 1 MiB frame before authenticating; 12 connections at once (cap 8)",
+        "refused at the header (64 KiB cap before auth); connections beyond the cap "
+        "refused: at most cap x 64 KiB buffered",
+        f"header refused; {refused} of 12 refused",
+    )
+
+
+# --- a misbehaving agent, seen from the controller ---------------------------------------------
+
+
+async def fake_agent(listener: trio.SocketListener, behaviour: str) -> None:
+    """Handshakes like an agent, then misbehaves once configured."""
+    stream = await listener.accept()
+    async with stream:
+        peer = Peer(stream)
+        await stream.send_all(
+            p.encode_message(
+                p.Hello(
+                    protocol=p.PROTOCOL_VERSION,
+                    software="fake",
+                    agent_id="fake",
+                    hostname=socket.gethostname(),
+                    cpus=os.cpu_count() or 1,
+                    challenge=b"c" * 32,
+                    auth_required=False,
+                    session=None,
+                )
+            )
+        )
+        assert isinstance(await peer.next_message(), p.Auth)
+        await stream.send_all(p.encode_message(p.Welcome(proof=b"")))
+        assert isinstance(await peer.next_message(), p.Configure)
+        await stream.send_all(p.encode_message(p.Ready(seq=1, target="null://", checks=())))
+        while not isinstance(await peer.next_message(), p.Start):
+            pass  # ACK, PINGs ... until the run is underway
+        bad = {
+            "garbage bytes": b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1",
+            "STATS with wrong types": p.encode_frame({"t": "stats", "seq": "one"}),
+            "ACK for a message never sent": p.encode_message(p.Ack(seq=7)),
+            "a stage out of order": p.encode_message(p.Started(seq=2, stage="cleanup", at_ns=1)),
+        }[behaviour]
+        await stream.send_all(bad)
+        await peer.read_until_closed(limit_s=10)
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        "garbage bytes",
+        "STATS with wrong types",
+        "ACK for a message never sent",
+        "a stage out of order",
+    ],
+)
+async def test_a_misbehaving_agent_is_failed_and_the_others_are_unaffected(
+    behaviour: str, reliability
+) -> None:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    fake_address = f"127.0.0.1:{listener.socket.getsockname()[1]}"
+    async with serving_agent() as (_server, good_address), trio.open_nursery() as nursery:
+        nursery.start_soon(fake_agent, listener, behaviour)
+        controller = Controller(
+            config(RUN, policy="continue"),
+            agents=[
+                AgentAddress(address=good_address, id="good"),
+                AgentAddress(address=fake_address, id="fake"),
+            ],
+            results_base=Path(tempfile.mkdtemp()),
+            display=Display("quiet"),
+            handle_signals=False,
+        )
+        with trio.fail_after(30):
+            result = await controller.run()
+        nursery.cancel_scope.cancel()
+    await listener.aclose()
+    good, fake = controller.links
+    assert (result.exit_code, good.state, fake.state) == (1, PeerState.COMPLETED, PeerState.FAILED)
+    assert fake.failure and "protocol error" in fake.failure
+    reliability(
+        f"controller: an agent sends {behaviour}",
+        "that agent failed with the reason; the others complete",
+        f'exit 1; fake: "{fake.failure[:60]}"; good agent completed',
+    )
+
+
+# --- bad configurations --------------------------------------------------------------------------
+
+BAD_CONFIGS = {
+    "invalid YAML": ("target: [\n", "invalid YAML"),
+    "wrong type": (
+        "target: null://\nconcurrency: many\nworkload: [{op: list, path: x/}]\n",
+        "concurrency: expected a whole number",
+    ),
+    "unknown op": (
+        "target: null://\nworkload: [{op: gett, path: 'x/*'}]\n",
+        "workload[0].op: unknown operation 'gett'",
+    ),
+    "negative size": (
+        "target: null://\nworkload: [{op: put, path: x/, object_size: -4}]\n",
+        "workload[0].object_size: size must not be negative",
+    ),
+    "unknown key": (
+        "target: null://\nthreads: 4\nworkload: [{op: list, path: x/}]\n",
+        "threads: unknown key",
+    ),
+    "percent-encoded target": (
+        "target: file:///tmp/%2e%2e/etc/\nworkload: [{op: list, path: x/}]\n",
+        "percent-encoding",
+    ),
+    "glob matching nothing": (
+        "target: null://\nworkload: [{op: get, path: 'nothing/*.dat'}]\n",
+        "matches no objects",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_configs_are_one_line_errors_and_exit_2(tmp_path: Path, case: str, reliability) -> None:
+    text, expected = BAD_CONFIGS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    command = [
+        sys.executable,
+        "-m",
+        "trio_bench",
+        "run",
+        str(path),
+        "--local-agents",
+        "1",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--display",
+        "quiet",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("triobench: ")]
+    assert any(expected in line for line in errors), done.stderr
+    assert "Traceback" not in done.stderr
+    reliability(
+        f"config: {case}",
+        "one-line error naming the field, exit 2",
+        f'exit 2: "{next(e for e in errors if expected in e)[11:80]}"',
+    )
+
+
+# --- confinement ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["outside", "dotdot", "symlink"])
+async def test_root_confines_targets_before_any_io(tmp_path: Path, how: str, reliability) -> None:
+    root = tmp_path / "root"
+    (root / "inside").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, root / "link")
+    target = {
+        "outside": f"file://{outside}/",
+        "dotdot": f"file://{root}/inside/../../outside/",
+        "symlink": f"file://{root}/link/",
+    }[how]
+    cfg = config(f"""
+target: {target}
+duration: 200ms
+prepare: {{ensure_objects: [{{base_uri: data/, count: 5, object_size: 1KiB}}]}}
+workload: [{{op: get, path: "data/*"}}]
+""")
+    async with serving_agent(root=str(root)) as (_server, address):
+        controller = Controller(
+            cfg,
+            agents=[AgentAddress(address=address)],
+            results_base=tmp_path / "results",
+            display=Display("quiet"),
+            handle_signals=False,
+        )
+        with trio.fail_after(30):
+            result = await controller.run()
+    assert result.exit_code == 3
+    assert "outside the agent's --root" in result.message
+    assert list(outside.iterdir()) == []  # nothing was written there
+    reliability(
+        f"--root: target {how} the root",
+        "refused at preflight, before any I/O; exit 3",
+        'exit 3: "resolves to ... outside the agent\'s --root"; nothing written',
+    )
+
+
+def test_percent_encoding_cannot_smuggle_dotdot_into_workload_paths() -> None:
+    from trio_bench.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="contains URL-encoded characters"):
+        parse_config("target: null://\nworkload: [{op: get, path: 'a/%2e%2e/*'}]\n")
