@@ -45,3 +45,12 @@ bench *args: setup
 # Regenerate the tables of protocol.md from the code (a test fails when they drift)
 spec: setup
     {{py}} -m tests.protocol_tables --write
+
+# The fault-injection and bad-input suite; rewrites the results table in docs/reliability.md
+reliability: setup
+    TRIOBENCH_RELIABILITY_REPORT=/tmp/triobench-reliability.json {{py}} -m pytest -m reliability -q
+    {{py}} -m tests.reliability_report /tmp/triobench-reliability.json
+
+# Longer reliability variants: 50 back-to-back runs, 200 agents on one controller
+soak: setup
+    TRIOBENCH_SOAK_RUNS=50 TRIOBENCH_SCALE_AGENTS=200 {{py}} -m pytest -q tests/test_load_scale_soak.py -k "back_to_back or many_agents"

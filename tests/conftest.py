@@ -43,7 +43,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if report.when == "call":
         for row in RELIABILITY:
             if row["test"] == item.nodeid and row["outcome"] == "pending":
-                row["outcome"] = "passed" if report.passed else "FAILED"
+                row["outcome"] = (
+                    "passed" if report.passed else "skipped" if report.skipped else "FAILED"
+                )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

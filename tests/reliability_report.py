@@ -20,7 +20,8 @@ BEGIN, END = "<!-- results: begin -->", "<!-- results: end -->"
 def table(rows: list[dict[str, str]]) -> str:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')}: {sum(r['outcome'] == 'passed' for r in rows)} "
-        f"of {len(rows)} passed.",
+        f"of {len(rows)} passed, {sum(r['outcome'] == 'skipped' for r in rows)} skipped, "
+        f"{sum(r['outcome'] == 'FAILED' for r in rows)} failed.",
         "",
         "| fault or bad input | expected outcome | measured | result | test |",
         "|---|---|---|---|---|",
