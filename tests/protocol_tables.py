@@ -33,6 +33,7 @@ DIRECTION = {
     "completed": "A→C",
     "ack": "both",
     "goodbye": "both",
+    "stats_seen": "C→A",
 }
 
 

@@ -149,7 +149,8 @@ class Proxy:
             while True:
                 while getattr(self.faults, stall):
                     await self._changed.wait()
-                data = await source.receive_some(65536)
+                # a throttled link holds no big read-ahead buffer of its own
+                data = await source.receive_some(1024 if self.faults.bytes_per_s else 65536)
                 if not data:
                     await sink.send_eof()
                     return

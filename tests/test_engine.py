@@ -303,3 +303,14 @@ def test_root_confines_the_target(tmp_path: Path) -> None:
     os.symlink(outside, root / "inside" / "data")  # a directory the workload uses
     with pytest.raises(BackendError, match=r"inside/data/ resolves to .*outside"):
         Engine(config(f"file://{root}/inside/"), root=str(root))
+
+
+async def test_a_start_instant_in_the_past_starts_now_and_runs_the_whole_duration() -> None:
+    engine = Engine(config(duration="300ms", workload='[{op: get, path: "data/*"}]'))
+    await run_stages_until_workload(engine)
+    run = engine.workload_stage()
+    t0 = time.monotonic()
+    await run.run(start_at_ns=1)  # 1970
+    assert time.monotonic() - t0 >= 0.3
+    summary = run.summary("completed")
+    assert summary.measured_ns >= 0.3e9 and summary.ops["get"].ops > 0

@@ -27,6 +27,7 @@ from trio_bench.engine import BackendError, Engine, StageFailed, StageRun
 from trio_bench.protocol import (
     STAGES,
     START_EVENT,
+    STATS_IN_FLIGHT,
     Abort,
     Aborted,
     Ack,
@@ -48,6 +49,7 @@ from trio_bench.protocol import (
     Start,
     Started,
     Stats,
+    StatsSeen,
     unstructure,
 )
 from trio_bench.stats import snapshot_to_wire
@@ -87,6 +89,8 @@ class Session:
         self.outcome = "running"
         self.done = trio.Event()
         self.stats_seq = 0
+        self.stats_seen = 0  # highest STATS seq the controller acknowledged (STATS_SEEN)
+        self.stats_held_back = 0  # ticks skipped because STATS_IN_FLIGHT were unacknowledged
         self.started_stage: str | None = None  # STATS only after this stage's STARTED
         self.stats_interval_s = max(configure.stats_interval_ns, 1_000_000) / 1e9
         self.orphan_timeout_s = configure.orphan_timeout_ns / 1e9
@@ -103,6 +107,7 @@ class Session:
         previous, self.conn = self.conn, conn
         if previous is not None and previous is not conn:
             previous.close_soon("replaced by a newer connection from the controller")
+        self.stats_seen = self.stats_seq  # the new connection carries nothing yet
         self.last_heard = trio.current_time()
         conn.send(Ack(seq=self.receiver.processed))
         for message in self.sender.unacked():
@@ -134,6 +139,13 @@ class Session:
             return
         if isinstance(message, Goodbye):
             self.controller_gone(f"controller left: {message.reason}")
+            return
+        if isinstance(message, StatsSeen):
+            if message.seq > self.stats_seq:
+                raise ProtocolError(
+                    f"stats_seen: seq {message.seq} was never sent (highest {self.stats_seq})"
+                )
+            self.stats_seen = max(self.stats_seen, message.seq)
             return
         if isinstance(message, Configure):
             raise ProtocolError(
@@ -318,6 +330,11 @@ class Session:
             await trio.sleep(self.stats_interval_s)
             run, conn = self.current, self.conn
             if run is None or conn is None or self.started_stage != run.name:
+                continue
+            if conn.stats_written - self.stats_seen >= STATS_IN_FLIGHT:
+                # frames actually sent but not yet seen: the link has not drained, the
+                # snapshot waits (a later one will carry everything)
+                self.stats_held_back += 1
                 continue
             progress = run.progress()
             self.stats_seq += 1

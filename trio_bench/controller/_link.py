@@ -58,6 +58,7 @@ from trio_bench.protocol import (
     StageSummary,
     Started,
     Stats,
+    StatsSeen,
     StatsSequence,
     TransitionError,
     Welcome,
@@ -341,11 +342,14 @@ class AgentLink:
     _reconnect_window = 15.0  # set by the controller from dead_after
 
     def give_up(self, reason: str) -> None:
+        """This agent is not coming back: DISCONNECTED (if it was not already), then FAILED."""
         self.failure = self.failure or reason
+        if self.machine.can_apply(PeerEvent.CONNECTION_LOST) and not self.machine.terminal:
+            self.apply(PeerEvent.CONNECTION_LOST, reason)
         if self.machine.can_apply(PeerEvent.GAVE_UP):
             self.apply(PeerEvent.GAVE_UP, reason)
-        elif not self.machine.terminal:
-            self.fail(reason, PeerEvent.CONNECTION_LOST)
+        if self.conn is not None:
+            self.conn.close_soon(reason)
         self.closed.set()
         self._notify()
 
@@ -358,7 +362,10 @@ class AgentLink:
         return False
 
     def _count_stats(self, stats: Stats) -> None:
-        self.stats_sequence.accept(stats.seq)
+        """Runs in the reader, as each STATS frame arrives: count it and acknowledge it at
+        once (flow control: the agent sends the next one only when the link has drained)."""
+        if self.stats_sequence.accept(stats.seq) and self.conn is not None:
+            self.conn.send(StatsSeen(seq=stats.seq))
 
     def handle(self, message: Message) -> None:
         """Apply one message from the agent. ``ProtocolError`` if it is not allowed now."""

@@ -137,7 +137,9 @@ class StageRun:
     async def run(self, start_at_ns: int) -> None:
         """Run the stage, starting at ``start_at_ns`` (agent clock). Raises ``StageFailed``."""
         token = trio.lowlevel.current_trio_token()
-        self.start_perf_ns = self.clock.perf_from_wall(start_at_ns)
+        # an instant already past (a late START, a resumed connection) means "now": the
+        # stage still runs its whole duration, and STARTED reports the late start
+        self.start_perf_ns = max(self.clock.perf_from_wall(start_at_ns), perf_counter_ns())
         self._running = len(self.workers)
         if not self.workers:
             self._all_exited.set()

@@ -303,6 +303,20 @@ class Stats(Message):
 
 
 @attrs.frozen
+class StatsSeen(Message):
+    """controller -> agent, for every STATS frame its reader receives: flow control. An agent
+    keeps at most ``STATS_IN_FLIGHT`` STATS frames beyond the last one seen, so on a link
+    slower than the statistics the backlog stays in the agent's replaceable slot and never
+    in network buffers, where a control message would queue behind it."""
+
+    TAG = "stats_seen"
+    seq: int
+
+
+STATS_IN_FLIGHT = 2
+
+
+@attrs.frozen
 class StageDone(Message):
     """agent -> controller: ``stage`` finished; the agent waits at the barrier."""
 
@@ -373,6 +387,7 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     Start,
     Started,
     Stats,
+    StatsSeen,
     StageDone,
     Abort,
     Aborted,

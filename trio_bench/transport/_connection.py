@@ -26,8 +26,10 @@ can destroy what the peer had not read yet -- such as the final ACK it was waiti
 from __future__ import annotations
 
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -56,6 +58,11 @@ CONTROL_BACKLOG = 1024
 OUTBOX_LIMIT = 1024
 PONG_BACKLOG = 64
 CLOSE_TIMEOUT_S = 2.0  # how long a graceful close waits for queued frames to be written
+# Keep at most this much *unsent* data in the kernel (Linux TCP_NOTSENT_LOWAT): beyond it the
+# writer waits, statistics conflate in our slot, and a control message queues behind at most
+# this much instead of seconds of stale statistics on a slow link. Our traffic is small, so
+# this costs no throughput.
+UNSENT_LIMIT = 16 * 1024
 
 
 class ConnectionClosed(Exception):
@@ -96,8 +103,11 @@ class Connection:
         self._control_out: deque[bytes] = deque()
         self._queued_pongs = 0
         self._stats_out: bytes | None = None
+        self._stats_out_seq = 0
+        self.stats_written = 0  # seq of the last STATS frame actually handed to the socket
         self._wake_writer = trio.Event()
         self._cancel: trio.CancelScope | None = None
+        self._socket = _limit_unsent(stream)
 
     # -- sending (never blocks)
 
@@ -123,6 +133,7 @@ class Connection:
         if self._stats_out is not None:
             self.stats_superseded += 1
         self._stats_out = encode_message(stats)
+        self._stats_out_seq = stats.seq
         self._wake()
 
     def discard_stats(self) -> None:
@@ -244,7 +255,11 @@ class Connection:
                     if self._stats_out is not None:
                         batch.append(self._stats_out)  # control first, then stats
                         self._stats_out = None
+                        self.stats_written = self._stats_out_seq
                     await self.stream.send_all(b"".join(batch))
+                    if self._socket is not None:
+                        # until the kernel has sent most of it, keep the next batch with us
+                        await trio.lowlevel.wait_writable(self._socket)
                 if self.closed.is_set():
                     await self._half_close()
                     return
@@ -289,3 +304,16 @@ class Connection:
         self._abort(reason)
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(self.stream)
+
+
+def _limit_unsent(stream: trio.abc.Stream) -> Any:
+    """Set TCP_NOTSENT_LOWAT on a TCP stream; return its socket (or None if not applicable)."""
+    sock = getattr(stream, "socket", None)
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if sock is None or option is None:
+        return None
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_LIMIT)
+    except OSError:
+        return None
+    return sock
