@@ -56,6 +56,9 @@ stage_summaries = st.builds(
     error_samples=st.dictionaries(
         st.sampled_from(p.OP_KINDS), st.lists(text, max_size=3).map(tuple), max_size=2
     ),
+    error_codes=st.dictionaries(
+        st.sampled_from(p.OP_KINDS), st.dictionaries(text, u64, max_size=3), max_size=2
+    ),
     message=text,
 )
 
@@ -64,6 +67,9 @@ _BY_NAME: dict[str, st.SearchStrategy[Any]] = {
     "code": st.sampled_from(p.ERROR_CODES),
     "outcome": st.sampled_from(p.OUTCOMES),
     "ops": ops_maps,
+    "error_codes": st.dictionaries(
+        st.sampled_from(p.OP_KINDS), st.dictionaries(text, u64, max_size=3), max_size=2
+    ),
     "summary": stage_summaries,
     "summaries": st.lists(stage_summaries, max_size=3).map(tuple),
     "config": st.dictionaries(st.text(max_size=10), json_like, max_size=5),

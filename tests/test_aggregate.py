@@ -21,6 +21,7 @@ def snapshot(seq: int, ops: int, latency_ns: int = 1000, stage: str = "workload"
         done=0,
         total=0,
         ops={"get": stats.to_wire(record)},
+        error_codes={},
     )
 
 
@@ -67,6 +68,7 @@ def test_interval_percentiles_come_from_the_interval_only() -> None:
         done=0,
         total=0,
         ops={"get": stats.to_wire(record)},
+        error_codes={},
     )
     rows = aggregator.tick(2.0, [("a1", later)])
     (row,) = [r for r in rows if r.agent == "a1"]

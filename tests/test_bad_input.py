@@ -251,7 +251,14 @@ CASES = {
             p.encode_message(configure()),
             p.encode_message(
                 p.Stats(
-                    seq=1, stage="workload", warmup=False, elapsed_ns=0, done=0, total=0, ops={}
+                    seq=1,
+                    stage="workload",
+                    warmup=False,
+                    elapsed_ns=0,
+                    done=0,
+                    total=0,
+                    ops={},
+                    error_codes={},
                 )
             ),
         ],

@@ -174,7 +174,7 @@ def replaced(old: str, new: str) -> str:
         ),
         (
             replaced("target: file:///tmp/triobench-data/", "target: ftp://x/"),
-            "target: unsupported scheme in 'ftp://x/' (expected file://, null://)",
+            "target: unsupported scheme in 'ftp://x/' (expected file://, null://, s3://)",
         ),
         (
             replaced("object_size: 64KiB", "object_size: 64KiB, size_spec: 1KiB"),

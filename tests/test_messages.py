@@ -74,6 +74,7 @@ def test_each_missing_field_is_named(message: p.Message) -> None:
                         "hist": [],
                     }
                 },
+                "error_codes": {},
             },
             "unknown op kind 'gett'",
         ),
@@ -152,7 +153,16 @@ def test_reliability_flags() -> None:
     assert p.is_reliable(p.Start(seq=1, stage="prepare", at_ns=0))
     assert not p.is_reliable(p.Ping(nonce=1, t1_ns=0))
     assert not p.is_reliable(
-        p.Stats(seq=1, stage="prepare", warmup=False, elapsed_ns=0, done=0, total=0, ops={})
+        p.Stats(
+            seq=1,
+            stage="prepare",
+            warmup=False,
+            elapsed_ns=0,
+            done=0,
+            total=0,
+            ops={},
+            error_codes={},
+        )
     )
     assert p.is_reliable(p.Error(seq=3, code="stage_failed", message="x", summaries=()))
     assert not p.is_reliable(p.Error(seq=0, code="busy", message="x", summaries=()))

@@ -85,7 +85,14 @@ def test_wire_round_trip_is_sparse_and_lossless(values: list[int]) -> None:
     assert stats.from_wire(wire) == record
     frame = p.encode_message(
         p.Stats(
-            seq=1, stage="workload", warmup=False, elapsed_ns=1, done=0, total=0, ops={"get": wire}
+            seq=1,
+            stage="workload",
+            warmup=False,
+            elapsed_ns=1,
+            done=0,
+            total=0,
+            ops={"get": wire},
+            error_codes={},
         )
     )
     decoder = p.FrameDecoder()

@@ -31,6 +31,7 @@ def stats(seq: int, ops: int) -> p.Stats:
                 hist=hist,
             )
         },
+        error_codes={},
     )
 
 

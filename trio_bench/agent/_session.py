@@ -347,6 +347,7 @@ class Session:
                     done=progress.done,
                     total=progress.total,
                     ops=snapshot_to_wire(progress.snapshot),
+                    error_codes=progress.error_codes,
                 )
             )
 

@@ -26,7 +26,8 @@ from cattrs.gen import make_dict_structure_fn
 from ._units import format_duration, format_size, parse_duration, parse_size
 
 OPS = ("get", "put", "stat", "list", "delete")
-SCHEMES = ("file", "null")
+SCHEMES = ("file", "null", "s3")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 SIZE_KINDS = ("fixed", "uniform", "lognormal")
 RATE_DISTRIBUTIONS = ("exponential", "uniform", "fixed")
 FAILURE_POLICIES = ("abort", "continue")
@@ -233,6 +234,24 @@ class FileOptions:
 
 
 @attrs.frozen
+class S3Options:
+    """The ``s3:`` section. Unset values come from the agent's environment (see README)."""
+
+    endpoint: str | None = None
+    endpoints: tuple[str, ...] = ()  # several gateways: spread across workers and agents
+    region: str | None = None
+    addressing: str = attrs.field(
+        default="path", validator=_choice(("path", "virtual"), "addressing")
+    )
+    profile: str | None = None
+    multipart_threshold: Size = Size(64 * 1024 * 1024)
+    part_size: Size = Size(16 * 1024 * 1024)
+    verify_tls: bool = True
+    timeout: Duration = Duration(30_000_000_000)
+    sign_payload: bool = False  # SHA-256 every body (costs CPU) or send UNSIGNED-PAYLOAD
+
+
+@attrs.frozen
 class AgentAddress:
     address: str
     id: str | None = None
@@ -277,6 +296,7 @@ class Config:
         default="normal", validator=_choice(PAGE_CACHE_MODES, "page_cache_mode")
     )
     file: FileOptions = FileOptions()
+    s3: S3Options = S3Options()
     seed: int | None = None
     name: str | None = None
 
@@ -601,6 +621,18 @@ def _unstructure(config: Config) -> dict[str, Any]:
         },
         "page_cache_mode": config.page_cache_mode,
         "file": {"fsync": config.file.fsync, "buffer_size": config.file.buffer_size},
+        "s3": {
+            **({"endpoint": config.s3.endpoint} if config.s3.endpoint else {}),
+            **({"endpoints": list(config.s3.endpoints)} if config.s3.endpoints else {}),
+            **({"region": config.s3.region} if config.s3.region else {}),
+            **({"profile": config.s3.profile} if config.s3.profile else {}),
+            "addressing": config.s3.addressing,
+            "multipart_threshold": config.s3.multipart_threshold,
+            "part_size": config.s3.part_size,
+            "verify_tls": config.s3.verify_tls,
+            "timeout": duration(config.s3.timeout),
+            "sign_payload": config.s3.sign_payload,
+        },
     }
     if config.io_rate is not None:
         out["io_rate"] = {"iops": config.io_rate.iops, "distribution": config.io_rate.distribution}
@@ -615,7 +647,15 @@ def validate(config: Config) -> list[str]:
     lines: list[str] = []
     target = urlsplit(config.target)
     if target.scheme == "s3":
-        lines.append("target: the s3:// backend is not implemented yet (file:// and null:// are)")
+        if not _BUCKET.match(target.netloc):
+            lines.append(
+                f"target: {config.target!r}: expected s3://bucket/prefix/ with a valid bucket "
+                "name (3-63 of a-z 0-9 . -)"
+            )
+        if target.query or target.fragment or "%" in target.path:
+            lines.append(
+                f"target: {config.target!r}: '?', '#' and percent-encoding are not supported"
+            )
     elif target.scheme not in SCHEMES:
         lines.append(
             f"target: unsupported scheme in {config.target!r} "
@@ -689,6 +729,24 @@ def validate(config: Config) -> list[str]:
             "distributed.orphan_timeout: agents must be more patient than the controller: "
             "orphan_timeout must exceed dead_after + probe_timeout"
         )
+    s3 = config.s3
+    for i, url in enumerate(([s3.endpoint] if s3.endpoint else []) + list(s3.endpoints)):
+        parts = urlsplit(url)
+        where = (
+            "s3.endpoint" if s3.endpoint and i == 0 else f"s3.endpoints[{i - bool(s3.endpoint)}]"
+        )
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+        ):
+            lines.append(f"{where}: {url!r} is not an http:// or https:// URL without a path")
+    if s3.endpoint and s3.endpoints:
+        lines.append("s3: give endpoint or endpoints, not both")
+    if s3.part_size < 5 * 1024 * 1024:
+        lines.append("s3.part_size: S3 requires parts of at least 5 MiB")
+    if s3.multipart_threshold < s3.part_size:
+        lines.append("s3.multipart_threshold: must be at least part_size")
     if dist.give_up_after < dist.dead_after:
         lines.append("distributed.give_up_after: must be at least dead_after")
     for name in ("stats_interval", "ping_interval", "probe_timeout", "resend_interval"):

@@ -6,6 +6,7 @@ before it.
     prepare.tsv            prepare stage, same columns (cleanup.tsv likewise)
     agents/<id>/*.tsv      the same files for each agent
     perf_log.tsv           one row per stats interval, per agent and ``all``
+    errors.tsv             failed operations by stage, agent, op kind and error code
     run.json               status, exit code, start skew, per-agent facts, timeline
 
 Aggregate rows merge the agents' histograms (exact percentiles) and add their counts; the
@@ -73,6 +74,13 @@ class AgentStageResult:
     ) -> None:
         self.agent = agent
         self.partial = summary is None or summary.outcome != "completed"
+        self.error_codes: dict[str, dict[str, int]] = (
+            summary.error_codes
+            if summary is not None
+            else last_stats.error_codes
+            if last_stats is not None
+            else {}
+        )
         if summary is not None:
             self.snapshot: Snapshot = snapshot_from_wire(summary.ops)
             self.seconds = summary.measured_ns / 1e9
@@ -93,6 +101,8 @@ class ResultsWriter:
         self.directory = directory
         self._perf_log = open(directory / "perf_log.tsv", "w", buffering=1)  # noqa: SIM115
         self._perf_log.write("\t".join(PERF_LOG_COLUMNS) + "\n")
+        self._errors = open(directory / "errors.tsv", "w", buffering=1)  # noqa: SIM115
+        self._errors.write("stage\tagent\top\tcode\tcount\n")
 
     def write_config(self, data: dict[str, Any], source: str) -> None:
         header = f"# as run by triobench (from {source})\n"
@@ -117,6 +127,10 @@ class ResultsWriter:
             span = max((r.seconds for r in results), default=0.0)
         total = merge_snapshots(r.snapshot for r in results)
         _atomic_write(self.directory / name, format_tsv(summary_rows(total, span)))
+        for result in results:
+            for op, codes in sorted(result.error_codes.items()):
+                for code, count in sorted(codes.items(), key=lambda item: -item[1]):
+                    self._errors.write(f"{stage}\t{result.agent}\t{op}\t{code}\t{count}\n")
         return {
             "seconds": round(span, 6),
             "agents": [r.agent for r in results],
@@ -128,3 +142,4 @@ class ResultsWriter:
 
     def close(self) -> None:
         self._perf_log.close()
+        self._errors.close()

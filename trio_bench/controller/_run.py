@@ -448,6 +448,13 @@ class Controller:
                 notes.append("stalled")
             if link.machine.recoveries:
                 notes.append(f"recovered x{link.machine.recoveries}")
+            if latest is not None and latest.error_codes:
+                by_code: dict[str, int] = {}
+                for per_kind in latest.error_codes.values():
+                    for code, n in per_kind.items():
+                        by_code[code] = by_code.get(code, 0) + n
+                top = sorted(by_code.items(), key=lambda item: -item[1])[:2]
+                notes.append("errors: " + ", ".join(f"{code} {n:,}" for code, n in top))
             if link.failure:
                 notes.append(link.failure[:60])
             current = row is not None and row.stage == (latest.stage if latest else "")
@@ -527,11 +534,16 @@ class Controller:
             best = link.estimator.best
             errors: dict[str, int] = {}
             samples: dict[str, list[str]] = {}
+            codes: dict[str, dict[str, int]] = {}
             for summary in link.summaries.values():
                 for kind, stats in summary.ops.items():
                     errors[kind] = errors.get(kind, 0) + stats.errors
                 for kind, lines in summary.error_samples.items():
                     samples.setdefault(kind, []).extend(lines)
+                for kind, counts in summary.error_codes.items():
+                    merged = codes.setdefault(kind, {})
+                    for code, n in counts.items():
+                        merged[code] = merged.get(code, 0) + n
             agents.append(
                 {
                     "id": link.id,
@@ -553,6 +565,7 @@ class Controller:
                     "stale_stats": link.stats_sequence.stale,
                     "duplicate_messages": link.receiver.duplicates,
                     "errors": errors,
+                    "error_codes": codes,
                     "error_samples": samples,
                     "stages": {
                         stage: {

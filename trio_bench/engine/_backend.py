@@ -13,6 +13,8 @@ scheme in ``open_backend``; the engine does not change.
 from __future__ import annotations
 
 import abc
+import builtins
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from trio_bench.config import Config
@@ -50,6 +52,22 @@ class WorkerIO(abc.ABC):
     def delete(self, key: str) -> None:
         """Remove the object; ``ObjectMissing`` if it does not exist."""
 
+    # how many keys ``delete_many`` takes at once (1: it deletes one by one)
+    batch_delete = 1
+
+    def delete_many(self, keys: Sequence[str]) -> builtins.list[tuple[str, str, str]]:
+        """Delete several objects; return (key, code, message) for those that failed.
+        Objects already gone are not failures."""
+        failed = []
+        for key in keys:
+            try:
+                self.delete(key)
+            except ObjectMissing:
+                pass
+            except Exception as exc:
+                failed.append((key, getattr(exc, "code", type(exc).__name__), str(exc)))
+        return failed
+
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release the worker's resources."""
 
@@ -77,14 +95,17 @@ class Backend(abc.ABC):
         pass
 
 
-def open_backend(config: Config, *, root: str | None = None) -> Backend:
+def open_backend(config: Config, *, root: str | None = None, agent_index: int = 0) -> Backend:
     """The backend for ``config.target``. ``root`` confines file:// targets (agent --root)."""
     from ._file import FileBackend
     from ._null import NullBackend
+    from ._s3 import S3Backend
 
     parts = urlsplit(config.target)
     if parts.scheme == "null":
         return NullBackend()
+    if parts.scheme == "s3":
+        return S3Backend(config, agent_index=agent_index)
     if parts.scheme == "file":
         return FileBackend(
             parts.path,

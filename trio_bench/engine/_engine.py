@@ -48,7 +48,7 @@ class Engine:
             prefix=prefix,
             run_tag=run_tag,
         )
-        self.backend = backend or open_backend(config, root=root)
+        self.backend = backend or open_backend(config, root=root, agent_index=agent_index)
         if isinstance(self.backend, FileBackend):
             for directory in self.plan.directories():
                 self.backend.check_confined(directory)

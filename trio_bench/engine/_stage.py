@@ -46,6 +46,7 @@ class Progress:
     total: int
     warmup: bool
     elapsed_ns: int
+    error_codes: dict[str, dict[str, int]]
 
 
 class StageRun:
@@ -96,7 +97,17 @@ class StageRun:
             total=self.total,
             warmup=self.in_warmup,
             elapsed_ns=max(0, now - since) if self.start_perf_ns else 0,
+            error_codes=self._codes(),
         )
+
+    def _codes(self) -> dict[str, dict[str, int]]:
+        codes: dict[str, dict[str, int]] = {}
+        for worker in self.workers:
+            for kind, counts in worker.codes_snapshot().items():
+                merged = codes.setdefault(kind, {})
+                for code, n in counts.items():
+                    merged[code] = merged.get(code, 0) + n
+        return codes
 
     def started_at_ns(self) -> int:
         """When the first worker began (agent clock); the scheduled instant if none did."""
@@ -129,6 +140,7 @@ class StageRun:
             total=self.total,
             ops=snapshot_to_wire(progress.snapshot),
             error_samples={k: tuple(v) for k, v in samples.items() if k in progress.snapshot},
+            error_codes={k: v for k, v in progress.error_codes.items() if k in progress.snapshot},
             message=message[:1000],
         )
 

@@ -10,6 +10,7 @@ loop checks before each operation: stopping takes at most the operation in fligh
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -68,6 +69,7 @@ class Worker:
         self.io = io
         self.records: dict[str, Record] = {kind: new_record() for kind in self.kinds}
         self.error_samples: dict[str, list[str]] = {}
+        self.error_codes: dict[str, dict[str, int]] = {}  # op kind -> error code -> count
         self.progress = 0  # objects done (prepare/cleanup)
         self.started_perf_ns = 0
         self.finished_perf_ns = 0
@@ -77,8 +79,14 @@ class Worker:
         """A copy of every record, each copied atomically (``list.copy`` runs under the GIL)."""
         return {kind: record.copy() for kind, record in self.records.items()}
 
+    def codes_snapshot(self) -> dict[str, dict[str, int]]:
+        return {kind: dict(codes) for kind, codes in list(self.error_codes.items())}
+
     def note_error(self, kind: str, what: str, exc: BaseException) -> None:
         self.records[kind][ERRORS] += 1
+        code = str(getattr(exc, "code", "") or type(exc).__name__)
+        codes = self.error_codes.setdefault(kind, {})
+        codes[code] = codes.get(code, 0) + 1
         samples = self.error_samples.setdefault(kind, [])
         if len(samples) < MAX_ERROR_SAMPLES:
             text = str(exc) or type(exc).__name__
@@ -306,8 +314,19 @@ class PrepareWorker(Worker):
             self.progress += 1
 
 
+class BatchFailure(Exception):
+    """One key of a batched delete that the storage refused."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class CleanupWorker(Worker):
-    """Deletes what the run created; an object already gone counts as done, not an error."""
+    """Deletes what the run created; an object already gone counts as done, not an error.
+
+    With a backend that deletes in batches (S3 DeleteObjects: up to 1000 keys a request),
+    every key of a batch is recorded with the latency of its batch's request."""
 
     kinds = ("delete",)
 
@@ -316,6 +335,9 @@ class CleanupWorker(Worker):
         self.keys = keys
 
     def loop(self) -> None:
+        if self.io.batch_delete > 1:
+            self._batched(self.io.batch_delete)
+            return
         record = self.records["delete"]
         for key in self.keys:
             if self.stop.stopped:
@@ -330,3 +352,24 @@ class CleanupWorker(Worker):
             else:
                 record_latency(record, perf_counter_ns() - t0, 0)
             self.progress += 1
+
+    def _batched(self, size: int) -> None:
+        record = self.records["delete"]
+        keys = iter(self.keys)
+        while not self.stop.stopped:
+            batch = list(itertools.islice(keys, size))
+            if not batch:
+                return
+            t0 = perf_counter_ns()
+            try:
+                failed = self.io.delete_many(batch)
+            except Exception as exc:
+                self.note_error("delete", f"({len(batch)} keys)", exc)
+                self.progress += len(batch)
+                continue
+            latency = perf_counter_ns() - t0
+            for _ in range(len(batch) - len(failed)):
+                record_latency(record, latency, 0)
+            for key, code, message in failed:
+                self.note_error("delete", key, BatchFailure(code, message))
+            self.progress += len(batch)

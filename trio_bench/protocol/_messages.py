@@ -109,6 +109,9 @@ class OpStats:
 class StageSummary:
     """What one agent did in one stage, final: the numbers results are made of.
 
+    ``error_codes`` counts failed operations per op kind and error code (an S3 code such as
+    ``NoSuchKey`` or ``SlowDown``, ``ConnectionRefused``, an exception name for files).
+
     ``started_at_ns``/``ended_at_ns`` are the agent's wall clock. ``measured_ns`` is the
     length of the measured window (the stage minus any warmup). ``done``/``total`` count
     objects for prepare and cleanup (0/0 for the workload).
@@ -123,6 +126,7 @@ class StageSummary:
     total: int
     ops: dict[str, OpStats] = attrs.field(validator=_op_keys)
     error_samples: dict[str, tuple[str, ...]] = attrs.field(validator=_op_keys)
+    error_codes: dict[str, dict[str, int]] = attrs.field(validator=_op_keys)
     message: str = attrs.field(validator=_text)
 
 
@@ -300,6 +304,7 @@ class Stats(Message):
     done: int
     total: int
     ops: dict[str, OpStats] = attrs.field(validator=_op_keys)
+    error_codes: dict[str, dict[str, int]] = attrs.field(validator=_op_keys)
 
 
 @attrs.frozen

@@ -1,0 +1,193 @@
+"""s3://bucket/prefix/: the S3 client behind the engine's Backend/WorkerIO interface.
+
+Each worker thread owns one S3Client (one keep-alive connection). With several endpoints,
+worker w of agent i uses endpoint (i x concurrency + w) mod n, so the load spreads over all
+gateways. Cleanup deletes in DeleteObjects batches of up to 1000 keys.
+"""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from trio_bench.config import Config
+from trio_bench.s3 import (
+    DELETE_BATCH,
+    ConnectionFailed,
+    S3Client,
+    S3ConfigError,
+    S3Error,
+    resolve,
+)
+
+from ._backend import Backend, BackendError, WorkerIO
+
+# After a connection failure a worker waits this long before its next attempt: a dead
+# endpoint then costs tens of counted errors per second per worker, not a busy loop.
+RECONNECT_PAUSE_S = 0.05
+_CREDENTIAL_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
+
+
+class S3Backend(Backend):
+    scheme = "s3"
+
+    def __init__(self, config: Config, *, agent_index: int = 0) -> None:
+        parts = urlsplit(config.target)
+        prefix = parts.path.lstrip("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        try:
+            self.settings = resolve(parts.netloc, prefix, config.s3)
+        except S3ConfigError as exc:
+            raise BackendError(str(exc)) from None
+        self.bucket = parts.netloc
+        self.prefix = prefix
+        self.agent_index = agent_index
+        self.concurrency = config.concurrency
+
+    def describe(self) -> str:
+        endpoints = self.settings.endpoints
+        more = f" (+{len(endpoints) - 1} more endpoints)" if len(endpoints) > 1 else ""
+        return f"s3://{self.bucket}/{self.prefix} at {endpoints[0].url}{more}"
+
+    def client(self, index: int = 0) -> S3Client:
+        endpoints = self.settings.endpoints
+        return S3Client(self.settings, endpoints[index % len(endpoints)])
+
+    def preflight(self, *, writes: bool) -> list[str]:
+        checks = []
+        for i, endpoint in enumerate(self.settings.endpoints):
+            client = self.client(i)
+            try:
+                client.check_bucket()
+            except S3Error as exc:
+                raise BackendError(self._explain(exc, endpoint.url)) from None
+            except ConnectionFailed as exc:
+                raise BackendError(f"s3: cannot reach {endpoint.url}: {exc}") from None
+            finally:
+                client.close()
+            checks.append(
+                f"bucket {self.bucket} exists at {endpoint.url}; the credentials can list it"
+            )
+        if writes:
+            checks.append(self._write_probe())
+        return checks
+
+    def _explain(self, exc: S3Error, url: str) -> str:
+        if exc.code == "NoSuchBucket" or (exc.status == 404 and exc.code == "NotFound"):
+            return f"s3: bucket {self.bucket} does not exist at {url}"
+        if exc.code in _CREDENTIAL_CODES or exc.status == 403:
+            return (
+                f"s3: {url} refused the credentials (access key {self.settings.access_key}): "
+                f"{exc.code}: {exc.message or 'access denied'}"
+            )
+        return f"s3: cannot list bucket {self.bucket} at {url}: {exc}"
+
+    def _write_probe(self) -> str:
+        key = f"{self.prefix}.triobench-preflight-{secrets.token_hex(4)}"
+        client = self.client(0)
+        step = "PUT"
+        try:
+            client.put(key, 16, memoryview(b"triobench-probe!"))
+            step = "GET"
+            if client.get(key) != 16:
+                raise BackendError(f"s3: write probe: read back a different size from {key}")
+            step = "DELETE"
+            client.delete(key)
+        except (S3Error, ConnectionFailed) as exc:
+            code = getattr(exc, "code", "")
+            hint = " (the credentials may be read-only)" if code in _CREDENTIAL_CODES else ""
+            raise BackendError(f"s3: write probe failed at {step} {key}: {exc}{hint}") from None
+        finally:
+            client.close()
+        return f"write probe: put, read back and deleted {key}"
+
+    def scan(self, directory: str) -> dict[str, int]:
+        base = self.prefix + directory
+        client = self.client(0)
+        try:
+            return {
+                key[len(base) :]: size
+                for page in client.list_pages(base, delimiter="/")
+                for key, size in page
+            }
+        finally:
+            client.close()
+
+    def worker_io(self, worker: int) -> WorkerIO:
+        return S3WorkerIO(self.client(self.agent_index * self.concurrency + worker), self.prefix)
+
+
+class S3WorkerIO(WorkerIO):
+    batch_delete = DELETE_BATCH
+
+    def __init__(self, client: S3Client, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._failed_at = 0.0
+
+    def _pause_after_failure(self) -> None:
+        if self._failed_at:
+            wait = self._failed_at + RECONNECT_PAUSE_S - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._failed_at = 0.0
+
+    def _failed(self) -> None:
+        self._failed_at = time.monotonic()
+
+    def get(self, key: str) -> int:
+        self._pause_after_failure()
+        try:
+            return self.client.get(self.prefix + key)
+        except ConnectionFailed:
+            self._failed()
+            raise
+
+    def put(self, key: str, size: int, fill: memoryview) -> int:
+        self._pause_after_failure()
+        try:
+            return self.client.put(self.prefix + key, size, fill)
+        except ConnectionFailed:
+            self._failed()
+            raise
+
+    def stat(self, key: str) -> int:
+        self._pause_after_failure()
+        try:
+            return self.client.head(self.prefix + key)
+        except ConnectionFailed:
+            self._failed()
+            raise
+
+    def list(self, directory: str) -> int:
+        self._pause_after_failure()
+        try:
+            pages = self.client.list_pages(self.prefix + directory, delimiter="/")
+            return sum(len(page) for page in pages)
+        except ConnectionFailed:
+            self._failed()
+            raise
+
+    def delete(self, key: str) -> None:
+        self._pause_after_failure()
+        try:
+            self.client.delete(self.prefix + key)
+        except ConnectionFailed:
+            self._failed()
+            raise
+
+    def delete_many(self, keys: Sequence[str]) -> builtins.list[tuple[str, str, str]]:
+        self._pause_after_failure()
+        try:
+            failed = self.client.delete_many([self.prefix + k for k in keys])
+        except ConnectionFailed:
+            self._failed()
+            raise
+        return [(k[len(self.prefix) :], code, message) for k, code, message in failed]
+
+    def close(self) -> None:
+        self.client.close()

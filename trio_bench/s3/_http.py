@@ -1,0 +1,154 @@
+"""HTTP/1.1 over one blocking keep-alive connection, with h11 (sans-IO) doing the protocol.
+
+Used from worker threads: plain blocking sockets, no Trio, no thread hops. A connection is
+opened on first use and after any failure; every failure is raised (and counted by the
+caller), never retried here. Bodies can be sent from memoryviews without copying, and
+response bodies are either counted and dropped (GET payloads) or kept (small XML answers).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterable, Sequence
+
+import attrs
+import h11
+
+from ._settings import Endpoint
+
+RECEIVE_SIZE = 256 * 1024
+
+
+class ConnectionFailed(Exception):
+    """The connection failed (refused, reset, timed out, or spoke bad HTTP). ``code`` names
+    the kind for error counts."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@attrs.define
+class Response:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes  # kept only when asked for
+    received: int  # body bytes received
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class HttpConnection:
+    def __init__(self, endpoint: Endpoint, *, timeout_s: float, verify_tls: bool = True) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._tls: ssl.SSLContext | None = None
+        if endpoint.scheme == "https":
+            self._tls = ssl.create_default_context()
+            if not verify_tls:
+                self._tls.check_hostname = False
+                self._tls.verify_mode = ssl.CERT_NONE
+        self._sock: socket.socket | None = None
+        self._conn: h11.Connection | None = None
+        self._buffer = bytearray(RECEIVE_SIZE)
+        self.connects = 0
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+                self._conn = None
+
+    def _connect(self) -> tuple[socket.socket, h11.Connection]:
+        try:
+            sock = socket.create_connection(
+                (self.endpoint.host, self.endpoint.port), timeout=self.timeout_s
+            )
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(sock, server_hostname=self.endpoint.host)
+        except (OSError, ssl.SSLError) as exc:
+            raise _failure(exc, f"connect to {self.endpoint.url}") from None
+        self.connects += 1
+        self._sock, self._conn = sock, h11.Connection(our_role=h11.CLIENT)
+        return sock, self._conn
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: Iterable[bytes | memoryview] = (),
+        *,
+        keep_body: bool = True,
+    ) -> Response:
+        sock, conn = (self._sock, self._conn) if self._sock is not None else self._connect()
+        assert conn is not None
+        try:
+            head = conn.send(h11.Request(method=method, target=target, headers=list(headers)))
+            sock.sendall(head)
+            for chunk in body:
+                # memoryviews pass through h11 uncopied (its stubs only say bytes)
+                data = h11.Data(data=chunk)  # type: ignore[arg-type]
+                for piece in conn.send_with_data_passthrough(data) or ():
+                    sock.sendall(piece)
+            sock.sendall(conn.send(h11.EndOfMessage()) or b"")
+            return self._read_response(sock, conn, keep_body)
+        except (OSError, ssl.SSLError, h11.ProtocolError) as exc:
+            self.close()
+            raise _failure(exc, f"{method} {self.endpoint.url}") from None
+
+    def _read_response(
+        self, sock: socket.socket, conn: h11.Connection, keep_body: bool
+    ) -> Response:
+        status = 0
+        headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+        received = 0
+        buffer = self._buffer
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                n = sock.recv_into(buffer)
+                conn.receive_data(memoryview(buffer)[:n] if n else b"")  # type: ignore[arg-type]
+                continue
+            if isinstance(event, h11.Response):
+                status, headers = event.status_code, list(event.headers)
+                keep_body = keep_body or not 200 <= status < 300  # errors carry their code
+            elif isinstance(event, h11.Data):
+                received += len(event.data)
+                if keep_body:
+                    chunks.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionResetError("the server closed the connection mid-response")
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()  # keep-alive
+        else:
+            self.close()  # the server will close it (HTTP/1.0, Connection: close)
+        return Response(status, headers, b"".join(chunks), received)
+
+
+def _failure(exc: BaseException, what: str) -> ConnectionFailed:
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return ConnectionFailed("Timeout", f"{what}: timed out")
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectionFailed("ConnectionRefused", f"{what}: connection refused")
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return ConnectionFailed("ConnectionReset", f"{what}: {exc}")
+    if isinstance(exc, ssl.SSLError):
+        return ConnectionFailed("TLSError", f"{what}: {exc}")
+    if isinstance(exc, h11.ProtocolError):
+        return ConnectionFailed("HTTPProtocolError", f"{what}: {exc}")
+    return ConnectionFailed(
+        "ConnectionError",
+        f"{what}: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{what}: {exc}",
+    )
