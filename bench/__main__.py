@@ -13,6 +13,9 @@ Control plane (real agent processes on loopback):
   ping         PING round trip p50/p99 while stats flow at full rate
   ctrlc        time from Ctrl-C to controller exit with 8 agents
   scale        agents one controller serves at 1 stats frame/s before its CPU passes 50 %
+s3:// (a minimal local server answering S3 requests, in its own process):
+  s3           client CPU per request and requests/s, 1 KiB GET and PUT, concurrency 16:
+               triobench vs boto3 in threads vs httpx in threads
 """
 
 from __future__ import annotations
@@ -613,6 +616,180 @@ def bench_scale(quick: bool, work: Path) -> list[Row]:
     return rows
 
 
+S3_CONCURRENCY = 16
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIDBENCH",
+    "AWS_SECRET_ACCESS_KEY": "bench-secret",
+    "AWS_REGION": "us-east-1",
+}
+
+
+def _s3_server() -> tuple[subprocess.Popen[str], str]:
+    from tests.s3server import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.s3server", str(port), "1024"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    process.stdout.readline()
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _cpu_and_rate(seconds: float, body: Callable[[], int]) -> tuple[float, float]:
+    """(client CPU ms per request, requests/s) of ``body()`` which returns requests done."""
+    c0, t0 = _cpu_seconds(), time.perf_counter()
+    done = body()
+    c1, t1 = _cpu_seconds(), time.perf_counter()
+    return (c1 - c0) / max(done, 1) * 1000, done / (t1 - t0)
+
+
+def _threads(ops: list[Callable[[], None]], seconds: float) -> int:
+    """Run one thread per prepared op, each calling it in a loop for ``seconds``; total ops."""
+    import threading
+
+    counts = [0] * len(ops)
+    stop = threading.Event()
+
+    def loop(i: int) -> None:
+        op = ops[i]
+        while not stop.is_set():
+            op()
+            counts[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(ops))]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return sum(counts)
+
+
+def bench_s3(quick: bool, work: Path) -> list[Row]:
+    seconds = 2.0 if quick else 4.0
+    server, endpoint = _s3_server()
+    rows = []
+    try:
+        os.environ.update(S3_ENV)
+        for op in ("get", "put"):
+            workload = (
+                '[{op: get, path: "data/*"}]'
+                if op == "get"
+                else '[{op: put, path: "new/", object_size: 1KiB}]'
+            )
+            text = f"""
+target: s3://bench/
+duration: {seconds}s
+concurrency: {S3_CONCURRENCY}
+prepare: {{ensure_objects: [{{base_uri: data/, count: 100, object_size: 1KiB}}]}}
+workload: {workload}
+s3: {{endpoint: "{endpoint}"}}
+"""
+            ours_cpu, ours_rate = _cpu_and_rate(
+                seconds, lambda text=text, op=op: engine_workload(text)[0].ops[op].ops
+            )
+            # clients are built and warmed before the clock starts: only requests count
+            boto_ops = [_boto3_op(endpoint, op) for _ in range(S3_CONCURRENCY)]
+            for call in boto_ops:
+                call()
+            boto_cpu, boto_rate = _cpu_and_rate(
+                seconds, lambda ops=boto_ops: _threads(ops, seconds)
+            )
+            httpx_ops = [_httpx_op(endpoint, op) for _ in range(S3_CONCURRENCY)]
+            for call in httpx_ops:
+                call()
+            httpx_cpu, httpx_rate = _cpu_and_rate(
+                seconds, lambda ops=httpx_ops: _threads(ops, seconds)
+            )
+            rows += [
+                Row(
+                    "s3",
+                    f"1 KiB {op.upper()}, c={S3_CONCURRENCY}: triobench client CPU / request",
+                    f"{ours_cpu:.3f} ms",
+                    "<= 0.3 ms",
+                    f"{ours_rate:,.0f} req/s",
+                ),
+                Row(
+                    "s3",
+                    f"1 KiB {op.upper()}: boto3 in {S3_CONCURRENCY} threads",
+                    f"{boto_cpu:.3f} ms",
+                    "",
+                    f"{boto_rate:,.0f} req/s",
+                ),
+                Row(
+                    "s3",
+                    f"1 KiB {op.upper()}: httpx (+ our signer) in {S3_CONCURRENCY} threads",
+                    f"{httpx_cpu:.3f} ms",
+                    "",
+                    f"{httpx_rate:,.0f} req/s",
+                ),
+                Row(
+                    "s3",
+                    f"1 KiB {op.upper()}: triobench / boto3 requests/s",
+                    f"{ours_rate / boto_rate:.1f}x",
+                    ">= 3x",
+                    f"httpx: {ours_rate / httpx_rate:.1f}x",
+                ),
+            ]
+    finally:
+        server.terminate()
+        server.wait()
+        if server.stdout:
+            server.stdout.close()
+    return rows
+
+
+def _boto3_op(endpoint: str, op: str) -> Callable[[], None]:
+    import boto3
+
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
+    body = b"x" * 1024
+    if op == "get":
+        return lambda: client.get_object(Bucket="bench", Key="data/k")["Body"].read() and None
+    return lambda: client.put_object(Bucket="bench", Key="new/k", Body=body) and None
+
+
+def _httpx_op(endpoint: str, op: str) -> Callable[[], None]:
+    import httpx
+
+    from trio_bench.s3 import Endpoint, S3Client, resolve
+
+    settings = resolve("bench", "", SimpleOptions(endpoint), S3_ENV)
+    signer = S3Client(settings, Endpoint.parse(endpoint))
+    http = httpx.Client(base_url=endpoint)
+    body = b"x" * 1024
+
+    def get() -> None:
+        target, headers = signer.prepare("GET", "data/k")
+        http.get(target, headers=[(k, v) for k, v in headers if k != "host"]).read()
+
+    def put() -> None:
+        target, headers = signer.prepare("PUT", "new/k", body=[body], length=len(body))
+        http.put(
+            target,
+            content=body,
+            headers=[(k, v) for k, v in headers if k not in ("host", "content-length")],
+        )
+
+    return get if op == "get" else put
+
+
+class SimpleOptions:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+
 BENCHES: dict[str, Callable[..., list[Row]]] = {
     "null": lambda quick, work: bench_null(quick),
     "get4k": bench_get4k,
@@ -622,6 +799,7 @@ BENCHES: dict[str, Callable[..., list[Row]]] = {
     "ping": bench_ping,
     "ctrlc": bench_ctrlc,
     "scale": bench_scale,
+    "s3": bench_s3,
 }
 
 

@@ -58,3 +58,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "reliability: fault-injection and bad-input suite")
     config.addinivalue_line("markers", "soak: long variants, run by `just soak`")
+
+
+@pytest.fixture(scope="session")
+def moto_server():  # type: ignore[no-untyped-def]
+    """A real S3 API server verifying signatures (see tests/s3server.py)."""
+    from .s3server import Unavailable, start_moto
+
+    try:
+        server = start_moto()
+    except Unavailable as exc:
+        pytest.skip(f"no S3 test server: {exc}")
+    yield server
+    server.stop()

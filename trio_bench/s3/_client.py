@@ -88,6 +88,24 @@ class S3Client:
         keep_body: bool = True,
         what: str = "",
     ) -> Response:
+        target, headers = self.prepare(method, key, params, body=body, length=length, extra=extra)
+        response = self.http.request(method, target, headers, body, keep_body=keep_body)
+        if not 200 <= response.status < 300:
+            raise _error_from(response, what or f"{method} {key or self.settings.bucket}")
+        return response
+
+    def prepare(
+        self,
+        method: str,
+        key: str | None,
+        params: Sequence[tuple[str, str]] = (),
+        *,
+        body: Sequence[bytes | memoryview] = (),
+        length: int = 0,
+        extra: Sequence[tuple[str, str]] = (),
+        amz_date: str | None = None,
+    ) -> tuple[str, list[tuple[str, str]]]:
+        """The request target and signed headers (separate from sending, for tests)."""
         path = self._base + ("/" + quote_key(key) if key is not None else "/")
         query = query_string(params)
         if body and self.settings.sign_payload:
@@ -97,7 +115,7 @@ class S3Client:
             payload = digest.hexdigest()
         else:
             payload = UNSIGNED_PAYLOAD if body else EMPTY_SHA256
-        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        amz_date = amz_date or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         headers = [
             ("host", self.host),
             ("x-amz-date", amz_date),
@@ -114,11 +132,7 @@ class S3Client:
                 self.signer.authorization(method, path, query, headers, payload, amz_date),
             )
         )
-        target = f"{path}?{query}" if query else path
-        response = self.http.request(method, target, headers, body, keep_body=keep_body)
-        if not 200 <= response.status < 300:
-            raise _error_from(response, what or f"{method} {key or self.settings.bucket}")
-        return response
+        return (f"{path}?{query}" if query else path), headers
 
     # -- operations
 

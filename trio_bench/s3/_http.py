@@ -18,6 +18,7 @@ import h11
 from ._settings import Endpoint
 
 RECEIVE_SIZE = 256 * 1024
+COALESCE_LIMIT = 64 * 1024  # headers and bodies up to this size are sent with one syscall
 
 
 class ConnectionFailed(Exception):
@@ -92,14 +93,21 @@ class HttpConnection:
         sock, conn = (self._sock, self._conn) if self._sock is not None else self._connect()
         assert conn is not None
         try:
-            head = conn.send(h11.Request(method=method, target=target, headers=list(headers)))
-            sock.sendall(head)
+            out: list[bytes | memoryview] = [
+                conn.send(h11.Request(method=method, target=target, headers=list(headers))) or b""
+            ]
+            pending = len(out[0])
             for chunk in body:
                 # memoryviews pass through h11 uncopied (its stubs only say bytes)
                 data = h11.Data(data=chunk)  # type: ignore[arg-type]
                 for piece in conn.send_with_data_passthrough(data) or ():
-                    sock.sendall(piece)
-            sock.sendall(conn.send(h11.EndOfMessage()) or b"")
+                    if pending + len(piece) > COALESCE_LIMIT:
+                        _send(sock, out)
+                        pending = 0
+                    out.append(piece)
+                    pending += len(piece)
+            out.append(conn.send(h11.EndOfMessage()) or b"")
+            _send(sock, out)  # small requests leave in one syscall
             return self._read_response(sock, conn, keep_body)
         except (OSError, ssl.SSLError, h11.ProtocolError) as exc:
             self.close()
@@ -152,3 +160,13 @@ def _failure(exc: BaseException, what: str) -> ConnectionFailed:
         "ConnectionError",
         f"{what}: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{what}: {exc}",
     )
+
+
+def _send(sock: socket.socket, pieces: list[bytes | memoryview]) -> None:
+    """Send and clear ``pieces``: joined if there are several, skipped if empty."""
+    pieces[:] = [p for p in pieces if len(p)]
+    if len(pieces) == 1:
+        sock.sendall(pieces[0])
+    elif pieces:
+        sock.sendall(b"".join(pieces))
+    pieces.clear()

@@ -1,0 +1,414 @@
+"""s3://: the signer against botocore byte for byte, and every operation against a real S3 API
+server that verifies signatures (moto, see tests/s3server.py)."""
+
+from __future__ import annotations
+
+import datetime
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import attrs
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_bench.config import S3Options, parse_config
+from trio_bench.controller import Controller, Display
+from trio_bench.engine import BackendError, Engine
+from trio_bench.local import start_local_agents, stop_local_agents
+from trio_bench.s3 import Endpoint, S3Client, S3Settings
+
+from .test_faults import tsv
+
+# --- the signer, byte for byte against botocore ------------------------------------------------
+
+keys = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30)
+params = st.lists(st.tuples(st.text(max_size=8), st.text(max_size=12)), max_size=3)
+
+
+def client(token: str | None = None, sign_payload: bool = False, addressing: str = "path"):
+    s = S3Settings(
+        bucket="bench-bucket",
+        prefix="",
+        endpoints=(Endpoint("http", "127.0.0.1", 9000),),
+        region="eu-west-3",
+        addressing=addressing,
+        access_key="AKIDEXAMPLE",
+        secret_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        session_token=token,
+        multipart_threshold=2**30,
+        part_size=2**24,
+        verify_tls=True,
+        timeout_s=5,
+        sign_payload=sign_payload,
+    )
+    return S3Client(s, s.endpoints[0])
+
+
+def botocore_authorization(method, target, headers, body, host, sign_payload, token, monkeypatch):
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    monkeypatch.setattr(
+        botocore.auth, "get_current_datetime", lambda: datetime.datetime(2026, 11, 28, 12, 34, 56)
+    )
+    request = AWSRequest(
+        method=method,
+        url=f"http://{host}{target}",
+        headers={
+            k: v
+            for k, v in headers
+            if k
+            not in ("authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token")
+        },
+        data=body,
+    )
+    request.context["client_config"] = SimpleNamespace(s3={"payload_signing_enabled": sign_payload})
+    signer = botocore.auth.S3SigV4Auth(
+        Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token),
+        "s3",
+        "eu-west-3",
+    )
+    signer.add_auth(request)
+    return request.headers["Authorization"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["GET", "HEAD", "DELETE", "PUT", "POST"]),
+    keys,
+    params,
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["path", "virtual"]),
+)
+def test_signatures_match_botocore(method, key, query, with_token, sign_payload, addressing):
+    with pytest.MonkeyPatch.context() as monkeypatch:  # hypothesis: no function fixtures
+        c = client("FwoGZXIvYXdzEXAMPLETOKEN" if with_token else None, sign_payload, addressing)
+        body = [b"hello, s3"] if method in ("PUT", "POST") else []
+        target, headers = c.prepare(
+            method, key, query, body=body, length=sum(map(len, body)), amz_date="20261128T123456Z"
+        )
+        ours = dict(headers)["authorization"]
+        theirs = botocore_authorization(
+            method,
+            target,
+            headers,
+            b"".join(body) or None,
+            c.host,
+            sign_payload or not body,
+            "FwoGZXIvYXdzEXAMPLETOKEN" if with_token else None,
+            monkeypatch,
+        )
+    assert ours == theirs
+
+
+def test_keys_are_encoded_once_with_spaces_plus_and_unicode() -> None:
+    target, _ = client().prepare("GET", "dir with space/a+b/é€.dat")
+    assert target == "/bench-bucket/dir%20with%20space/a%2Bb/%C3%A9%E2%82%AC.dat"
+    target, _ = client(addressing="virtual").prepare(
+        "GET", "k", [("list-type", "2"), ("prefix", "a/b c")]
+    )
+    assert target == "/k?list-type=2&prefix=a%2Fb%20c"
+
+
+# --- against a real S3 API server ------------------------------------------------------------
+
+
+@pytest.fixture
+def s3_env(moto_server, monkeypatch):  # type: ignore[no-untyped-def]
+    for name, value in moto_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return moto_server
+
+
+def s3_config(bucket: str, body: str, prefix: str = "run/") -> object:
+    return parse_config(
+        f"target: s3://{bucket}/{prefix}\n"
+        + body
+        + """
+s3: {multipart_threshold: 5MiB, part_size: 5MiB}
+distributed: {stats_interval: 200ms, ping_interval: 200ms, warn_after: 1s, dead_after: 3s,
+              probe_timeout: 1s, start_delay: 300ms, give_up_after: 10s}
+"""
+    )
+
+
+async def run_stages(engine: Engine) -> dict[str, object]:
+    summaries = {}
+    await engine.preflight()
+    for name in ("prepare", "workload", "cleanup"):
+        run = getattr(engine, f"{name}_stage")()
+        await run.run(engine.clock.now_ns())
+        summaries[name] = run.summary("completed")
+        if name == "prepare":
+            await engine.after_prepare()
+    return summaries
+
+
+@pytest.mark.slow
+async def test_every_operation_against_a_signature_checking_server(s3_env) -> None:
+    s3_env.create_bucket("ops")
+    cfg = s3_config(
+        "ops",
+        """
+duration: 1s
+concurrency: 4
+prepare:
+  ensure_objects: [{base_uri: "data dir+é/", count: 40, size_spec: {type: uniform, min: 1KiB, max: 64KiB}}]
+  cleanup: true
+workload:
+  - {op: get,    path: "data dir+é/*", weight: 5}
+  - {op: put,    path: "new/",          weight: 2, object_size: 8KiB}
+  - {op: stat,   path: "data dir+é/*", weight: 2}
+  - {op: list,   path: "data dir+é/",  weight: 1}
+  - {op: delete, path: "new/*",         weight: 1}
+""",
+    )
+    engine = Engine(cfg, prefix="a1/")
+    summaries = await run_stages(engine)
+    prepare, workload, cleanup = summaries["prepare"], summaries["workload"], summaries["cleanup"]
+    assert prepare.ops["put"].ops == 40 and prepare.ops["put"].errors == 0
+    for kind in ("get", "put", "stat", "list", "delete"):
+        assert workload.ops[kind].ops > 0, kind
+    # no S3 or connection error at all (a delete may find its pool still empty at the start)
+    assert set(workload.error_codes) <= {"delete"}, workload.error_samples
+    assert set(workload.error_codes.get("delete", {})) <= {"LookupError"}
+    assert workload.ops["get"].bytes >= 1024 * workload.ops["get"].ops
+    assert cleanup.done == cleanup.total and cleanup.ops["delete"].errors == 0
+    assert s3_env.keys("ops") == []  # cleanup removed everything, special characters included
+
+
+@pytest.mark.slow
+async def test_prepare_skips_what_exists_and_multipart_puts_are_whole(s3_env) -> None:
+    s3_env.create_bucket("multi")
+    cfg = s3_config(
+        "multi",
+        """
+duration: 200ms
+prepare: {ensure_objects: [{base_uri: big/, count: 3, object_size: 12MiB}]}
+workload: [{op: stat, path: "big/*"}]
+""",
+    )
+    first = await run_stages(Engine(cfg))
+    assert first["prepare"].ops["put"].ops == 3
+    head = s3_env.client().head_object(Bucket="multi", Key="run/big/prepared-00000000.dat")
+    assert head["ContentLength"] == 12 * 2**20
+    assert head["ETag"].endswith('-3"')  # assembled from three 5 MiB-or-less parts
+    again = await run_stages(Engine(cfg))
+    assert "put" not in again["prepare"].ops or again["prepare"].ops["put"].ops == 0
+
+
+@pytest.mark.slow
+async def test_listing_paginates_past_1000_keys(s3_env) -> None:
+    s3_env.create_bucket("many")
+    cfg = s3_config(
+        "many",
+        """
+duration: 300ms
+concurrency: 8
+prepare: {ensure_objects: [{base_uri: lots/, count: 1500, object_size: 16}]}
+workload: [{op: list, path: "lots/"}]
+""",
+    )
+    engine = Engine(cfg)
+    await run_stages(engine)
+    assert len(engine.backend.scan("lots/")) == 1500
+    io = engine.backend.worker_io(0)
+    assert io.list("lots/") == 1500  # two ListObjectsV2 pages
+    io.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("wrong secret", "refused the credentials (access key {key}): SignatureDoesNotMatch"),
+        ("unknown key", "refused the credentials (access key NOPE)"),
+        ("missing bucket", "bucket nosuchbucket does not exist at"),
+        ("no credentials", "s3: no credentials: set AWS_ACCESS_KEY_ID"),
+    ],
+)
+async def test_preflight_says_what_is_wrong(
+    s3_env, monkeypatch, tmp_path, problem, expected
+) -> None:
+    s3_env.create_bucket("preflight")
+    bucket = "nosuchbucket" if problem == "missing bucket" else "preflight"
+    if problem == "wrong secret":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    elif problem == "unknown key":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "NOPE")
+    elif problem == "no credentials":
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    cfg = s3_config(bucket, "duration: 1s\nworkload: [{op: put, path: x/, object_size: 1KiB}]\n")
+    with pytest.raises(BackendError) as info:
+        await Engine(cfg).preflight()
+    assert expected.format(key=s3_env.access_key) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+async def test_credentials_from_a_profile(s3_env, monkeypatch, tmp_path) -> None:
+    s3_env.create_bucket("profile")
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        f"[bench]\naws_access_key_id = {s3_env.access_key}\n"
+        f"aws_secret_access_key = {s3_env.secret_key}\n"
+    )
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "bench")
+    cfg = s3_config("profile", "duration: 1s\nworkload: [{op: put, path: x/, object_size: 1KiB}]\n")
+    checks = await Engine(cfg).preflight()
+    assert any("write probe" in c for c in checks)
+
+
+# --- through agents and the controller ---------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_wrong_credentials_are_exit_3_at_preflight(s3_env, tmp_path) -> None:
+    s3_env.create_bucket("wrongcreds")
+    agents = start_local_agents(1, tmp_path, envs=[s3_env.env(AWS_SECRET_ACCESS_KEY="bad")])
+    try:
+        cfg = s3_config(
+            "wrongcreds", "duration: 1s\nworkload: [{op: put, path: x/, object_size: 1KiB}]\n"
+        )
+        controller = Controller(
+            cfg,
+            agents=[agents[0].as_target()],
+            results_base=tmp_path / "results",
+            display=Display("quiet"),
+            handle_signals=False,
+        )
+        with trio.fail_after(60):
+            result = await controller.run()
+    finally:
+        stop_local_agents(agents)
+    assert result.exit_code == 3
+    assert "SignatureDoesNotMatch" in result.message
+
+
+@pytest.mark.slow
+async def test_two_agents_share_a_bucket(s3_env, tmp_path) -> None:
+    s3_env.create_bucket("shared")
+    agents = start_local_agents(2, tmp_path, envs=[s3_env.env(), s3_env.env()])
+    try:
+        cfg = s3_config(
+            "shared",
+            """
+duration: 1s
+concurrency: 2
+prepare:
+  ensure_objects: [{base_uri: data/, count: 101, object_size: 2KiB}]
+workload: [{op: get, path: "data/*", weight: 3}, {op: put, path: "new/", weight: 1, object_size: 1KiB}]
+""",
+        )
+        cfg = attrs.evolve(cfg, distributed=attrs.evolve(cfg.distributed, shared_storage=True))
+        controller = Controller(
+            cfg,
+            agents=[a.as_target() for a in agents],
+            results_base=tmp_path / "results",
+            display=Display("quiet"),
+            handle_signals=False,
+        )
+        with trio.fail_after(120):
+            result = await controller.run()
+    finally:
+        stop_local_agents(agents)
+    assert result.exit_code == 0, result.message
+    puts = [
+        int(tsv(result.results_dir / "agents" / a.id / "prepare.tsv")["put"]["ops"]) for a in agents
+    ]
+    assert sorted(puts) == [50, 51]  # split by agent index
+    assert len(s3_env.keys("shared", "run/data/")) == 101
+    total = tsv(result.results_dir / "summary.tsv")
+    parts = [tsv(result.results_dir / "agents" / a.id / "summary.tsv") for a in agents]
+    for op in ("get", "put"):
+        assert int(total[op]["ops"]) == sum(int(p[op]["ops"]) for p in parts)
+
+
+@pytest.mark.slow
+async def test_a_server_that_stops_mid_run_is_counted_and_the_agent_stays_healthy(tmp_path) -> None:
+    from .s3server import Unavailable, start_moto
+
+    try:
+        server = start_moto()
+    except Unavailable as exc:
+        pytest.skip(f"no S3 test server: {exc}")
+    server.create_bucket("stops")
+    agents = start_local_agents(1, tmp_path, envs=[server.env()])
+    try:
+        cfg = s3_config(
+            "stops",
+            """
+duration: 3s
+concurrency: 2
+prepare: {ensure_objects: [{base_uri: data/, count: 10, object_size: 1KiB}]}
+workload: [{op: get, path: "data/*"}]
+""",
+        )
+        controller = Controller(
+            cfg,
+            agents=[agents[0].as_target()],
+            results_base=tmp_path / "results",
+            display=Display("quiet"),
+            handle_signals=False,
+        )
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+
+                async def stop_server() -> None:
+                    link = controller.links[0]
+                    await controller.wait_for(
+                        lambda: link.latest is not None and link.latest.stage == "workload"
+                    )
+                    await trio.sleep(0.5)
+                    server.process.send_signal(signal.SIGKILL)
+
+                nursery.start_soon(stop_server)
+                result = await controller.run()
+        errors = Path(result.results_dir / "errors.tsv").read_text()
+        workload = tsv(result.results_dir / "summary.tsv")["get"]
+        # the same agent serves a null run next
+        again = Controller(
+            parse_config("target: null://\nduration: 200ms\nworkload: [{op: list, path: x/}]\n"),
+            agents=[agents[0].as_target()],
+            results_base=tmp_path / "results",
+            display=Display("quiet"),
+            handle_signals=False,
+        )
+        with trio.fail_after(60):
+            next_run = await again.run()
+    finally:
+        stop_local_agents(agents)
+        server.stop()
+    assert result.exit_code == 0  # the run finishes; the failures are counted, not fatal
+    assert int(workload["ops"]) > 0 and int(workload["errors"]) > 0
+    assert "\tget\tConnectionRefused\t" in errors
+    assert next_run.exit_code == 0
+
+
+def test_s3_options_are_validated() -> None:
+    from trio_bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="s3.part_size: S3 requires parts of at least 5 MiB"):
+        parse_config(
+            "target: s3://bucket/x/\nworkload: [{op: list, path: a/}]\n"
+            "s3: {part_size: 1MiB, multipart_threshold: 1MiB}\n"
+        )
+    with pytest.raises(ConfigError, match="expected s3://bucket/prefix/ with a valid bucket"):
+        parse_config("target: s3://B/x/\nworkload: [{op: list, path: a/}]\n")
+    with pytest.raises(ConfigError, match="s3.endpoint: 'ftp://x' is not an http"):
+        parse_config(
+            "target: s3://bucket/\nworkload: [{op: list, path: a/}]\ns3: {endpoint: 'ftp://x'}\n"
+        )
+    assert (
+        parse_config("target: s3://bucket/\nworkload: [{op: list, path: a/}]\n").s3 == S3Options()
+    )
