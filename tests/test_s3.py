@@ -412,3 +412,22 @@ def test_s3_options_are_validated() -> None:
     assert (
         parse_config("target: s3://bucket/\nworkload: [{op: list, path: a/}]\n").s3 == S3Options()
     )
+
+
+def test_several_endpoints_are_spread_over_workers_and_agents(monkeypatch) -> None:
+    from collections import Counter
+
+    from trio_bench.engine._s3 import S3Backend
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
+    cfg = parse_config(
+        "target: s3://bucket/\nconcurrency: 4\nworkload: [{op: list, path: a/}]\n"
+        "s3: {endpoints: ['http://gw1:9000', 'http://gw2:9000', 'http://gw3:9000']}\n"
+    )
+    used = Counter()
+    for agent in range(3):
+        backend = S3Backend(cfg, agent_index=agent)
+        for worker in range(4):
+            used[backend.worker_io(worker).client.endpoint.host] += 1
+    assert used == {"gw1": 4, "gw2": 4, "gw3": 4}  # 12 workers, evenly over 3 gateways
