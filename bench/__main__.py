@@ -38,6 +38,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from bench.farm import farms
 from trio_bench.config import AgentAddress, parse_config
 from trio_bench.controller import Controller, Display
 from trio_bench.engine import Engine
@@ -523,43 +524,6 @@ def bench_ctrlc(quick: bool, work: Path) -> list[Row]:
     ]
 
 
-FARM_SIZE = 200  # agents per farm process: beyond that one process's GIL is the bottleneck
-
-
-def _farms(count: int) -> tuple[list[subprocess.Popen[str]], list[AgentAddress]]:
-    """``count`` agents in ceil(count / FARM_SIZE) processes."""
-    processes, targets = [], []
-    for start in range(0, count, FARM_SIZE):
-        size = min(FARM_SIZE, count - start)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bench.farm", str(size), str(start)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        processes.append(process)
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.strip() == "ready":
-                break
-            agent_id, address = line.split()
-            targets.append(AgentAddress(address=address, id=agent_id))
-    return processes, targets
-
-
-def _stop(processes: list[subprocess.Popen[str]]) -> None:
-    for process in processes:
-        process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout:
-            process.stdout.close()
-
-
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -595,11 +559,8 @@ def bench_scale(quick: bool, work: Path) -> list[Row]:
         NULL_MIX.format(duration="8s", rate="io_rate: {iops: 20}", stats="1s", ping="1s")
     )
     for count in counts:
-        farms, targets = _farms(count)
-        try:
+        with farms(count) as targets:
             share, controller = _controller_cpu_share(cfg, targets, work)
-        finally:
-            _stop(farms)
         frames = sum(link.stats_sequence.last for link in controller.links)
         states = {link.state.value for link in controller.links}
         rows.append(

@@ -2,6 +2,8 @@
 
     python -m bench.farm N [FIRST]
 
+or, from Python, ``with farms(count) as targets: ...``.
+
 Starts N agent servers on free loopback ports in one Trio process and prints one line per
 agent, ``<id> <host:port>``, then ``ready``. Runs until SIGTERM/SIGINT. Each agent is a full
 AgentServer (handshake, sessions, stats); only the process is shared.
@@ -9,14 +11,56 @@ AgentServer (handshake, sessions, stats); only the process is shared.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
 
 from trio_bench.agent import AGENT_SWITCH_INTERVAL_S, AgentOptions, AgentServer
+from trio_bench.config import AgentAddress
+
+ROOT = Path(__file__).resolve().parent.parent
+FARM_SIZE = 200  # agents per farm process: beyond that one process's GIL is the bottleneck
+
+
+@contextlib.contextmanager
+def farms(count: int) -> Iterator[list[AgentAddress]]:
+    """``count`` agents in ceil(count / FARM_SIZE) farm processes, stopped on exit."""
+    processes: list[subprocess.Popen[str]] = []
+    targets: list[AgentAddress] = []
+    try:
+        for first in range(0, count, FARM_SIZE):
+            size = min(FARM_SIZE, count - first)
+            command = [sys.executable, "-m", "bench.farm", str(size), str(first)]
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            processes.append(process)
+            assert process.stdout is not None
+            for line in process.stdout:
+                if line.strip() == "ready":
+                    break
+                agent_id, address = line.split()
+                targets.append(AgentAddress(address=address, id=agent_id))
+        yield targets
+    finally:
+        _stop(processes)
+
+
+def _stop(processes: list[subprocess.Popen[str]]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
 
 
 async def serve(count: int, first: int, state_dir: Path) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from trio_bench.config import AgentAddress, parse_config
+from trio_bench.config import AgentAddress, Config, parse_config
+from trio_bench.controller import Controller, Display
 from trio_bench.local import LocalAgent, start_local_agent, stop_local_agents
 
 AgentProcess = LocalAgent
@@ -57,3 +61,35 @@ def config(body: str, policy: str = "abort"):
 
 def addresses(agents: list[LocalAgent]) -> list[AgentAddress]:
     return [agent.as_target() for agent in agents]
+
+
+def quiet_controller(
+    cfg: Config, targets: list[AgentAddress], results: Path, **kwargs: object
+) -> Controller:
+    """An in-process controller that prints nothing and leaves signals alone."""
+    return Controller(
+        cfg,
+        agents=targets,
+        results_base=results,
+        display=Display("quiet"),
+        handle_signals=False,
+        **kwargs,
+    )  # type: ignore[arg-type]
+
+
+def controller_process(cfg: Path, agents: list[LocalAgent], results: Path) -> subprocess.Popen[str]:
+    """``triobench controller`` as a process (for tests that signal the controller)."""
+    command = [sys.executable, "-m", "trio_bench", "controller", str(cfg), "--display", "plain"]
+    command += ["--agents", ",".join(a.address for a in agents), "--results-dir", str(results)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_workload(process: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Read the controller's plain display until the workload shows operations."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    for line in process.stdout:
+        if "workload all:" in line and " 0 ops/s" not in line:
+            return
+        assert time.monotonic() < deadline, "the run never reached the workload"
+    raise AssertionError("the controller exited before the workload")

@@ -24,10 +24,9 @@ from hypothesis import strategies as st
 from trio_bench import protocol as p
 from trio_bench.agent import AgentOptions, AgentServer
 from trio_bench.config import AgentAddress
-from trio_bench.controller import Controller, Display
 from trio_bench.protocol import PeerState
 
-from .agents import config
+from .agents import config, quiet_controller
 from .strategies import messages
 
 pytestmark = pytest.mark.reliability
@@ -130,12 +129,8 @@ def configure(seq: int = 1, run_id: str = "r1") -> p.Configure:
 
 async def still_serves(address: str) -> None:
     """A new controller still gets a HELLO and a full run still completes."""
-    controller = Controller(
-        config(RUN),
-        agents=[AgentAddress(address=address)],
-        results_base=Path(tempfile.mkdtemp()),
-        display=Display("quiet"),
-        handle_signals=False,
+    controller = quiet_controller(
+        config(RUN), [AgentAddress(address=address)], Path(tempfile.mkdtemp())
     )
     with trio.fail_after(30):
         result = await controller.run()
@@ -429,15 +424,13 @@ async def test_a_misbehaving_agent_is_failed_and_the_others_are_unaffected(
     fake_address = f"127.0.0.1:{listener.socket.getsockname()[1]}"
     async with serving_agent() as (_server, good_address), trio.open_nursery() as nursery:
         nursery.start_soon(fake_agent, listener, behaviour)
-        controller = Controller(
+        controller = quiet_controller(
             config(RUN, policy="continue"),
-            agents=[
+            [
                 AgentAddress(address=good_address, id="good"),
                 AgentAddress(address=fake_address, id="fake"),
             ],
-            results_base=Path(tempfile.mkdtemp()),
-            display=Display("quiet"),
-            handle_signals=False,
+            Path(tempfile.mkdtemp()),
         )
         with trio.fail_after(30):
             result = await controller.run()
@@ -538,13 +531,7 @@ prepare: {{ensure_objects: [{{base_uri: data/, count: 5, object_size: 1KiB}}]}}
 workload: [{{op: get, path: "data/*"}}]
 """)
     async with serving_agent(root=str(root)) as (_server, address):
-        controller = Controller(
-            cfg,
-            agents=[AgentAddress(address=address)],
-            results_base=tmp_path / "results",
-            display=Display("quiet"),
-            handle_signals=False,
-        )
+        controller = quiet_controller(cfg, [AgentAddress(address=address)], tmp_path / "results")
         with trio.fail_after(30):
             result = await controller.run()
     assert result.exit_code == 3

@@ -17,10 +17,19 @@ import attrs
 import pytest
 import trio
 
-from trio_bench.controller import Controller, Display
+from trio_bench.controller import Controller
 from trio_bench.protocol import PeerState
 
-from .agents import addresses, config, local_agents, start_agent, stop
+from .agents import (
+    addresses,
+    config,
+    controller_process,
+    local_agents,
+    quiet_controller,
+    start_agent,
+    stop,
+    wait_for_workload,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +52,7 @@ def null_run(duration: str = "1s", count: int = 1000, policy: str = "abort"):
 
 
 def controller_for(cfg, agents, tmp_path: Path) -> Controller:
-    return Controller(
-        cfg,
-        agents=addresses(agents),
-        results_base=tmp_path / "results",
-        display=Display("quiet"),
-        handle_signals=False,
-    )
+    return quiet_controller(cfg, addresses(agents), tmp_path / "results")
 
 
 def tsv(path: Path) -> dict[str, dict[str, str]]:
@@ -323,33 +326,6 @@ def test_agent_startup_errors_are_one_line(tmp_path: Path) -> None:
     assert "not a loopback address: give a token" in exposed.stderr
 
 
-def _controller_process(cfg: Path, agents, tmp_path: Path) -> subprocess.Popen[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "trio_bench",
-        "controller",
-        str(cfg),
-        "--agents",
-        ",".join(a.address for a in agents),
-        "--results-dir",
-        str(tmp_path / "results"),
-        "--display",
-        "plain",
-    ]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_workload(process: subprocess.Popen[str]) -> None:
-    assert process.stdout is not None
-    deadline = time.monotonic() + 30
-    for line in process.stdout:
-        if "workload all:" in line and " 0 ops/s" not in line:
-            return
-        assert time.monotonic() < deadline, "the run never reached the workload"
-    raise AssertionError("the controller exited before the workload")
-
-
 async def test_when_the_controller_dies_agents_abort_keep_results_and_serve_the_next(
     tmp_path: Path,
 ) -> None:
@@ -362,8 +338,8 @@ distributed: {stats_interval: 200ms, ping_interval: 200ms, warn_after: 600ms, de
 """
     )
     with local_agents(tmp_path, 2) as agents:
-        process = _controller_process(cfg, agents, tmp_path)
-        _wait_for_workload(process)
+        process = controller_process(cfg, agents, tmp_path / "results")
+        wait_for_workload(process)
         process.kill()
         killed = time.monotonic()
         process.communicate()
@@ -396,8 +372,8 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
         + "distributed: {stats_interval: 200ms, start_delay: 300ms}\n"
     )
     with local_agents(tmp_path, 2) as agents:
-        process = _controller_process(cfg, agents, tmp_path)
-        _wait_for_workload(process)
+        process = controller_process(cfg, agents, tmp_path / "results")
+        wait_for_workload(process)
         agents[0].signal(signal.SIGSTOP)  # this one cannot confirm the abort
         try:
             process.send_signal(signal.SIGINT)

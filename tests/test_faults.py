@@ -16,11 +16,11 @@ import pytest
 import trio
 
 from trio_bench.config import AgentAddress
-from trio_bench.controller import STAGE_FILES, Controller, Display
+from trio_bench.controller import STAGE_FILES, Controller
 from trio_bench.local import LocalAgent
 from trio_bench.protocol import PeerState
 
-from .agents import config, local_agents
+from .agents import config, local_agents, quiet_controller
 from .proxy import Proxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
@@ -68,13 +68,7 @@ def controller_through(
         AgentAddress(address=a.address if i in direct else p.address, id=a.id)
         for i, (a, p) in enumerate(zip(agents, proxies))
     ]
-    return Controller(
-        cfg,
-        agents=targets,
-        results_base=tmp_path / "results",
-        display=Display("quiet"),
-        handle_signals=False,
-    )
+    return quiet_controller(cfg, targets, tmp_path / "results")
 
 
 def tsv(path: Path) -> dict[str, dict[str, str]]:

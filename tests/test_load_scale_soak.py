@@ -4,25 +4,22 @@ controller) and soak (back-to-back runs on the same agent processes)."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import trio
 
-from trio_bench.config import AgentAddress, parse_config
-from trio_bench.controller import Controller, Display
+from bench.farm import farms
+from trio_bench.config import parse_config
+from trio_bench.controller import Display
 from trio_bench.local import start_local_agents, stop_local_agents
 from trio_bench.protocol import PeerState, to_controller_clock
 
-from .agents import FAST
+from .agents import FAST, quiet_controller
 from .test_faults import controller_through, proxied, tsv
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class SlowDisplay(Display):
@@ -104,23 +101,6 @@ workload: [{{op: get, path: "objects/*"}}]
     )
 
 
-def _farm(count: int) -> tuple[subprocess.Popen[str], list[AgentAddress]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.farm", str(count)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert process.stdout is not None
-    targets = []
-    for line in process.stdout:
-        if line.strip() == "ready":
-            break
-        agent_id, address = line.split()
-        targets.append(AgentAddress(address=address, id=agent_id))
-    return process, targets
-
-
 SCALE = """
 target: null://
 duration: 2s
@@ -135,15 +115,8 @@ distributed: {stats_interval: 500ms, ping_interval: 500ms, warn_after: 2s, dead_
 
 async def test_many_agents_on_one_controller(tmp_path: Path, reliability) -> None:
     count = int(os.environ.get("TRIOBENCH_SCALE_AGENTS", "100"))
-    farm, targets = _farm(count)
-    try:
-        controller = Controller(
-            parse_config(SCALE),
-            agents=targets,
-            results_base=tmp_path / "results",
-            display=Display("quiet"),
-            handle_signals=False,
-        )
+    with farms(count) as targets:
+        controller = quiet_controller(parse_config(SCALE), targets, tmp_path / "results")
         with trio.fail_after(120):
             result = await controller.run()
         assert result.exit_code == 0, result.message
@@ -153,12 +126,10 @@ async def test_many_agents_on_one_controller(tmp_path: Path, reliability) -> Non
         assert int(total["ops"]) == sum(int(p["ops"]) for p in parts) > 0
         skew = max(controller.skew_ms.values())
         # and an abort reaches every one of them
-        aborting = Controller(
+        aborting = quiet_controller(
             parse_config(SCALE.replace("duration: 2s", "duration: 60s")),
-            agents=targets,
-            results_base=tmp_path / "results",
-            display=Display("quiet"),
-            handle_signals=False,
+            targets,
+            tmp_path / "results",
         )
         marks: dict[str, float] = {}
 
@@ -174,15 +145,6 @@ async def test_many_agents_on_one_controller(tmp_path: Path, reliability) -> Non
                 nursery.start_soon(interrupt)
                 aborted = await aborting.run()
                 marks["exit"] = trio.current_time()
-    finally:
-        farm.send_signal(signal.SIGTERM)
-        try:
-            farm.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            farm.kill()
-            farm.wait()
-        if farm.stdout:
-            farm.stdout.close()
     assert aborted.exit_code == 130
     assert {link.state for link in aborting.links} == {PeerState.ABORTED}
     reliability(
@@ -227,12 +189,8 @@ async def test_back_to_back_runs_leak_nothing(tmp_path: Path, reliability) -> No
     samples: list[tuple[int, int]] = []
     try:
         for i in range(runs):
-            controller = Controller(
-                cfg,
-                agents=[a.as_target() for a in agents],
-                results_base=tmp_path / "results",
-                display=Display("quiet"),
-                handle_signals=False,
+            controller = quiet_controller(
+                cfg, [a.as_target() for a in agents], tmp_path / "results"
             )
             with trio.fail_after(60):
                 result = await controller.run()

@@ -17,7 +17,8 @@ import pytest
 import trio
 
 from trio_bench.config import AgentAddress, parse_config
-from trio_bench.controller import Controller, Display
+
+from .agents import quiet_controller
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -130,13 +131,11 @@ workload: [{op: get, path: "data/*"}]
 distributed: {warn_after: 3s, dead_after: 10s, start_delay: 1s}
 """)
     with namespaced_agents(tmp_path, 2) as agents:
-        controller = Controller(
+        controller = quiet_controller(
             cfg,
-            agents=[AgentAddress(address=a, id=i) for i, a in agents],
+            [AgentAddress(address=a, id=i) for i, a in agents],
+            tmp_path / "results",
             token=b"netns-test-token",
-            results_base=tmp_path / "results",
-            display=Display("quiet"),
-            handle_signals=False,
         )
         result = trio.run(controller.run)
     assert result.exit_code == 0, result.message

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import trio
 from trio_bench.config import parse_config
 from trio_bench.protocol import PeerState
 
+from .agents import controller_process, wait_for_workload
 from .test_faults import RUN, controller_through, proxied, run, run_config, tsv
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
@@ -54,26 +53,8 @@ distributed: {stats_interval: 200ms, ping_interval: 200ms, warn_after: 600ms, de
 """
     )
     async with proxied(tmp_path) as (agents, _proxies):
-        command = [
-            sys.executable,
-            "-m",
-            "trio_bench",
-            "controller",
-            str(cfg),
-            "--agents",
-            ",".join(a.address for a in agents),
-            "--results-dir",
-            str(tmp_path / "results"),
-            "--display",
-            "plain",
-        ]
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        assert process.stdout is not None
-        for line in process.stdout:
-            if "workload all:" in line and " 0 ops/s" not in line:
-                break
+        process = controller_process(cfg, agents, tmp_path / "results")
+        wait_for_workload(process)
         process.send_signal(signal.SIGSTOP)
         await trio.sleep(3.6)
         process.send_signal(signal.SIGCONT)

@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_bench.config import S3Options, parse_config
-from trio_bench.controller import Controller, Display
 from trio_bench.engine import BackendError, Engine
 from trio_bench.local import start_local_agents, stop_local_agents
 from trio_bench.s3 import Endpoint, S3Client, S3Settings
 
+from .agents import quiet_controller
 from .test_faults import tsv
 
 # --- the signer, byte for byte against botocore ------------------------------------------------
@@ -280,13 +280,7 @@ async def test_wrong_credentials_are_exit_3_at_preflight(s3_env, tmp_path) -> No
         cfg = s3_config(
             "wrongcreds", "duration: 1s\nworkload: [{op: put, path: x/, object_size: 1KiB}]\n"
         )
-        controller = Controller(
-            cfg,
-            agents=[agents[0].as_target()],
-            results_base=tmp_path / "results",
-            display=Display("quiet"),
-            handle_signals=False,
-        )
+        controller = quiet_controller(cfg, [agents[0].as_target()], tmp_path / "results")
         with trio.fail_after(60):
             result = await controller.run()
     finally:
@@ -311,13 +305,7 @@ workload: [{op: get, path: "data/*", weight: 3}, {op: put, path: "new/", weight:
 """,
         )
         cfg = attrs.evolve(cfg, distributed=attrs.evolve(cfg.distributed, shared_storage=True))
-        controller = Controller(
-            cfg,
-            agents=[a.as_target() for a in agents],
-            results_base=tmp_path / "results",
-            display=Display("quiet"),
-            handle_signals=False,
-        )
+        controller = quiet_controller(cfg, [a.as_target() for a in agents], tmp_path / "results")
         with trio.fail_after(120):
             result = await controller.run()
     finally:
@@ -354,13 +342,7 @@ prepare: {ensure_objects: [{base_uri: data/, count: 10, object_size: 1KiB}]}
 workload: [{op: get, path: "data/*"}]
 """,
         )
-        controller = Controller(
-            cfg,
-            agents=[agents[0].as_target()],
-            results_base=tmp_path / "results",
-            display=Display("quiet"),
-            handle_signals=False,
-        )
+        controller = quiet_controller(cfg, [agents[0].as_target()], tmp_path / "results")
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
 
@@ -377,12 +359,10 @@ workload: [{op: get, path: "data/*"}]
         errors = Path(result.results_dir / "errors.tsv").read_text()
         workload = tsv(result.results_dir / "summary.tsv")["get"]
         # the same agent serves a null run next
-        again = Controller(
+        again = quiet_controller(
             parse_config("target: null://\nduration: 200ms\nworkload: [{op: list, path: x/}]\n"),
-            agents=[agents[0].as_target()],
-            results_base=tmp_path / "results",
-            display=Display("quiet"),
-            handle_signals=False,
+            [agents[0].as_target()],
+            tmp_path / "results",
         )
         with trio.fail_after(60):
             next_run = await again.run()

@@ -11,10 +11,9 @@ import trio
 
 from trio_bench import protocol as p
 from trio_bench.config import AgentAddress
-from trio_bench.controller import Controller, Display
 from trio_bench.local import start_local_agent, stop_local_agents
 
-from .agents import config
+from .agents import config, quiet_controller
 from .proxy import Proxy
 
 pytestmark = pytest.mark.slow
@@ -42,13 +41,11 @@ def token_agent(tmp_path: Path):
 
 
 async def run_controller(tmp_path: Path, address: str, token: str | None):
-    controller = Controller(
+    controller = quiet_controller(
         config(RUN),
-        agents=[AgentAddress(address=address)],
+        [AgentAddress(address=address)],
+        tmp_path / "results",
         token=token.encode() if token else None,
-        results_base=tmp_path / "results",
-        display=Display("quiet"),
-        handle_signals=False,
     )
     with trio.fail_after(30):
         return await controller.run()
