@@ -60,14 +60,41 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "soak: long variants, run by `just soak`")
 
 
-@pytest.fixture(scope="session")
-def moto_server():  # type: ignore[no-untyped-def]
-    """A real S3 API server verifying signatures (see tests/s3server.py)."""
-    from .s3server import Unavailable, start_moto
+def _s3_server(start):  # type: ignore[no-untyped-def]
+    from .s3server import Unavailable
 
     try:
-        server = start_moto()
+        server = start()
     except Unavailable as exc:
         pytest.skip(f"no S3 test server: {exc}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def moto_server():  # type: ignore[no-untyped-def]
+    """moto: a real S3 API server verifying signatures (see tests/s3server.py)."""
+    from .s3server import start_moto
+
+    server = _s3_server(start_moto)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3rver_server(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """s3rver: an independent S3 implementation (Node.js), also verifying signatures."""
+    from .s3server import start_s3rver
+
+    server = _s3_server(lambda: start_s3rver(tmp_path_factory.mktemp("s3rver")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3rver_tls(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """s3rver on https:// with a certificate from a test CA (``ca_bundle`` is its PEM)."""
+    from .s3server import start_s3rver
+
+    server = _s3_server(lambda: start_s3rver(tmp_path_factory.mktemp("s3rver-tls"), tls=True))
     yield server
     server.stop()

@@ -247,6 +247,7 @@ class S3Options:
     multipart_threshold: Size = Size(64 * 1024 * 1024)
     part_size: Size = Size(16 * 1024 * 1024)
     verify_tls: bool = True
+    ca_bundle: str | None = None  # PEM file on the agent (else AWS_CA_BUNDLE, else the system's)
     timeout: Duration = Duration(30_000_000_000)
     sign_payload: bool = False  # SHA-256 every body (costs CPU) or send UNSIGNED-PAYLOAD
 
@@ -630,6 +631,7 @@ def _unstructure(config: Config) -> dict[str, Any]:
             "multipart_threshold": config.s3.multipart_threshold,
             "part_size": config.s3.part_size,
             "verify_tls": config.s3.verify_tls,
+            **({"ca_bundle": config.s3.ca_bundle} if config.s3.ca_bundle else {}),
             "timeout": duration(config.s3.timeout),
             "sign_payload": config.s3.sign_payload,
         },

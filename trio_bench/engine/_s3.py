@@ -21,6 +21,7 @@ from trio_bench.s3 import (
     S3ConfigError,
     S3Error,
     resolve,
+    tls_context,
 )
 
 from ._backend import Backend, BackendError, WorkerIO
@@ -41,6 +42,11 @@ class S3Backend(Backend):
             prefix += "/"
         try:
             self.settings = resolve(parts.netloc, prefix, config.s3)
+            self.tls = (
+                tls_context(verify=self.settings.verify_tls, ca_bundle=self.settings.ca_bundle)
+                if any(e.scheme == "https" for e in self.settings.endpoints)
+                else None
+            )
         except S3ConfigError as exc:
             raise BackendError(str(exc)) from None
         self.bucket = parts.netloc
@@ -55,7 +61,7 @@ class S3Backend(Backend):
 
     def client(self, index: int = 0) -> S3Client:
         endpoints = self.settings.endpoints
-        return S3Client(self.settings, endpoints[index % len(endpoints)])
+        return S3Client(self.settings, endpoints[index % len(endpoints)], self.tls)
 
     def preflight(self, *, writes: bool) -> list[str]:
         checks = []

@@ -3,7 +3,7 @@ one blocking keep-alive connection per worker thread. No Trio, no per-request al
 big buffers, nothing retried behind the caller's back."""
 
 from ._client import DELETE_BATCH, S3Client, S3Error
-from ._http import ConnectionFailed, HttpConnection, Response
+from ._http import ConnectionFailed, HttpConnection, Response, tls_context
 from ._settings import Endpoint, S3ConfigError, S3Settings, resolve
 from ._sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Signer, query_string, quote_key
 
@@ -23,4 +23,5 @@ __all__ = [
     "query_string",
     "quote_key",
     "resolve",
+    "tls_context",
 ]

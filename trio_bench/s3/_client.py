@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ssl
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 
-from ._http import HttpConnection, Response
+import attrs
+
+from ._http import HttpConnection, Response, tls_context
 from ._settings import Endpoint, S3Settings
 from ._sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Signer, query_string, quote_key
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
-_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
 class S3Error(Exception):
@@ -31,10 +33,21 @@ class S3Error(Exception):
         self.message = message
 
 
+def _xml(response: Response, what: str) -> ET.Element:
+    """The answer's XML with namespaces dropped: servers differ in the namespace they
+    declare (s3rver uses a misspelt one), and element names are what matters."""
+    try:
+        root = ET.fromstring(response.body)
+    except ET.ParseError as exc:
+        raise S3Error(response.status, "MalformedXML", f"unparsable answer ({exc})", what) from None
+    for element in root.iter():
+        if isinstance(element.tag, str) and element.tag[:1] == "{":
+            element.tag = element.tag.rpartition("}")[2]
+    return root
+
+
 def _find(element: ET.Element, name: str) -> str:
-    found = element.find(_NS + name)
-    if found is None:
-        found = element.find(name)
+    found = element.find(name)
     return (found.text or "") if found is not None else ""
 
 
@@ -42,10 +55,10 @@ def _error_from(response: Response, what: str) -> S3Error:
     code, message = f"HTTP{response.status}", ""
     if response.body:
         try:
-            root = ET.fromstring(response.body)
+            root = _xml(response, what)
             code = _find(root, "Code") or code
             message = _find(root, "Message")
-        except ET.ParseError:
+        except S3Error:
             message = response.body[:200].decode(errors="replace")
     elif response.status == 404:
         code = "NotFound"
@@ -55,12 +68,14 @@ def _error_from(response: Response, what: str) -> S3Error:
 
 
 class S3Client:
-    def __init__(self, settings: S3Settings, endpoint: Endpoint) -> None:
+    def __init__(
+        self, settings: S3Settings, endpoint: Endpoint, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.settings = settings
         self.endpoint = endpoint
-        self.http = HttpConnection(
-            endpoint, timeout_s=settings.timeout_s, verify_tls=settings.verify_tls
-        )
+        if tls is None and endpoint.scheme == "https":
+            tls = tls_context(verify=settings.verify_tls, ca_bundle=settings.ca_bundle)
+        self.http = HttpConnection(endpoint, timeout_s=settings.timeout_s, tls=tls)
         self.signer = Signer(
             settings.access_key, settings.secret_key, settings.region, settings.session_token
         )
@@ -162,7 +177,11 @@ class S3Client:
 
     def _multipart(self, key: str, size: int, fill: memoryview) -> int:
         started = self._request("POST", key, [("uploads", "")], what=f"CreateMultipartUpload {key}")
-        upload = _find(ET.fromstring(started.body), "UploadId")
+        upload = _find(_xml(started, f"CreateMultipartUpload {key}"), "UploadId")
+        if not upload:
+            raise S3Error(
+                started.status, "MalformedXML", "no UploadId", f"CreateMultipartUpload {key}"
+            )
         parts: list[tuple[int, str]] = []
         try:
             offset, number = 0, 1
@@ -188,14 +207,14 @@ class S3Client:
                 + "</CompleteMultipartUpload>"
             )
             data = xml.encode()
-            self._request(
-                "POST",
-                key,
-                [("uploadId", upload)],
-                body=[data],
-                length=len(data),
-                what=f"CompleteMultipartUpload {key}",
+            what = f"CompleteMultipartUpload {key}"
+            done = self._request(
+                "POST", key, [("uploadId", upload)], body=[data], length=len(data), what=what
             )
+            # S3 may answer 200 and put the failure in the body (it has already sent the status
+            # line while it assembles the parts)
+            if done.body and _xml(done, what).tag == "Error":
+                raise _error_from(attrs.evolve(done, status=500), what)
         except BaseException:
             try:
                 self._request(
@@ -229,8 +248,8 @@ class S3Client:
         )
         failed = []
         if response.body:
-            root = ET.fromstring(response.body)
-            for error in list(root.iter(_NS + "Error")) + list(root.iter("Error")):
+            root = _xml(response, f"DeleteObjects ({len(keys)})")
+            for error in root.iter("Error"):
                 failed.append((_find(error, "Key"), _find(error, "Code"), _find(error, "Message")))
         return failed
 
@@ -247,9 +266,8 @@ class S3Client:
             if token:
                 params.append(("continuation-token", token))
             response = self._request("GET", None, params, what=f"ListObjectsV2 {prefix}")
-            root = ET.fromstring(response.body)
-            contents = list(root.iter(_NS + "Contents")) or list(root.iter("Contents"))
-            yield [(_find(c, "Key"), int(_find(c, "Size") or 0)) for c in contents]
+            root = _xml(response, f"ListObjectsV2 {prefix}")
+            yield [(_find(c, "Key"), int(_find(c, "Size") or 0)) for c in root.iter("Contents")]
             pages += 1
             token = _find(root, "NextContinuationToken")
             if _find(root, "IsTruncated") != "true" or not token:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import attrs
 import h11
 
-from ._settings import Endpoint
+from ._settings import Endpoint, S3ConfigError
 
 RECEIVE_SIZE = 256 * 1024
 COALESCE_LIMIT = 64 * 1024  # headers and bodies up to this size are sent with one syscall
@@ -44,20 +44,37 @@ class Response:
         return None
 
 
+def tls_context(*, verify: bool = True, ca_bundle: str | None = None) -> ssl.SSLContext:
+    """One context for all of an agent's https:// connections (thread-safe to share).
+
+    ``ca_bundle``: a PEM file of CAs to trust instead of the system's. ``verify=False``
+    accepts any certificate (self-signed test gateways); the traffic is still encrypted.
+    """
+    try:
+        context = ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise S3ConfigError(f"s3.ca_bundle: cannot load {ca_bundle}: {exc}") from None
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class HttpConnection:
-    def __init__(self, endpoint: Endpoint, *, timeout_s: float, verify_tls: bool = True) -> None:
+    def __init__(
+        self, endpoint: Endpoint, *, timeout_s: float, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._tls: ssl.SSLContext | None = None
         if endpoint.scheme == "https":
-            self._tls = ssl.create_default_context()
-            if not verify_tls:
-                self._tls.check_hostname = False
-                self._tls.verify_mode = ssl.CERT_NONE
+            self._tls = tls or tls_context()
         self._sock: socket.socket | None = None
         self._conn: h11.Connection | None = None
         self._buffer = bytearray(RECEIVE_SIZE)
         self.connects = 0
+        self.stale_reopened = 0  # idle keep-alive connections the server had closed
+        self._answered = False  # a byte of the current response has arrived
 
     def close(self) -> None:
         if self._sock is not None:
@@ -86,12 +103,37 @@ class HttpConnection:
         method: str,
         target: str,
         headers: Sequence[tuple[str, str]],
-        body: Iterable[bytes | memoryview] = (),
+        body: Sequence[bytes | memoryview] = (),
         *,
         keep_body: bool = True,
     ) -> Response:
+        """One request and its response. A kept-alive connection that the server closed while
+        it sat idle (it fails before a single response byte) is reopened and the request sent
+        once more: that is connection reuse, not a retry, and its time is in the latency. Any
+        other failure is raised."""
+        reused = self._sock is not None
+        try:
+            return self._exchange(method, target, headers, body, keep_body)
+        except _Unanswered as exc:
+            if not reused:
+                raise _failure(exc, f"{method} {self.endpoint.url}") from None
+        self.stale_reopened += 1
+        try:
+            return self._exchange(method, target, headers, body, keep_body)
+        except _Unanswered as exc:
+            raise _failure(exc, f"{method} {self.endpoint.url}") from None
+
+    def _exchange(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: Sequence[bytes | memoryview],
+        keep_body: bool,
+    ) -> Response:
         sock, conn = (self._sock, self._conn) if self._sock is not None else self._connect()
         assert conn is not None
+        self._answered = False
         try:
             out: list[bytes | memoryview] = [
                 conn.send(h11.Request(method=method, target=target, headers=list(headers))) or b""
@@ -111,6 +153,10 @@ class HttpConnection:
             return self._read_response(sock, conn, keep_body)
         except (OSError, ssl.SSLError, h11.ProtocolError) as exc:
             self.close()
+            if not self._answered and isinstance(
+                exc, _Unanswered | ConnectionResetError | BrokenPipeError
+            ):
+                raise _Unanswered(str(exc)) from None
             raise _failure(exc, f"{method} {self.endpoint.url}") from None
 
     def _read_response(
@@ -125,6 +171,9 @@ class HttpConnection:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 n = sock.recv_into(buffer)
+                if not n and not self._answered:
+                    raise _Unanswered("the server closed the connection without answering")
+                self._answered = True
                 conn.receive_data(memoryview(buffer)[:n] if n else b"")  # type: ignore[arg-type]
                 continue
             if isinstance(event, h11.Response):
@@ -143,6 +192,10 @@ class HttpConnection:
         else:
             self.close()  # the server will close it (HTTP/1.0, Connection: close)
         return Response(status, headers, b"".join(chunks), received)
+
+
+class _Unanswered(ConnectionResetError):
+    """The connection ended before the first byte of a response."""
 
 
 def _failure(exc: BaseException, what: str) -> ConnectionFailed:

@@ -2,10 +2,10 @@
 
 In order: the config's ``s3:`` section, then the usual environment (``AWS_ENDPOINT_URL_S3``,
 ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``), then a profile (``s3.profile``, else
-``AWS_PROFILE``, else ``default``) in the shared credentials file (``AWS_SHARED_CREDENTIALS_FILE``,
-else ``~/.aws/credentials``). Credentials are read on the agent, where they live; they never
-cross the wire.
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_CA_BUNDLE``), then a profile
+(``s3.profile``, else ``AWS_PROFILE``, else ``default``) in the shared credentials file
+(``AWS_SHARED_CREDENTIALS_FILE``, else ``~/.aws/credentials``). Credentials are read on the
+agent, where they live; they never cross the wire.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class S3Settings:
     multipart_threshold: int
     part_size: int
     verify_tls: bool
+    ca_bundle: str | None  # PEM file of trusted CAs for https:// (else the system's)
     timeout_s: float
     sign_payload: bool
 
@@ -101,6 +102,7 @@ def resolve(
         multipart_threshold=getattr(o, "multipart_threshold", 64 * 2**20),
         part_size=getattr(o, "part_size", 16 * 2**20),
         verify_tls=getattr(o, "verify_tls", True),
+        ca_bundle=getattr(o, "ca_bundle", None) or env.get("AWS_CA_BUNDLE") or None,
         timeout_s=getattr(o, "timeout", 30 * 10**9) / 1e9,
         sign_payload=getattr(o, "sign_payload", False),
     )
