@@ -161,7 +161,7 @@ distributed: {stats_interval: 200ms, ping_interval: 200ms, warn_after: 1s, dead_
     )
 
 
-async def run_stages(engine: Engine) -> dict[str, object]:
+async def run_stages(engine: Engine, after_prepare=lambda: None) -> dict[str, object]:  # type: ignore[no-untyped-def]
     summaries = {}
     await engine.preflight()
     for name in ("prepare", "workload", "cleanup"):
@@ -170,6 +170,7 @@ async def run_stages(engine: Engine) -> dict[str, object]:
         summaries[name] = run.summary("completed")
         if name == "prepare":
             await engine.after_prepare()
+            after_prepare()
     return summaries
 
 
@@ -289,6 +290,28 @@ async def test_a_wrong_secret_is_a_signature_mismatch_at_preflight(sigv4_env, mo
         f"refused the credentials (access key {sigv4_env.access_key}): SignatureDoesNotMatch"
         in str(info.value)
     )
+
+
+@pytest.mark.slow
+async def test_virtual_host_addressing(sigv4_env, monkeypatch) -> None:
+    """bucket.host in the Host header (signed), the key alone in the path: moto routes on the
+    Host header, so a request in the wrong style would land in another bucket or fail."""
+    sigv4_env.create_bucket("vhost")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://localhost:{sigv4_env.port}")
+    cfg = s3_config(
+        "vhost",
+        "duration: 300ms\nworkload: [{op: get, path: 'd/*'}, {op: list, path: d/}]\n"
+        "prepare: {ensure_objects: [{base_uri: d/, count: 3, object_size: 1KiB}], cleanup: true}\n",
+    )
+    cfg = attrs.evolve(cfg, s3=attrs.evolve(cfg.s3, addressing="virtual"))
+    seen = []
+    summaries = await run_stages(
+        Engine(cfg), after_prepare=lambda: seen.extend(sigv4_env.keys("vhost"))
+    )
+    assert seen == [f"run/d/prepared-0000000{i}.dat" for i in range(3)]
+    assert summaries["workload"].error_codes == {}
+    assert summaries["workload"].ops["get"].ops > 0 and summaries["workload"].ops["list"].ops > 0
+    assert sigv4_env.keys("vhost") == []  # cleanup found and deleted the three objects
 
 
 @pytest.mark.slow
