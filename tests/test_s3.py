@@ -570,3 +570,131 @@ def test_an_idle_connection_the_server_closed_is_reopened_not_counted() -> None:
     finally:
         http.close()
         listener.close()
+
+
+def _scripted_http_server(answer: bytes, piece: int = 0):  # type: ignore[no-untyped-def]
+    """Answers every request on a connection with ``answer`` (sent ``piece`` bytes at a time
+    when given, to split headers and body across reads). Returns (listener, endpoint, conns)."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve_one(conn) -> None:  # type: ignore[no-untyped-def]
+        with conn:
+            while conn.recv(65536):
+                if piece:
+                    for at in range(0, len(answer), piece):
+                        conn.sendall(answer[at : at + piece])
+                else:
+                    conn.sendall(answer)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, Endpoint("http", "127.0.0.1", listener.getsockname()[1]), accepted
+
+
+MIB_BODY = bytes(range(256)) * 4096  # 1 MiB, larger than the receive buffer
+
+
+HEADERS_ALONE = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["counted", "kept"])
+@pytest.mark.parametrize(
+    "answer, piece, payload, kept_alive",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n" + MIB_BODY, 0, MIB_BODY, True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789", 3, b"0123456789", True),
+        (HEADERS_ALONE + b"0123456789", len(HEADERS_ALONE), b"0123456789", True),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", 1, b"", True),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd",
+            0,
+            b"abcd",
+            False,
+        ),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nabcd", 0, b"abcd", False),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            7,
+            b"hello world",
+            True,
+        ),
+    ],
+    ids=[
+        "1MiB",
+        "split-headers",
+        "headers-alone",
+        "empty",
+        "connection-close",
+        "http1.0",
+        "chunked",
+    ],
+)
+def test_bodies_are_framed_exactly(answer, piece, payload, kept_alive, keep) -> None:
+    """GET payloads are received straight into the reused buffer (counted), other bodies
+    through h11 (kept): the count, the bytes and the connection's reuse must be exactly what
+    the framing says, however the bytes arrive."""
+    from trio_bench.s3 import HttpConnection
+
+    listener, endpoint, accepted = _scripted_http_server(answer, piece)
+    http = HttpConnection(endpoint, timeout_s=5)
+    try:
+        for _ in range(3):
+            response = http.request("GET", "/k", [("host", "x")], keep_body=keep)
+            assert (response.status, response.received) == (200, len(payload))
+            assert response.body == (payload if keep else b"")
+        assert len(accepted) == (1 if kept_alive else 3)
+    finally:
+        http.close()
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", "closed the connection mid-response"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nabcd", "more than its Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "GET http://127.0.0.1:"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "GET http://127.0.0.1:"),
+    ],
+    ids=["short", "long", "bad-length", "not-http"],
+)
+def test_badly_framed_answers_are_connection_failures(answer, message) -> None:
+    import socket
+    import threading
+
+    from trio_bench.s3 import ConnectionFailed, HttpConnection
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(65536)
+
+    threading.Thread(target=serve, daemon=True).start()
+    http = HttpConnection(Endpoint("http", "127.0.0.1", listener.getsockname()[1]), timeout_s=5)
+    try:
+        with pytest.raises(ConnectionFailed, match=message) as info:
+            http.request("GET", "/k", [("host", "x")], keep_body=False)
+        assert info.value.code in ("ConnectionReset", "HTTPProtocolError")
+        assert "\n" not in str(info.value)
+    finally:
+        http.close()
+        listener.close()

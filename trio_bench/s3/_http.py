@@ -2,8 +2,10 @@
 
 Used from worker threads: plain blocking sockets, no Trio, no thread hops. A connection is
 opened on first use and after any failure; every failure is raised (and counted by the
-caller), never retried here. Bodies can be sent from memoryviews without copying, and
-response bodies are either counted and dropped (GET payloads) or kept (small XML answers).
+caller), never retried here (an idle keep-alive connection the server closed is reopened: see
+``request``). Bodies are sent from memoryviews without copying. Response bodies are either
+kept (small XML answers, through h11) or, for GET payloads, received straight into one reused
+buffer and counted (h11 parses only the headers).
 """
 
 from __future__ import annotations
@@ -162,21 +164,75 @@ class HttpConnection:
     def _read_response(
         self, sock: socket.socket, conn: h11.Connection, keep_body: bool
     ) -> Response:
+        """Headers are read into the reused buffer and parsed by h11. A successful body that is
+        only counted (GET payloads) and framed by Content-Length is then received straight into
+        the same buffer, bypassing h11, which would copy every byte twice; everything else
+        (kept bodies, errors, chunked answers) goes through h11."""
+        buffer = self._buffer
+        view = memoryview(buffer)
+        filled = 0
+        while True:
+            n = sock.recv_into(view[filled:])
+            if not n:
+                if not self._answered:
+                    raise _Unanswered("the server closed the connection without answering")
+                raise ConnectionResetError("the server closed the connection mid-response")
+            self._answered = True
+            end = buffer.find(b"\r\n\r\n", max(0, filled - 3), filled + n)
+            filled += n
+            if end >= 0:
+                break
+            if filled == len(buffer):
+                raise h11.RemoteProtocolError(f"response headers longer than {len(buffer)} bytes")
+        header_end = end + 4
+        conn.receive_data(view[:header_end])  # type: ignore[arg-type]
+        event = conn.next_event()
+        if (
+            not keep_body
+            and isinstance(event, h11.Response)
+            and 200 <= event.status_code < 300
+            and conn.their_state is h11.SEND_BODY
+        ):
+            length = _content_length(event.headers)
+            if length is not None:
+                return self._count_body(sock, event, length, filled - header_end)
+        if filled > header_end:  # (empty data would tell h11 the connection ended)
+            conn.receive_data(view[header_end:filled])  # type: ignore[arg-type]
+        return self._h11_response(sock, conn, keep_body, event)
+
+    def _count_body(
+        self, sock: socket.socket, response: h11.Response, length: int, received: int
+    ) -> Response:
+        if received > length:
+            raise h11.RemoteProtocolError("the server sent more than its Content-Length")
+        view = memoryview(self._buffer)
+        while received < length:
+            n = sock.recv_into(view, min(len(view), length - received))
+            if not n:
+                raise ConnectionResetError("the server closed the connection mid-response")
+            received += n
+        headers = list(response.headers)
+        if response.http_version == b"1.1" and not any(
+            k == b"connection" and b"close" in v.lower() for k, v in headers
+        ):
+            self._conn = h11.Connection(our_role=h11.CLIENT)  # keep-alive: the next exchange
+        else:
+            self.close()
+        return Response(response.status_code, headers, b"", received)
+
+    def _h11_response(
+        self, sock: socket.socket, conn: h11.Connection, keep_body: bool, event: object
+    ) -> Response:
         status = 0
         headers: list[tuple[bytes, bytes]] = []
         chunks: list[bytes] = []
         received = 0
         buffer = self._buffer
         while True:
-            event = conn.next_event()
             if event is h11.NEED_DATA:
                 n = sock.recv_into(buffer)
-                if not n and not self._answered:
-                    raise _Unanswered("the server closed the connection without answering")
-                self._answered = True
                 conn.receive_data(memoryview(buffer)[:n] if n else b"")  # type: ignore[arg-type]
-                continue
-            if isinstance(event, h11.Response):
+            elif isinstance(event, h11.Response):
                 status, headers = event.status_code, list(event.headers)
                 keep_body = keep_body or not 200 <= status < 300  # errors carry their code
             elif isinstance(event, h11.Data):
@@ -187,11 +243,23 @@ class HttpConnection:
                 break
             elif isinstance(event, h11.ConnectionClosed):
                 raise ConnectionResetError("the server closed the connection mid-response")
+            event = conn.next_event()
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()  # keep-alive
         else:
             self.close()  # the server will close it (HTTP/1.0, Connection: close)
         return Response(status, headers, b"".join(chunks), received)
+
+
+def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
+    """The body length h11 validated, unless the body is chunked."""
+    length = None
+    for key, value in headers:
+        if key == b"transfer-encoding":
+            return None
+        if key == b"content-length":
+            length = int(value)
+    return length
 
 
 class _Unanswered(ConnectionResetError):
