@@ -211,6 +211,20 @@ def replaced(old: str, new: str) -> str:
             "distributed.agents[1].address: '127.0.0.1' is not HOST:PORT",
         ),
         (
+            replaced('{address: "127.0.0.1:7762", id: a2}', '{address: "h:65535", processes: 2}'),
+            "distributed.agents[1].processes: 2 ports from 65535 go past 65535",
+        ),
+        (
+            replaced('{address: "127.0.0.1:7762", id: a2}', '{address: "h:7000", processes: 0}'),
+            "distributed.agents[1].processes: must be 1 to 256",
+        ),
+        (
+            replaced(
+                '{address: "127.0.0.1:7762", id: a2}', '{address: "127.0.0.1:7760", processes: 2}'
+            ),
+            "distributed.agents: an address is listed twice",
+        ),
+        (
             replaced("shared_storage: false", "shared_storage: false\n  warn_after: 30s"),
             "distributed: need ping_interval < warn_after < dead_after, got 1s, 30s, 15s",
         ),
@@ -307,3 +321,22 @@ def test_lognormal_is_clamped_to_its_bounds() -> None:
     spec = SizeSpec("lognormal", mean=10_000, std_dev=50_000, min=9_000, max=11_000)
     rng = random.Random(1)
     assert all(9_000 <= spec.sample(rng) <= 11_000 for _ in range(2000))
+
+
+def test_agents_with_several_processes_are_one_entry_each() -> None:
+    config = parse_config(
+        "target: null://\nworkload: [{op: list, path: x/}]\ndistributed:\n  agents:\n"
+        '    - {address: "10.0.0.5:7761", id: h5, processes: 3}\n'
+        '    - {address: "[::1]:9000", processes: 2}\n'
+        '    - {address: "10.0.0.6:7761"}\n'
+    )
+    assert [(a.address, a.id) for a in config.distributed.agents] == [
+        ("10.0.0.5:7761", "h5-1"),
+        ("10.0.0.5:7762", "h5-2"),
+        ("10.0.0.5:7763", "h5-3"),
+        ("[::1]:9000", None),
+        ("[::1]:9001", None),
+        ("10.0.0.6:7761", None),
+    ]
+    # what travels in CONFIGURE and lands in config.yaml reads back the same
+    assert config_from_dict(config_to_dict(config)) == config

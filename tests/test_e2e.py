@@ -326,6 +326,111 @@ def test_agent_startup_errors_are_one_line(tmp_path: Path) -> None:
     assert "not a loopback address: give a token" in exposed.stderr
 
 
+def _consecutive_free_ports(count: int) -> int:
+    import random
+    import socket
+
+    for _ in range(100):
+        base = random.randrange(20000, 60000)
+        sockets = []
+        try:
+            for k in range(count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", base + k))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no free consecutive ports")
+
+
+def _pids_with_argument(argument: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if argument.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_one_agent_command_runs_several_processes_and_restarts_a_crashed_one(
+    tmp_path: Path,
+) -> None:
+    """``agent --processes 2``: two agents on consecutive ports, listed as HOST:PORTx2; a
+    SIGKILLed one is back for the next run; SIGTERM stops them all."""
+    port = _consecutive_free_ports(2)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(NULL_RUN.format(duration="300ms", count=10))
+    supervisor = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "trio_bench", "agent", "--listen", f"127.0.0.1:{port}"),
+            *("--processes", "2", "--id", "host", "--state-dir", str(tmp_path / "state")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert supervisor.stdout is not None and supervisor.stderr is not None
+    try:
+        ready = sorted(supervisor.stdout.readline().split()[2] for _ in range(2))
+        assert ready == ["host-1", "host-2"]
+
+        def controller() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [
+                    *(sys.executable, "-m", "trio_bench", "controller", str(cfg)),
+                    *("--agents", f"127.0.0.1:{port}x2", "--display", "quiet"),
+                    *("--results-dir", str(tmp_path / "results")),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        first = controller()
+        assert first.returncode == 0, first.stderr
+        (crashed,) = _pids_with_argument("host-2")
+        os.kill(crashed, signal.SIGKILL)
+        assert "host-2 listening on" in supervisor.stdout.readline()  # restarted
+        second = controller()
+        assert second.returncode == 0, second.stderr
+        for results in (tmp_path / "results").iterdir():
+            assert sorted(p.name for p in (results / "agents").iterdir()) == ["host-1", "host-2"]
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=20) == 0
+        assert "agent host-2 exited with signal SIGKILL; restarting it" in supervisor.stderr.read()
+        assert _pids_with_argument("host-1") == _pids_with_argument("host-2") == []
+    finally:
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+            for pid in _pids_with_argument("host-1") + _pids_with_argument("host-2"):
+                os.kill(pid, signal.SIGKILL)
+        supervisor.wait()
+        supervisor.stdout.close()
+        supervisor.stderr.close()
+
+
+def test_agents_on_consecutive_ports_are_written_host_port_x_count(capsys) -> None:
+    import typer
+
+    from trio_bench.cli import _agents_from
+    from trio_bench.config import parse_config
+
+    cfg = parse_config("target: null://\nworkload: [{op: list, path: x/}]\n")
+    agents = _agents_from("h1:7761x3, h2:7761", cfg)
+    assert [a.address for a in agents] == ["h1:7761", "h1:7762", "h1:7763", "h2:7761"]
+    with pytest.raises(typer.Exit):
+        _agents_from("h1:7761x3,h1:7763", cfg)  # the third of h1's and h1:7763 collide
+    assert capsys.readouterr().err == "triobench: --agents: an address is listed twice\n"
+
+
 async def test_when_the_controller_dies_agents_abort_keep_results_and_serve_the_next(
     tmp_path: Path,
 ) -> None:

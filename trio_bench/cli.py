@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -23,10 +24,13 @@ import typer
 from trio_bench import __version__
 from trio_bench.clock import skew_from_env
 from trio_bench.config import (
+    MAX_PROCESSES,
     AgentAddress,
     Config,
     ConfigError,
+    agent_problems,
     describe,
+    expand_agents,
     load_config,
     split_address,
 )
@@ -138,11 +142,23 @@ def agent(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log each connection and run.")
     ] = False,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_PROCESSES,
+            help="Run this many agents, one process each, on consecutive ports from the "
+            "--listen port (one process uses about one core: use one per core to load a "
+            "many-core host). Their ids: ID-1, ID-2, ... with --id, else HOST-PORT. The "
+            "controller lists them as HOST:PORTxN.",
+        ),
+    ] = 1,
 ) -> None:
     """Run an agent: listen for controllers and run their workloads against the storage.
 
     Serves one run at a time (another controller gets a clear "busy" error), then the next,
-    until SIGTERM or SIGINT. Prints "listening on HOST:PORT" when ready.
+    until SIGTERM or SIGINT. Prints "listening on HOST:PORT" when ready (once per process
+    with --processes; a process that crashes is restarted).
     """
     from trio_bench.agent import AGENT_SWITCH_INTERVAL_S, AgentOptions
 
@@ -171,6 +187,21 @@ def agent(
         skew = skew_from_env()
     except ValueError as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
+    if processes > 1:
+        if port == 0:
+            raise _fail(
+                "--processes needs a fixed port in --listen (they count up from it)", EXIT_CONFIG
+            )
+        if port + processes - 1 > 65535:
+            raise _fail(f"--processes {processes} ports from {port} go past 65535", EXIT_CONFIG)
+        options_argv = [
+            *(["--root", str(root)] if root else []),
+            *(["--token-file", str(token_file)] if token_file else []),
+            *(["--insecure"] if insecure else []),
+            *(["--state-dir", str(state_dir)] if state_dir else []),
+            *(["--verbose"] if verbose else []),
+        ]
+        raise typer.Exit(_supervise_agents(host, port, processes, id, options_argv))
     options = AgentOptions(
         agent_id=id or f"{socket.gethostname()}-{port}",
         root=str(root) if root else None,
@@ -182,6 +213,31 @@ def agent(
         trio.run(_serve_agent, host, port, options)
     except OSError as exc:
         raise _fail(f"cannot listen on {listen}: {exc.strerror or exc}", EXIT_START) from None
+
+
+def _supervise_agents(
+    host: str, port: int, processes: int, agent_id: str | None, options_argv: list[str]
+) -> int:
+    from trio_bench.agent import StartFailed, supervise
+
+    bracketed = f"[{host}]" if ":" in host else host
+    commands = []
+    for k in range(processes):
+        address = f"{bracketed}:{port + k}"
+        name = f"{agent_id}-{k + 1}" if agent_id else f"{socket.gethostname()}-{port + k}"
+        argv = [sys.executable, "-m", "trio_bench", "agent", "--listen", address, "--id", name]
+        commands.append((name, argv + options_argv))
+    try:
+        trio.run(supervise, commands)
+    except BaseExceptionGroup as group:
+        failed, rest = group.split(StartFailed)
+        if failed is None or rest is not None:
+            raise
+        first = failed.exceptions[0]
+        assert isinstance(first, StartFailed)
+        typer.echo(f"triobench: {first}; stopped the others", err=True)
+        return first.code if first.code > 0 else EXIT_START
+    return 0
 
 
 async def _serve_agent(host: str, port: int, options: object) -> None:
@@ -206,18 +262,29 @@ async def _serve_agent(host: str, port: int, options: object) -> None:
 
 # --- controller -------------------------------------------------------------------------------
 
+_COUNTED = re.compile(r".+:\d+x\d+")  # HOST:PORTxN: N agents on consecutive ports
+
+
+def _checked_agents(agents: list[AgentAddress]) -> list[AgentAddress]:
+    """Checked as distributed.agents would be, and expanded (HOST:PORTxN)."""
+    problems = agent_problems(agents, "--agents")
+    if problems:
+        raise _fail("; ".join(problems), EXIT_CONFIG)
+    return list(expand_agents(agents))
+
 
 def _agents_from(option: str | None, config: Config) -> list[AgentAddress]:
     if option:
         agents = []
         for part in option.split(","):
             part = part.strip()
+            address, times, count = part.rpartition("x") if _COUNTED.match(part) else (part, "", "")
             try:
-                split_address(part)
+                split_address(address)
             except ValueError as exc:
                 raise _fail(f"--agents: {exc}", EXIT_CONFIG) from None
-            agents.append(AgentAddress(address=part))
-        return agents
+            agents.append(AgentAddress(address=address, processes=int(count) if times else 1))
+        return _checked_agents(agents)
     if not config.distributed.agents:
         raise _fail(
             "no agents: give --agents HOST:PORT,... or distributed.agents in the config",

@@ -1,5 +1,6 @@
 """The agent: serves runs to controllers over TCP, drives the storage with the engine."""
 
+from ._processes import StartFailed, supervise
 from ._server import AGENT_SWITCH_INTERVAL_S, HANDSHAKE_TIMEOUT_S, AgentOptions, AgentServer
 from ._session import Session
 
@@ -9,4 +10,6 @@ __all__ = [
     "AgentOptions",
     "AgentServer",
     "Session",
+    "StartFailed",
+    "supervise",
 ]

@@ -1,6 +1,7 @@
 """The YAML workload configuration (pure: parsing and validation, no I/O beyond reading it)."""
 
 from ._model import (
+    MAX_PROCESSES,
     OPS,
     AgentAddress,
     Config,
@@ -13,10 +14,12 @@ from ._model import (
     Prepare,
     S3Options,
     SizeSpec,
+    agent_problems,
     check_relative_path,
     config_from_dict,
     config_to_dict,
     describe,
+    expand_agents,
     load_config,
     parse_config,
     prepared_name,
@@ -27,6 +30,7 @@ from ._model import (
 from ._units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
+    "MAX_PROCESSES",
     "OPS",
     "AgentAddress",
     "Config",
@@ -39,10 +43,12 @@ __all__ = [
     "Prepare",
     "S3Options",
     "SizeSpec",
+    "agent_problems",
     "check_relative_path",
     "config_from_dict",
     "config_to_dict",
     "describe",
+    "expand_agents",
     "format_duration",
     "format_size",
     "load_config",

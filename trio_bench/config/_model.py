@@ -12,7 +12,7 @@ import fnmatch
 import math
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NewType, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -256,6 +256,8 @@ class S3Options:
 class AgentAddress:
     address: str
     id: str | None = None
+    # an agent started with ``--processes N``: N agents on consecutive ports from this one
+    processes: int = 1
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -314,6 +316,61 @@ class Config:
 
 
 # --- paths ------------------------------------------------------------------------------------
+
+
+MAX_PROCESSES = 256
+
+
+def expand_agents(agents: Sequence[AgentAddress]) -> tuple[AgentAddress, ...]:
+    """One entry per agent process: ``{address: h:7761, id: a, processes: 3}`` is agents
+    a-1, a-2, a-3 at h:7761, h:7762, h:7763 (without an id, each agent names itself)."""
+    out = []
+    for agent in agents:
+        if agent.processes == 1:
+            out.append(agent)
+            continue
+        host, port = split_address(agent.address)
+        host = f"[{host}]" if ":" in host else host
+        for k in range(agent.processes):
+            out.append(
+                AgentAddress(f"{host}:{port + k}", f"{agent.id}-{k + 1}" if agent.id else None)
+            )
+    return tuple(out)
+
+
+def agent_problems(agents: Sequence[AgentAddress], where: str = "distributed.agents") -> list[str]:
+    """What is wrong with a list of agents, one line each, naming the entry."""
+    lines = []
+    ok = True
+    for i, agent in enumerate(agents):
+        try:
+            _host, port = split_address(agent.address)
+        except ValueError as exc:
+            lines.append(f"{where}[{i}].address: {exc}")
+            ok = False
+            continue
+        if agent.id is not None and not _ID.match(agent.id):
+            lines.append(
+                f"{where}[{i}].id: {agent.id!r} must be 1-64 of A-Z a-z 0-9 . _ - "
+                "(it names a results folder and a path prefix)"
+            )
+        if not 1 <= agent.processes <= MAX_PROCESSES:
+            lines.append(f"{where}[{i}].processes: must be 1 to {MAX_PROCESSES}")
+            ok = False
+        elif port + agent.processes - 1 > 65535:
+            lines.append(
+                f"{where}[{i}].processes: {agent.processes} ports from {port} go past 65535"
+            )
+            ok = False
+    if ok:
+        expanded = expand_agents(agents)
+        ids = [a.id for a in expanded if a.id]
+        if len(set(ids)) != len(ids):
+            lines.append(f"{where}: agent ids must be unique")
+        addresses = [a.address for a in expanded]
+        if len(set(addresses)) != len(addresses):
+            lines.append(f"{where}: an address is listed twice")
+    return lines
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -554,6 +611,9 @@ def config_from_dict(raw: Any) -> Config:
     lines = validate(config)
     if lines:
         raise ConfigError(lines)
+    if any(a.processes != 1 for a in config.distributed.agents):
+        agents = expand_agents(config.distributed.agents)
+        config = attrs.evolve(config, distributed=attrs.evolve(config.distributed, agents=agents))
     return config
 
 
@@ -704,22 +764,7 @@ def validate(config: Config) -> list[str]:
         if op.op == "put" and any(ch in op.path for ch in "*?["):
             lines.append(f"{where}.path: put writes new objects; its path takes no wildcards")
     dist = config.distributed
-    ids = [a.id for a in dist.agents if a.id]
-    for i, agent in enumerate(dist.agents):
-        try:
-            split_address(agent.address)
-        except ValueError as exc:
-            lines.append(f"distributed.agents[{i}].address: {exc}")
-        if agent.id is not None and not _ID.match(agent.id):
-            lines.append(
-                f"distributed.agents[{i}].id: {agent.id!r} must be 1-64 of A-Z a-z 0-9 . _ - "
-                "(it names a results folder and a path prefix)"
-            )
-    if len(set(ids)) != len(ids):
-        lines.append("distributed.agents: agent ids must be unique")
-    addresses = [a.address for a in dist.agents]
-    if len(set(addresses)) != len(addresses):
-        lines.append("distributed.agents: an address is listed twice")
+    lines += agent_problems(dist.agents)
     if not dist.ping_interval < dist.warn_after < dist.dead_after:
         lines.append(
             "distributed: need ping_interval < warn_after < dead_after, got "

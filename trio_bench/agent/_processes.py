@@ -1,0 +1,88 @@
+"""Several agent processes on one host: ``triobench agent --processes N``.
+
+One agent is one Python process, so its workers share one GIL and top out near one core of
+Python work. A many-core load host therefore runs N agents, one process each, on consecutive
+ports; the controller lists them as ``{address: host:PORT, processes: N}`` (or
+``--agents host:PORTxN``) and coordinates them like any other agents.
+
+This module is the supervisor: it starts the N agent processes, forwards SIGTERM/SIGINT to
+them, and restarts one that crashes (a result the crash interrupted is that agent's failure,
+reported by the controller; the agent itself is back for the next run). An agent that fails
+within ``STARTUP_S`` of being started (its port is taken, say) stops them all: that is a
+configuration problem, not a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Sequence
+
+import trio
+
+log = logging.getLogger("triobench.agent")
+
+STARTUP_S = 3.0  # an agent that exits sooner than this after starting failed to start
+RESTART_PAUSE_S = 1.0
+STOP_TIMEOUT_S = 15.0
+
+
+class StartFailed(Exception):
+    """An agent process exited during startup; ``code`` is its exit code."""
+
+    def __init__(self, name: str, code: int) -> None:
+        super().__init__(f"agent {name} exited with code {code} while starting")
+        self.code = code
+
+
+async def supervise(commands: Sequence[tuple[str, list[str]]]) -> None:
+    """Run each (name, argv) as an agent process until SIGTERM or SIGINT; ``StartFailed`` if
+    one cannot start (the others are stopped first)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            for name, argv in commands:
+                nursery.start_soon(_keep_running, name, argv)
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info(
+                        "%s: stopping %d agent processes",
+                        signal.Signals(signum).name,
+                        len(commands),
+                    )
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+
+
+async def _keep_running(name: str, argv: list[str]) -> None:
+    while True:
+        started = trio.current_time()
+        # its own process group: a terminal's Ctrl-C reaches the supervisor, which stops each
+        # agent once, in order, instead of every process getting SIGINT at the same time
+        process = await trio.lowlevel.open_process(argv, start_new_session=True)
+        try:
+            code = await process.wait()
+        except trio.Cancelled:
+            await _stop(process)
+            raise
+        if code == 0:
+            log.info("agent %s stopped", name)
+            return
+        if trio.current_time() - started < STARTUP_S:
+            raise StartFailed(name, code)
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+        log.warning("agent %s exited with %s; restarting it", name, how)
+        await trio.sleep(RESTART_PAUSE_S)
+
+
+async def _stop(process: trio.Process) -> None:
+    with trio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            await process.wait()
+            return
+        process.kill()
+        await process.wait()
