@@ -21,6 +21,7 @@ s3:// (a minimal local server answering S3 requests, in its own process):
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -445,6 +446,77 @@ distributed: {{stats_interval: {stats}, ping_interval: {ping}, start_delay: 500m
 """
 
 
+def bench_processes(quick: bool, work: Path) -> list[Row]:
+    """Two threads in one agent against two agents of one thread, on CPU-bound 4 KiB
+    page-cache gets, through the controller: what ``agent --processes N`` is for."""
+    seconds = 2 if quick else 4
+    text = f"""
+target: file://{work}/processes/
+duration: {seconds}s
+concurrency: {{concurrency}}
+prepare: {{{{ensure_objects: [{{{{base_uri: d/, count: 2000, object_size: 4KiB}}}}]}}}}
+workload: [{{{{op: get, path: "d/*"}}}}]
+distributed: {{{{shared_storage: true}}}}
+"""
+    agents = start_local_agents(2, work / "processes-agents")
+    single, threads, processes = [], [], []
+    try:
+        for _ in range(3):  # alternating
+            for results, concurrency, targets in (
+                (single, 1, [agents[0].as_target()]),
+                (threads, 2, [agents[0].as_target()]),
+                (processes, 1, [a.as_target() for a in agents]),
+            ):
+                cfg = parse_config(text.format(concurrency=concurrency))
+                result = _run_controller(cfg, targets, work)
+                results.append(
+                    float(_tsv_row(result.results_dir / "summary.tsv", "all")["ops_per_s"])
+                )
+    finally:
+        stop_local_agents(agents)
+    return [
+        Row(
+            "processes",
+            "4 KiB get, 1 agent x 1 thread, ops/s",
+            f"{median(single):,.0f}",
+            "",
+            _runs(single),
+        ),
+        Row(
+            "processes",
+            "4 KiB get, 1 agent x 2 threads, ops/s",
+            f"{median(threads):,.0f}",
+            "",
+            _runs(threads),
+        ),
+        Row(
+            "processes",
+            "4 KiB get, 2 agents x 1 thread, ops/s",
+            f"{median(processes):,.0f}",
+            "",
+            _runs(processes),
+        ),
+        Row(
+            "processes",
+            "2 agent processes / 2 threads in one agent",
+            f"{median(processes) / median(threads):.1f}x",
+            "",
+            f"2 processes / 1 thread: {median(processes) / median(single):.1f}x; "
+            "one GIL per agent: use agent --processes N",
+        ),
+    ]
+
+
+def _runs(values: list[float]) -> str:
+    return "runs: " + ", ".join(f"{v:,.0f}" for v in values)
+
+
+def _tsv_row(path: Path, op: str) -> dict[str, str]:
+    with open(path) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return next(r for r in rows if r["op"] == op)
+
+
 def bench_skew(quick: bool, work: Path) -> list[Row]:
     return _skew(2, work) + _skew(8, work)
 
@@ -821,6 +893,7 @@ BENCHES: dict[str, Callable[..., list[Row]]] = {
     "get4k": bench_get4k,
     "mib": bench_mib,
     "memory": bench_memory,
+    "processes": bench_processes,
     "skew": bench_skew,
     "ping": bench_ping,
     "ctrlc": bench_ctrlc,
