@@ -60,6 +60,8 @@ stage_summaries = st.builds(
         st.sampled_from(p.OP_KINDS), st.dictionaries(text, u64, max_size=3), max_size=2
     ),
     message=text,
+    cpu_user_ns=u64,
+    cpu_system_ns=u64,
 )
 
 _BY_NAME: dict[str, st.SearchStrategy[Any]] = {

@@ -22,6 +22,8 @@ def snapshot(seq: int, ops: int, latency_ns: int = 1000, stage: str = "workload"
         total=0,
         ops={"get": stats.to_wire(record)},
         error_codes={},
+        cpu_user_ns=0,
+        cpu_system_ns=0,
     )
 
 
@@ -69,6 +71,8 @@ def test_interval_percentiles_come_from_the_interval_only() -> None:
         total=0,
         ops={"get": stats.to_wire(record)},
         error_codes={},
+        cpu_user_ns=0,
+        cpu_system_ns=0,
     )
     rows = aggregator.tick(2.0, [("a1", later)])
     (row,) = [r for r in rows if r.agent == "a1"]

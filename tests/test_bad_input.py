@@ -254,6 +254,8 @@ CASES = {
                     total=0,
                     ops={},
                     error_codes={},
+                    cpu_user_ns=0,
+                    cpu_system_ns=0,
                 )
             ),
         ],

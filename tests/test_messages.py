@@ -75,6 +75,8 @@ def test_each_missing_field_is_named(message: p.Message) -> None:
                     }
                 },
                 "error_codes": {},
+                "cpu_user_ns": 0,
+                "cpu_system_ns": 0,
             },
             "unknown op kind 'gett'",
         ),
@@ -162,6 +164,8 @@ def test_reliability_flags() -> None:
             total=0,
             ops={},
             error_codes={},
+            cpu_user_ns=0,
+            cpu_system_ns=0,
         )
     )
     assert p.is_reliable(p.Error(seq=3, code="stage_failed", message="x", summaries=()))

@@ -93,6 +93,8 @@ def test_wire_round_trip_is_sparse_and_lossless(values: list[int]) -> None:
             total=0,
             ops={"get": wire},
             error_codes={},
+            cpu_user_ns=0,
+            cpu_system_ns=0,
         )
     )
     decoder = p.FrameDecoder()

@@ -32,6 +32,8 @@ def stats(seq: int, ops: int) -> p.Stats:
             )
         },
         error_codes={},
+        cpu_user_ns=0,
+        cpu_system_ns=0,
     )
 
 

@@ -348,6 +348,8 @@ class Session:
                     total=progress.total,
                     ops=snapshot_to_wire(progress.snapshot),
                     error_codes=progress.error_codes,
+                    cpu_user_ns=progress.cpu_user_ns,
+                    cpu_system_ns=progress.cpu_system_ns,
                 )
             )
 

@@ -29,6 +29,7 @@ class AgentView:
     p99_us: float
     silent_s: float | None
     note: str
+    cpu_cores: float | None = None  # the agent process's CPU use, averaged over the stage
 
 
 @attrs.frozen
@@ -102,6 +103,7 @@ class Display:
             ("MiB/s", "right"),
             ("p50", "right"),
             ("p99", "right"),
+            ("cpu", "right"),
             ("last frame", "right"),
             ("notes", "left"),
         ]:
@@ -117,6 +119,7 @@ class Display:
                 f"{agent.mib_per_s:,.2f}",
                 _latency(agent.p50_us),
                 _latency(agent.p99_us),
+                "-" if agent.cpu_cores is None else f"{agent.cpu_cores:.2f}",
                 silent,
                 agent.note,
             )
@@ -129,6 +132,7 @@ class Display:
             f"{view.mib_per_s:,.2f}",
             _latency(view.p50_us),
             _latency(view.p99_us),
+            "",
             "",
             "",
             style="bold",

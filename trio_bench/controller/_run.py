@@ -68,6 +68,15 @@ class RunResult:
     errors: list[str] = attrs.Factory(list)  # why the run could not start, one line each
 
 
+def cpu_use(user_ns: int, system_ns: int, window_ns: int) -> dict[str, float]:
+    """An agent's CPU time in a window, and the cores it kept busy on average."""
+    return {
+        "cpu_user_s": round(user_ns / 1e9, 3),
+        "cpu_system_s": round(system_ns / 1e9, 3),
+        "cpu_cores": round((user_ns + system_ns) / window_ns, 2) if window_ns else 0.0,
+    }
+
+
 class Controller:
     def __init__(
         self,
@@ -470,6 +479,9 @@ class Controller:
                     p99_us=row.p99_us if row and current else 0.0,
                     silent_s=link.seconds_since_frame(),
                     note=", ".join(notes),
+                    cpu_cores=(latest.cpu_user_ns + latest.cpu_system_ns) / latest.elapsed_ns
+                    if latest is not None and latest.elapsed_ns
+                    else None,
                 )
             )
         total = self.aggregator.last_rows.get("all")
@@ -572,6 +584,7 @@ class Controller:
                             "outcome": s.outcome,
                             "measured_s": s.measured_ns / 1e9,
                             "message": s.message,
+                            **cpu_use(s.cpu_user_ns, s.cpu_system_ns, s.measured_ns),
                         }
                         for stage, s in link.summaries.items()
                     },

@@ -9,6 +9,7 @@ time-boxed, for the in-flight operations to end; the summary then covers what co
 
 from __future__ import annotations
 
+import resource
 import threading
 from collections.abc import Sequence
 from time import perf_counter_ns
@@ -47,6 +48,14 @@ class Progress:
     warmup: bool
     elapsed_ns: int
     error_codes: dict[str, dict[str, int]]
+    cpu_user_ns: int
+    cpu_system_ns: int
+
+
+def _cpu_now() -> tuple[int, int]:
+    """This process's user and system CPU time so far, in ns (all threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return int(usage.ru_utime * 1e9), int(usage.ru_stime * 1e9)
 
 
 class StageRun:
@@ -76,6 +85,8 @@ class StageRun:
         self.in_warmup = warmup_ns > 0
         self.failure: str | None = None
         self.abandoned = 0
+        self._cpu_from = (0, 0)  # at the start of the measured window
+        self._cpu_to: tuple[int, int] | None = None  # once every worker has exited
         self._running = 0
         self._all_exited = trio.Event()
 
@@ -91,6 +102,7 @@ class StageRun:
             snapshot = snapshot_difference(snapshot, self.baseline)
         now = perf_counter_ns()
         since = self.start_perf_ns + (0 if self.in_warmup else self.warmup_ns)
+        user, system = self._cpu_to or _cpu_now()
         return Progress(
             snapshot=snapshot,
             done=sum(w.progress for w in self.workers),
@@ -98,6 +110,8 @@ class StageRun:
             warmup=self.in_warmup,
             elapsed_ns=max(0, now - since) if self.start_perf_ns else 0,
             error_codes=self._codes(),
+            cpu_user_ns=max(0, user - self._cpu_from[0]) if self.start_perf_ns else 0,
+            cpu_system_ns=max(0, system - self._cpu_from[1]) if self.start_perf_ns else 0,
         )
 
     def _codes(self) -> dict[str, dict[str, int]]:
@@ -142,6 +156,8 @@ class StageRun:
             error_samples={k: tuple(v) for k, v in samples.items() if k in progress.snapshot},
             error_codes={k: v for k, v in progress.error_codes.items() if k in progress.snapshot},
             message=message[:1000],
+            cpu_user_ns=progress.cpu_user_ns,
+            cpu_system_ns=progress.cpu_system_ns,
         )
 
     # -- running
@@ -153,6 +169,7 @@ class StageRun:
         # stage still runs its whole duration, and STARTED reports the late start
         self.start_perf_ns = max(self.clock.perf_from_wall(start_at_ns), perf_counter_ns())
         self._running = len(self.workers)
+        self._cpu_from = _cpu_now()  # the workers sleep until the instant: no CPU before it
         if not self.workers:
             self._all_exited.set()
         for worker in self.workers:
@@ -186,6 +203,7 @@ class StageRun:
         self._running -= 1
         if self._running == 0:
             self.end_perf_ns = perf_counter_ns()
+            self._cpu_to = _cpu_now()
             self._all_exited.set()
 
     def _deadline(self, perf_ns: int) -> float:
@@ -206,6 +224,7 @@ class StageRun:
             now = perf_counter_ns()
             if self.in_warmup and now >= warmup_end:
                 self.baseline = self._merged()
+                self._cpu_from = _cpu_now()
                 self.in_warmup = False
             self._check_failures()
             if self._all_exited.is_set():
@@ -236,3 +255,4 @@ class StageRun:
         if not self._all_exited.is_set():
             self.abandoned = self._running
             self.end_perf_ns = perf_counter_ns()
+            self._cpu_to = _cpu_now()

@@ -24,7 +24,7 @@ from ._errors import ProtocolError
 from ._frames import MAX_FRAME_SIZE, encode_frame
 from ._histogram import NBINS
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 STAGES = ("prepare", "workload", "cleanup")
 OP_KINDS = ("get", "put", "stat", "list", "delete")
@@ -114,7 +114,9 @@ class StageSummary:
 
     ``started_at_ns``/``ended_at_ns`` are the agent's wall clock. ``measured_ns`` is the
     length of the measured window (the stage minus any warmup). ``done``/``total`` count
-    objects for prepare and cleanup (0/0 for the workload).
+    objects for prepare and cleanup (0/0 for the workload). ``cpu_user_ns``/``cpu_system_ns``:
+    the CPU time the agent process used in the measured window (all its threads), so a reader
+    can tell when the load generator, not the storage, was the limit.
     """
 
     stage: str = attrs.field(validator=_stage)
@@ -128,6 +130,8 @@ class StageSummary:
     error_samples: dict[str, tuple[str, ...]] = attrs.field(validator=_op_keys)
     error_codes: dict[str, dict[str, int]] = attrs.field(validator=_op_keys)
     message: str = attrs.field(validator=_text)
+    cpu_user_ns: int
+    cpu_system_ns: int
 
 
 @attrs.frozen
@@ -305,6 +309,8 @@ class Stats(Message):
     total: int
     ops: dict[str, OpStats] = attrs.field(validator=_op_keys)
     error_codes: dict[str, dict[str, int]] = attrs.field(validator=_op_keys)
+    cpu_user_ns: int  # the agent process's CPU time in the same window as ``ops``
+    cpu_system_ns: int
 
 
 @attrs.frozen
