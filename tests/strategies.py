@@ -72,6 +72,7 @@ _BY_NAME: dict[str, st.SearchStrategy[Any]] = {
     "error_codes": st.dictionaries(
         st.sampled_from(p.OP_KINDS), st.dictionaries(text, u64, max_size=3), max_size=2
     ),
+    "agent_id": st.from_regex(p.AGENT_ID, fullmatch=True),
     "summary": stage_summaries,
     "summaries": st.lists(stage_summaries, max_size=3).map(tuple),
     "config": st.dictionaries(st.text(max_size=10), json_like, max_size=5),

@@ -448,6 +448,49 @@ async def test_a_misbehaving_agent_is_failed_and_the_others_are_unaffected(
     )
 
 
+async def test_an_agent_id_that_would_escape_the_results_directory_is_refused(
+    tmp_path: Path, reliability
+) -> None:
+    """The controller names per-agent results folders after the id in HELLO when the config
+    gives none: a peer must not be able to choose "../../x"."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    address = f"127.0.0.1:{listener.socket.getsockname()[1]}"
+
+    async def hostile() -> None:
+        stream = await listener.accept()
+        async with stream:
+            hello = {
+                "t": "hello",
+                "protocol": p.PROTOCOL_VERSION,
+                "software": "fake",
+                "agent_id": "../../escaped",
+                "hostname": "h",
+                "cpus": 1,
+                "challenge": b"c" * 32,
+                "auth_required": False,
+                "session": None,
+            }
+            await stream.send_all(p.encode_frame(hello))
+            await Peer(stream).read_until_closed(limit_s=10)
+
+    results = tmp_path / "deep" / "results"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hostile)
+        controller = quiet_controller(config(RUN), [AgentAddress(address=address)], results)
+        with trio.fail_after(30):
+            result = await controller.run()
+        nursery.cancel_scope.cancel()
+    await listener.aclose()
+    assert result.exit_code == 3
+    assert "agent id '../../escaped' is not 1-64 of" in result.message, result.message
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "deep" / "escaped").exists()
+    reliability(
+        "controller: an agent's HELLO names it ../../escaped",
+        "refused at the handshake as a protocol error; nothing written outside results/",
+        f'exit 3; "{result.message[:70]}"',
+    )
+
+
 # --- bad configurations --------------------------------------------------------------------------
 
 BAD_CONFIGS = {

@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,11 @@ async def test_two_agents_aggregate_equals_the_sum_of_the_agents(tmp_path: Path)
                 assert int(row[column]) == sum(int(p[op][column]) for p in parts), (name, op)
     workload = tsv(directory / "summary.tsv")
     assert int(workload["get"]["ops"]) > 1000
+    # both agents run on this host: its per-host numbers are the whole run's
+    (host,) = (directory / "hosts").iterdir()
+    assert host.name == socket.gethostname()
+    for name in ("summary.tsv", "prepare.tsv", "cleanup.tsv"):
+        assert tsv(host / name) == tsv(directory / name), name
     assert float(workload["all"]["p99_us"]) >= float(workload["all"]["p50_us"]) > 0
     record = run_json(result)
     assert record["status"] == "completed" and record["exit_code"] == 0
@@ -418,6 +424,16 @@ def test_one_agent_command_runs_several_processes_and_restarts_a_crashed_one(
         supervisor.wait()
         supervisor.stdout.close()
         supervisor.stderr.close()
+
+
+def test_host_names_from_peers_are_safe_folder_names() -> None:
+    from trio_bench.controller._results import _folder_name
+
+    assert _folder_name("lg1.lab") == "lg1.lab"
+    assert _folder_name("../../etc") == "_.._.._etc"
+    assert _folder_name("..") == "_.."
+    assert _folder_name("a/b\\c d") == "a_b_c_d"
+    assert len(_folder_name("x" * 300)) == 64
 
 
 def test_agents_on_consecutive_ports_are_written_host_port_x_count(capsys) -> None:

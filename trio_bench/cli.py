@@ -183,6 +183,15 @@ def agent(
         )
     if root is not None and not root.is_dir():
         raise _fail(f"--root {root}: not a directory", EXIT_CONFIG)
+    from trio_bench.protocol import AGENT_ID
+
+    agent_id = id or f"{socket.gethostname()}-{port}"
+    if not AGENT_ID.fullmatch(agent_id if processes == 1 else f"{agent_id}-1"):
+        raise _fail(
+            f"--id {agent_id!r}: 1-64 of A-Z a-z 0-9 . _ - (first not . _ -); it names the "
+            "agent's results folder",
+            EXIT_CONFIG,
+        )
     try:
         skew = skew_from_env()
     except ValueError as exc:
@@ -203,7 +212,7 @@ def agent(
         ]
         raise typer.Exit(_supervise_agents(host, port, processes, id, options_argv))
     options = AgentOptions(
-        agent_id=id or f"{socket.gethostname()}-{port}",
+        agent_id=agent_id,
         root=str(root) if root else None,
         token=token,
         state_dir=state_dir or Path.home() / ".local" / "state" / "triobench",

@@ -71,8 +71,10 @@ class AgentStageResult:
         summary: StageSummary | None,
         last_stats: Stats | None,
         offset_ns: int,
+        host: str = "",
     ) -> None:
         self.agent = agent
+        self.host = host
         self.partial = summary is None or summary.outcome != "completed"
         self.error_codes: dict[str, dict[str, int]] = (
             summary.error_codes
@@ -94,6 +96,25 @@ class AgentStageResult:
             self.snapshot = {}
             self.seconds = 0.0
             self.window = None
+
+
+def _merged_tsv(path: Path, results: Sequence[AgentStageResult]) -> float:
+    """Write the merged numbers of ``results``; the window runs from the earliest agent start
+    to the latest agent end. Returns its length in seconds."""
+    windows = [r.window for r in results if r.window is not None]
+    if windows:
+        span = (max(end for _, end in windows) - min(start for start, _ in windows)) / 1e9
+    else:
+        span = max((r.seconds for r in results), default=0.0)
+    total = merge_snapshots(r.snapshot for r in results)
+    _atomic_write(path, format_tsv(summary_rows(total, span)))
+    return span
+
+
+def _folder_name(text: str) -> str:
+    """A host name as reported by a peer, made safe as one path segment."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", text)[:64]
+    return name if name and name[0] not in "._-" else f"_{name}"
 
 
 class ResultsWriter:
@@ -120,13 +141,12 @@ class ResultsWriter:
         for result in results:
             rows = summary_rows(result.snapshot, result.seconds)
             _atomic_write(self.directory / "agents" / result.agent / name, format_tsv(rows))
-        windows = [r.window for r in results if r.window is not None]
-        if windows:
-            span = (max(end for _, end in windows) - min(start for start, _ in windows)) / 1e9
-        else:
-            span = max((r.seconds for r in results), default=0.0)
-        total = merge_snapshots(r.snapshot for r in results)
-        _atomic_write(self.directory / name, format_tsv(summary_rows(total, span)))
+        span = _merged_tsv(self.directory / name, results)
+        by_host: dict[str, list[AgentStageResult]] = {}
+        for result in results:
+            by_host.setdefault(_folder_name(result.host or "unknown"), []).append(result)
+        for host, on_host in by_host.items():
+            _merged_tsv(self.directory / "hosts" / host / name, on_host)
         for result in results:
             for op, codes in sorted(result.error_codes.items()):
                 for code, count in sorted(codes.items(), key=lambda item: -item[1]):

@@ -24,7 +24,7 @@ import trio
 
 from trio_bench import __version__
 from trio_bench.clock import RunClock
-from trio_bench.config import AgentAddress, Config, config_to_dict
+from trio_bench.config import AgentAddress, Config, config_to_dict, split_address
 from trio_bench.protocol import (
     PROTOCOL_VERSION,
     STAGES,
@@ -376,6 +376,7 @@ class Controller:
                 link.summaries.get(stage),
                 link.latest if link.latest is not None and link.latest.stage == stage else None,
                 link.offset_ns,
+                link.hello.hostname if link.hello else split_address(link.address)[0],
             )
             for link in participants
         ]

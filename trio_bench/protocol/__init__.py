@@ -51,6 +51,7 @@ from ._machines import (
     PeerState,
 )
 from ._messages import (
+    AGENT_ID,
     ERROR_CODES,
     MAX_ERROR_SAMPLES,
     MAX_TEXT,
@@ -95,6 +96,7 @@ from ._messages import (
 from ._sequence import ReliableReceiver, ReliableSender, StatsSequence
 
 __all__ = [
+    "AGENT_ID",
     "AGENT_TABLE",
     "CHALLENGE_SIZE",
     "CLAMP_NS",

@@ -68,6 +68,18 @@ def _one_of(options: tuple[str, ...]) -> Any:
     return check
 
 
+# An agent id names a results folder and a path prefix on the controller's side: a peer must
+# not be able to choose "../x".
+AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _agent_id(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not AGENT_ID.fullmatch(value):
+        raise ValueError(
+            f"agent id {value[:80]!r} is not 1-64 of A-Z a-z 0-9 . _ - (first not . _ -)"
+        )
+
+
 def _text(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if len(value) > MAX_TEXT:
         raise ValueError(f"text of {len(value)} characters exceeds {MAX_TEXT}")
@@ -161,8 +173,8 @@ class Hello(Message):
     TAG = "hello"
     protocol: int
     software: str
-    agent_id: str
-    hostname: str
+    agent_id: str = attrs.field(validator=_agent_id)
+    hostname: str = attrs.field(validator=_text)
     cpus: int
     challenge: bytes
     auth_required: bool
