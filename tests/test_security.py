@@ -142,13 +142,13 @@ async def test_a_controller_of_another_version_is_refused_with_both_versions(tok
     error = p.decode_message(frame)
     assert isinstance(error, p.Error) and error.code == "version_mismatch"
     assert (
-        "speaks protocol 1" in error.message
+        f"speaks protocol {p.PROTOCOL_VERSION}" in error.message
         and "controller speaks 99 (triobench 9.9)" in error.message
     )
 
 
 async def test_an_agent_of_another_version_is_refused_with_both_versions(tmp_path: Path) -> None:
-    """A fake agent that speaks protocol 2: the controller names both versions, exit 3."""
+    """A fake agent from the future: the controller names both versions, exit 3."""
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -164,7 +164,7 @@ async def test_an_agent_of_another_version_is_refused_with_both_versions(tmp_pat
         await stream.send_all(
             p.encode_message(
                 p.Hello(
-                    protocol=2,
+                    protocol=p.PROTOCOL_VERSION + 1,
                     software="2.0",
                     agent_id="future",
                     hostname=socket.gethostname(),
@@ -186,6 +186,6 @@ async def test_an_agent_of_another_version_is_refused_with_both_versions(tmp_pat
         result = await run_controller(tmp_path, f"127.0.0.1:{port}", None)
     listener.close()
     assert result.exit_code == 3
-    assert "controller speaks protocol 1" in result.message
-    assert "speaks 2 (triobench 2.0)" in result.message
+    assert f"controller speaks protocol {p.PROTOCOL_VERSION}" in result.message
+    assert f"speaks {p.PROTOCOL_VERSION + 1} (triobench 2.0)" in result.message
     assert got and isinstance(got[0], p.Error) and got[0].code == "version_mismatch"
