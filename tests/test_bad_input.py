@@ -487,7 +487,7 @@ async def test_an_agent_id_that_would_escape_the_results_directory_is_refused(
     reliability(
         "controller: an agent's HELLO names it ../../escaped",
         "refused at the handshake as a protocol error; nothing written outside results/",
-        f'exit 3; "{result.message[:70]}"',
+        f'exit 3; "{result.message.split("hello: ")[-1][:70]}"',
     )
 
 
