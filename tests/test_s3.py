@@ -698,3 +698,35 @@ def test_badly_framed_answers_are_connection_failures(answer, message) -> None:
     finally:
         http.close()
         listener.close()
+
+
+async def test_slow_down_answers_are_counted_by_code_on_a_kept_alive_connection(
+    monkeypatch,
+) -> None:
+    """A throttling gateway: every PUT answers 503 SlowDown. Each is one counted error with
+    its S3 code and message, nothing is retried, and the connection stays open."""
+    slow_down = (
+        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+        b"<Message>Please reduce your request rate.</Message></Error>"
+    )
+    answer = b"HTTP/1.1 503 Slow Down\r\nContent-Length: %d\r\n\r\n" % len(slow_down) + slow_down
+    listener, endpoint, accepted = _scripted_http_server(answer)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
+    cfg = parse_config(
+        f"target: s3://bucket/run/\nduration: 300ms\nconcurrency: 2\n"
+        f"workload: [{{op: put, path: new/, object_size: 1KiB}}]\n"
+        f"s3: {{endpoint: '{endpoint.url}'}}\n"
+    )
+    engine = Engine(cfg)
+    try:
+        run = engine.workload_stage()
+        await run.run(engine.clock.now_ns())
+        summary = run.summary("completed")
+    finally:
+        listener.close()
+    put = summary.ops["put"]
+    assert put.errors > 10 and put.ops == 0
+    assert summary.error_codes == {"put": {"SlowDown": put.errors}}
+    assert "503 SlowDown: Please reduce your request rate." in summary.error_samples["put"][0]
+    assert len(accepted) == 2  # one connection per worker, kept through every 503
