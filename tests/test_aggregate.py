@@ -85,3 +85,43 @@ def test_a_new_stage_starts_a_new_epoch() -> None:
     rows = aggregator.tick(2.0, [("a1", snapshot(2, 40, stage="workload"))])
     (row,) = [r for r in rows if r.agent == "a1"]
     assert (row.stage, row.ops) == ("workload", 40)
+
+
+def mixed(seq: int, gets: int, puts: int) -> p.Stats:
+    get, put = stats.new_record(), stats.new_record()
+    for _ in range(gets):
+        record_latency(get, 1_000, 4096)
+    for _ in range(puts):
+        record_latency(put, 1_000_000, 1024 * 1024)
+    return p.Stats(
+        seq=seq,
+        stage="workload",
+        warmup=False,
+        elapsed_ns=seq * 10**9,
+        done=0,
+        total=0,
+        ops={"get": stats.to_wire(get), "put": stats.to_wire(put)},
+        error_codes={},
+        cpu_user_ns=0,
+        cpu_system_ns=0,
+    )
+
+
+def test_each_op_kind_has_its_own_interval_rows_across_agents() -> None:
+    """A get/put mix: the op rows keep get's microseconds apart from put's milliseconds, add
+    up exactly over agents and intervals, and rate each kind on its own."""
+    aggregator = Aggregator()
+    op_rows = []
+    for seq in range(1, 4):
+        aggregator.tick(
+            float(seq),
+            [("a1", mixed(seq, 100 * seq, 10 * seq)), ("a2", mixed(seq, 50 * seq, 5 * seq))],
+        )
+        op_rows += aggregator.op_rows
+    assert {r.agent for r in op_rows} == {"get", "put"}
+    assert sum(r.ops for r in op_rows if r.agent == "get") == 450
+    assert sum(r.ops for r in op_rows if r.agent == "put") == 45
+    last = {r.agent: r for r in op_rows if r.elapsed_s == 3.0}
+    assert (last["get"].ops_per_s, last["put"].ops_per_s) == (150.0, 15.0)
+    assert last["put"].mib_per_s == 15.0
+    assert last["get"].p99_us < 2 and 990 < last["put"].p50_us < 1010

@@ -98,6 +98,13 @@ async def test_two_agents_aggregate_equals_the_sum_of_the_agents(tmp_path: Path)
     lines = (directory / "perf_log.tsv").read_text().splitlines()
     assert lines[0].split("\t")[:3] == ["elapsed_s", "stage", "agent"]
     assert any("\tworkload\tall\t" in line for line in lines[1:])
+    ops_log = (directory / "op_log.tsv").read_text().splitlines()
+    assert ops_log[0].split("\t")[:3] == ["elapsed_s", "stage", "op"]
+    assert {line.split("\t")[2] for line in ops_log[1:] if "\tworkload\t" in line} == {
+        "get",
+        "put",
+        "stat",
+    }
     assert "agents:" in (directory / "config.yaml").read_text()
 
 

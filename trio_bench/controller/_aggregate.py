@@ -17,7 +17,7 @@ from trio_bench.protocol import OpStats, Stats
 from trio_bench.stats import merge_ops, op_difference, percentiles
 
 MIB = 1024 * 1024
-PERF_LOG_COLUMNS = (
+PERF_LOG_COLUMNS: tuple[str, ...] = (
     "elapsed_s",
     "stage",
     "agent",
@@ -34,6 +34,9 @@ PERF_LOG_COLUMNS = (
     "done",
     "total",
 )
+
+# op_log.tsv: the same interval numbers per op kind, all agents merged (no progress columns)
+OP_LOG_COLUMNS = tuple("op" if c == "agent" else c for c in PERF_LOG_COLUMNS[:-2])
 
 
 @attrs.frozen
@@ -127,6 +130,10 @@ class Aggregator:
     def __init__(self) -> None:
         self._previous: dict[str, _Previous] = {}
         self.last_rows: dict[str, IntervalRow] = {}  # agent id (or "all") -> newest row
+        # per agent: its newest interval's rates by op kind (ops/s, MiB/s)
+        self._kind_rates: dict[str, dict[str, tuple[float, float]]] = {}
+        # the last tick's rows per op kind, all agents merged (``agent`` holds the op kind)
+        self.op_rows: list[IntervalRow] = []
 
     def tick(
         self,
@@ -143,6 +150,8 @@ class Aggregator:
         """
         rows: list[IntervalRow] = []
         fresh: dict[str, list[OpStats]] = {}
+        fresh_kinds: dict[str, dict[str, list[OpStats]]] = {}
+        self.op_rows = []
         for agent, stats in latest:
             if stats is None:
                 continue
@@ -154,17 +163,18 @@ class Aggregator:
                 continue  # nothing new from this agent since the last tick
             base = {} if new_epoch or previous is None else previous.ops
             since = 0 if new_epoch or previous is None else previous.elapsed_ns
-            delta = merge_ops(op_difference(ops, base.get(kind)) for kind, ops in stats.ops.items())
+            kinds = {kind: op_difference(ops, base.get(kind)) for kind, ops in stats.ops.items()}
+            delta = merge_ops(kinds.values())
+            seconds = (stats.elapsed_ns - since) / 1e9
             row = interval_row(
-                elapsed_s,
-                stats.stage,
-                agent,
-                stats.warmup,
-                delta,
-                (stats.elapsed_ns - since) / 1e9,
-                stats.done,
-                stats.total,
+                elapsed_s, stats.stage, agent, stats.warmup, delta, seconds, stats.done, stats.total
             )
+            rate = 1 / seconds if seconds > 0 else 0.0
+            self._kind_rates[agent] = {
+                kind: (d.ops * rate, d.bytes / MIB * rate) for kind, d in kinds.items()
+            }
+            for kind, d in kinds.items():
+                fresh_kinds.setdefault(stats.stage, {}).setdefault(kind, []).append(d)
             self._previous[agent] = _Previous(
                 stats.stage, stats.warmup, stats.elapsed_ns, stats.ops
             )
@@ -191,4 +201,20 @@ class Aggregator:
             )
             self.last_rows["all"] = total
             rows.append(total)
+            for kind, kind_deltas in sorted(fresh_kinds.get(stage, {}).items()):
+                rates = [self._kind_rates.get(r.agent, {}).get(kind, (0.0, 0.0)) for r in recent]
+                self.op_rows.append(
+                    interval_row(
+                        elapsed_s,
+                        stage,
+                        kind,
+                        total.warmup,
+                        merge_ops(kind_deltas),
+                        1.0,
+                        0,
+                        0,
+                        ops_per_s=sum(ops for ops, _ in rates),
+                        mib_per_s=sum(mib for _, mib in rates),
+                    )
+                )
         return rows

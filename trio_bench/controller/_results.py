@@ -36,7 +36,7 @@ from trio_bench.stats import (
     summary_rows,
 )
 
-from ._aggregate import PERF_LOG_COLUMNS, IntervalRow
+from ._aggregate import OP_LOG_COLUMNS, PERF_LOG_COLUMNS, IntervalRow
 
 STAGE_FILES = {"workload": "summary.tsv", "prepare": "prepare.tsv", "cleanup": "cleanup.tsv"}
 
@@ -122,6 +122,8 @@ class ResultsWriter:
         self.directory = directory
         self._perf_log = open(directory / "perf_log.tsv", "w", buffering=1)  # noqa: SIM115
         self._perf_log.write("\t".join(PERF_LOG_COLUMNS) + "\n")
+        self._op_log = open(directory / "op_log.tsv", "w", buffering=1)  # noqa: SIM115
+        self._op_log.write("\t".join(OP_LOG_COLUMNS) + "\n")
         self._errors = open(directory / "errors.tsv", "w", buffering=1)  # noqa: SIM115
         self._errors.write("stage\tagent\top\tcode\tcount\n")
 
@@ -131,9 +133,13 @@ class ResultsWriter:
             self.directory / "config.yaml", header + yaml.safe_dump(data, sort_keys=False)
         )
 
-    def log_intervals(self, rows: Iterable[IntervalRow]) -> None:
+    def log_intervals(
+        self, rows: Iterable[IntervalRow], op_rows: Iterable[IntervalRow] = ()
+    ) -> None:
         for row in rows:
             self._perf_log.write("\t".join(row.cells()) + "\n")
+        for row in op_rows:
+            self._op_log.write("\t".join(row.cells()[: len(OP_LOG_COLUMNS)]) + "\n")
 
     def write_stage(self, stage: str, results: Sequence[AgentStageResult]) -> dict[str, Any]:
         """Write the stage's aggregate and per-agent TSVs; return facts for run.json."""
@@ -162,4 +168,5 @@ class ResultsWriter:
 
     def close(self) -> None:
         self._perf_log.close()
+        self._op_log.close()
         self._errors.close()

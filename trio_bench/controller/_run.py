@@ -440,7 +440,7 @@ class Controller:
             self._elapsed(), [(link.id, link.latest) for link in self.links], 3 * interval
         )
         if self._results is not None:
-            self._results.log_intervals(rows)
+            self._results.log_intervals(rows, self.aggregator.op_rows)
         # perf_log keeps every interval; people need at most a few redraws a second
         now = trio.current_time()
         if now - self._last_view >= DISPLAY_EVERY_S:
