@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import socket
@@ -93,11 +94,24 @@ async def test_two_agents_aggregate_equals_the_sum_of_the_agents(tmp_path: Path)
     for agent in record["agents"]:
         assert agent["final_state"] == "completed" and agent["clock_rtt_ms"] is not None
         # a null:// worker loops flat out: the agent process keeps about one core busy
-        workload = agent["stages"]["workload"]
-        assert workload["cpu_user_s"] > 0.3 and 0.5 < workload["cpu_cores"] < 2.5, workload
+        facts = agent["stages"]["workload"]
+        assert facts["cpu_user_s"] > 0.3 and 0.5 < facts["cpu_cores"] < 2.5, facts
     lines = (directory / "perf_log.tsv").read_text().splitlines()
     assert lines[0].split("\t")[:3] == ["elapsed_s", "stage", "agent"]
     assert any("\tworkload\tall\t" in line for line in lines[1:])
+    # histograms.json holds the merged histograms the percentiles came from: a reader can
+    # recompute summary.tsv's p99 (nearest rank, bucket midpoint clamped to the max)
+    histograms = json.loads((directory / "histograms.json").read_text())["stages"]
+    get = histograms["workload"]["all"]["get"]
+    assert get["ops"] == int(workload["get"]["ops"]) == sum(n for _, _, n in get["hist"])
+    rank, seen = math.ceil(0.99 * get["ops"]), 0
+    for low, high, n in get["hist"]:
+        seen += n
+        if seen >= rank:
+            p99_ns = min(low + (high - low - 1) // 2, get["max_ns"])
+            break
+    assert round(p99_ns / 1000, 1) == float(workload["get"]["p99_us"])
+    assert sum(a["get"]["ops"] for a in histograms["workload"]["agents"].values()) == get["ops"]
     ops_log = (directory / "op_log.tsv").read_text().splitlines()
     assert ops_log[0].split("\t")[:3] == ["elapsed_s", "stage", "op"]
     assert {line.split("\t")[2] for line in ops_log[1:] if "\tworkload\t" in line} == {

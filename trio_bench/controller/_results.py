@@ -6,6 +6,9 @@ before it.
     prepare.tsv            prepare stage, same columns (cleanup.tsv likewise)
     agents/<id>/*.tsv      the same files for each agent
     perf_log.tsv           one row per stats interval, per agent and ``all``
+    op_log.tsv             one row per stats interval per op kind, all agents merged
+    hosts/<host>/*.tsv     each load host's agents merged
+    histograms.json        the merged latency histograms per stage and op kind (all, each agent)
     errors.tsv             failed operations by stage, agent, op kind and error code
     run.json               status, exit code, start skew, per-agent facts, timeline
 
@@ -27,12 +30,13 @@ from typing import Any
 
 import yaml
 
-from trio_bench.protocol import StageSummary, Stats, to_controller_clock
+from trio_bench.protocol import OpStats, StageSummary, Stats, bucket_bounds, to_controller_clock
 from trio_bench.stats import (
     Snapshot,
     format_tsv,
     merge_snapshots,
     snapshot_from_wire,
+    snapshot_to_wire,
     summary_rows,
 )
 
@@ -111,6 +115,35 @@ def _merged_tsv(path: Path, results: Sequence[AgentStageResult]) -> float:
     return span
 
 
+HISTOGRAM_FORMAT = (
+    "stages.<stage>.all|agents.<id>.<op>: ops, bytes, errors, sum_ns, max_ns, and hist: "
+    "[low_ns, high_ns, count] per non-empty bucket (values low_ns <= v < high_ns); merge "
+    "histograms by adding the counts of equal buckets"
+)
+
+
+def _histograms(snapshot: Snapshot) -> dict[str, Any]:
+    out = {}
+    for kind, stats in snapshot_to_wire(snapshot).items():
+        out[kind] = {**_totals(stats), "hist": [_bucket(i, n) for i, n in stats.hist]}
+    return out
+
+
+def _totals(stats: OpStats) -> dict[str, int]:
+    return {
+        "ops": stats.ops,
+        "bytes": stats.bytes,
+        "errors": stats.errors,
+        "sum_ns": stats.sum_ns,
+        "max_ns": stats.max_ns,
+    }
+
+
+def _bucket(index: int, count: int) -> list[int]:
+    low, width = bucket_bounds(index)
+    return [low, low + width, count]
+
+
 def _folder_name(text: str) -> str:
     """A host name as reported by a peer, made safe as one path segment."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", text)[:64]
@@ -125,6 +158,7 @@ class ResultsWriter:
         self._op_log = open(directory / "op_log.tsv", "w", buffering=1)  # noqa: SIM115
         self._op_log.write("\t".join(OP_LOG_COLUMNS) + "\n")
         self._errors = open(directory / "errors.tsv", "w", buffering=1)  # noqa: SIM115
+        self._histograms: dict[str, Any] = {}
         self._errors.write("stage\tagent\top\tcode\tcount\n")
 
     def write_config(self, data: dict[str, Any], source: str) -> None:
@@ -148,6 +182,14 @@ class ResultsWriter:
             rows = summary_rows(result.snapshot, result.seconds)
             _atomic_write(self.directory / "agents" / result.agent / name, format_tsv(rows))
         span = _merged_tsv(self.directory / name, results)
+        self._histograms[stage] = {
+            "all": _histograms(merge_snapshots(r.snapshot for r in results)),
+            "agents": {r.agent: _histograms(r.snapshot) for r in results},
+        }
+        _atomic_write(
+            self.directory / "histograms.json",
+            json.dumps({"format": HISTOGRAM_FORMAT, "stages": self._histograms}) + "\n",
+        )
         by_host: dict[str, list[AgentStageResult]] = {}
         for result in results:
             by_host.setdefault(_folder_name(result.host or "unknown"), []).append(result)
