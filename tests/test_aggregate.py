@@ -125,3 +125,48 @@ def test_each_op_kind_has_its_own_interval_rows_across_agents() -> None:
     assert (last["get"].ops_per_s, last["put"].ops_per_s) == (150.0, 15.0)
     assert last["put"].mib_per_s == 15.0
     assert last["get"].p99_us < 2 and 990 < last["put"].p50_us < 1010
+
+
+def test_hosts_merge_their_agents_live() -> None:
+    aggregator = Aggregator()
+    hosts = {"a1": "h1", "a2": "h1", "a3": "h2"}
+    for seq in (1, 2):
+        aggregator.tick(
+            float(seq),
+            [
+                ("a1", snapshot(seq, 100 * seq)),
+                ("a2", snapshot(seq, 100 * seq, latency_ns=1_000_000)),
+                ("a3", snapshot(seq, 10 * seq)),
+            ],
+            hosts=hosts,
+        )
+    h1, h2 = aggregator.host_rows["h1"], aggregator.host_rows["h2"]
+    assert (h1.ops, h1.ops_per_s, h2.ops, h2.ops_per_s) == (200, 200.0, 10, 10.0)
+    # h1's percentiles come from both agents' merged intervals: half at 1 us, half at 1 ms
+    assert h1.p50_us < 2 and 990 < h1.p99_us < 1010
+
+
+def test_many_agents_are_shown_one_row_per_host() -> None:
+    import io
+
+    from rich.console import Console
+
+    from trio_bench.controller._display import MAX_AGENT_ROWS, AgentView, Display, RunView
+
+    def row(name: str) -> AgentView:
+        return AgentView(name, "running", "workload", "", 1.0, 1.0, 1.0, 1.0, 0.1, "", 0.9)
+
+    agents = [row(f"lg{h}-{k}") for h in (1, 2) for k in range(1, 17)]
+    assert len(agents) > MAX_AGENT_ROWS
+    view = RunView(
+        "t", "workload", agents, 32.0, 32.0, 1.0, 1.0, "32 live", [row("lg1 (16)"), row("lg2 (16)")]
+    )
+    out = io.StringIO()
+    Console(file=out, width=160).print(Display("plain")._table(view))
+    text = out.getvalue()
+    assert "host (agents)" in text and "lg1 (16)" in text and "lg2 (16)" in text
+    assert "lg1-3" not in text
+    view = RunView("t", "workload", agents[:3], 3.0, 3.0, 1.0, 1.0, "3 live", [row("lg1 (3)")])
+    out = io.StringIO()
+    Console(file=out, width=160).print(Display("plain")._table(view))
+    assert "lg1-3" in out.getvalue() and "host (agents)" not in out.getvalue()

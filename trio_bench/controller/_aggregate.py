@@ -9,7 +9,7 @@ interval histograms bin by bin: percentiles are never averaged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -112,6 +112,25 @@ def interval_row(
     )
 
 
+def _merged_row(
+    elapsed_s: float, stage: str, name: str, deltas: list[OpStats], recent: list[IntervalRow]
+) -> IntervalRow:
+    """Several agents as one: the newly reported operations merged exactly, rates summed over
+    the agents' current rates (see ``Aggregator.tick``)."""
+    return interval_row(
+        elapsed_s,
+        stage,
+        name,
+        any(r.warmup for r in recent),
+        merge_ops(deltas),
+        1.0,
+        sum(r.done for r in recent),
+        sum(r.total for r in recent),
+        ops_per_s=sum(r.ops_per_s for r in recent),
+        mib_per_s=sum(r.mib_per_s for r in recent),
+    )
+
+
 @attrs.define
 class _Previous:
     stage: str
@@ -134,12 +153,15 @@ class Aggregator:
         self._kind_rates: dict[str, dict[str, tuple[float, float]]] = {}
         # the last tick's rows per op kind, all agents merged (``agent`` holds the op kind)
         self.op_rows: list[IntervalRow] = []
+        # per load host: its agents merged like ``all`` (``agent`` holds the host name)
+        self.host_rows: dict[str, IntervalRow] = {}
 
     def tick(
         self,
         elapsed_s: float,
         latest: Iterable[tuple[str, Stats | None]],
         stale_after_s: float = 3.0,
+        hosts: Mapping[str, str] | None = None,
     ) -> list[IntervalRow]:
         """Rows for every agent with new numbers, plus one ``all`` row per stage.
 
@@ -147,10 +169,12 @@ class Aggregator:
         last tick (nothing counted twice, nothing lost); its rates are the sum of every agent's
         current rate, including agents whose next frame has not arrived yet (not older than
         ``stale_after_s``), so a frame arriving just after a tick cannot halve the aggregate.
+        With ``hosts`` (agent id -> host), ``host_rows`` get the same treatment per host.
         """
         rows: list[IntervalRow] = []
         fresh: dict[str, list[OpStats]] = {}
         fresh_kinds: dict[str, dict[str, list[OpStats]]] = {}
+        fresh_hosts: dict[tuple[str, str], list[OpStats]] = {}
         self.op_rows = []
         for agent, stats in latest:
             if stats is None:
@@ -181,25 +205,21 @@ class Aggregator:
             self.last_rows[agent] = row
             rows.append(row)
             fresh.setdefault(stats.stage, []).append(delta)
+            if hosts is not None:
+                host = hosts.get(agent, "?")
+                fresh_hosts.setdefault((stats.stage, host), []).append(delta)
         for stage, deltas in fresh.items():
             recent = [
                 r
                 for agent, r in self.last_rows.items()
                 if agent != "all" and r.stage == stage and elapsed_s - r.elapsed_s <= stale_after_s
             ]
-            total = interval_row(
-                elapsed_s,
-                stage,
-                "all",
-                any(r.warmup for r in recent),
-                merge_ops(deltas),
-                1.0,
-                sum(r.done for r in recent),
-                sum(r.total for r in recent),
-                ops_per_s=sum(r.ops_per_s for r in recent),
-                mib_per_s=sum(r.mib_per_s for r in recent),
-            )
+            total = _merged_row(elapsed_s, stage, "all", deltas, recent)
             self.last_rows["all"] = total
+            for (host_stage, host), host_deltas in fresh_hosts.items():
+                if host_stage == stage and hosts is not None:
+                    on_host = [r for r in recent if hosts.get(r.agent, "?") == host]
+                    self.host_rows[host] = _merged_row(elapsed_s, stage, host, host_deltas, on_host)
             rows.append(total)
             for kind, kind_deltas in sorted(fresh_kinds.get(stage, {}).items()):
                 rates = [self._kind_rates.get(r.agent, {}).get(kind, (0.0, 0.0)) for r in recent]

@@ -42,6 +42,10 @@ class RunView:
     p50_us: float
     p99_us: float
     counts: str
+    hosts: list[AgentView] = attrs.field(factory=list)  # one row per load host
+
+
+MAX_AGENT_ROWS = 24
 
 
 def _latency(us: float) -> str:
@@ -108,7 +112,11 @@ class Display:
             ("notes", "left"),
         ]:
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
-        for agent in view.agents:
+        # more agents than fit on a screen: one row per load host, agents merged
+        by_host = len(view.agents) > MAX_AGENT_ROWS and len(view.hosts) < len(view.agents)
+        if by_host:
+            table.columns[0].header = "host (agents)"
+        for agent in view.hosts if by_host else view.agents:
             silent = "-" if agent.silent_s is None else f"{agent.silent_s:.1f}s"
             table.add_row(
                 agent.id,

@@ -148,6 +148,12 @@ class AgentLink:
     def offset_ns(self) -> int:
         return self.estimator.offset_ns or 0
 
+    @property
+    def load_host(self) -> str:
+        """The load host this agent runs on: its hostname once it said hello, else the
+        host part of its address."""
+        return self.hello.hostname if self.hello is not None else self.host
+
     def seconds_since_frame(self) -> float | None:
         if self.conn is None:
             return None

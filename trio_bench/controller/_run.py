@@ -24,7 +24,7 @@ import trio
 
 from trio_bench import __version__
 from trio_bench.clock import RunClock
-from trio_bench.config import AgentAddress, Config, config_to_dict, split_address
+from trio_bench.config import AgentAddress, Config, config_to_dict
 from trio_bench.protocol import (
     PROTOCOL_VERSION,
     STAGES,
@@ -376,7 +376,7 @@ class Controller:
                 link.summaries.get(stage),
                 link.latest if link.latest is not None and link.latest.stage == stage else None,
                 link.offset_ns,
-                link.hello.hostname if link.hello else split_address(link.address)[0],
+                link.load_host,
             )
             for link in participants
         ]
@@ -437,7 +437,10 @@ class Controller:
     def _tick(self) -> None:
         interval = self.settings.stats_interval / 1e9
         rows = self.aggregator.tick(
-            self._elapsed(), [(link.id, link.latest) for link in self.links], 3 * interval
+            self._elapsed(),
+            [(link.id, link.latest) for link in self.links],
+            3 * interval,
+            hosts={link.id: link.load_host for link in self.links},
         )
         if self._results is not None:
             self._results.log_intervals(rows, self.aggregator.op_rows)
@@ -498,12 +501,45 @@ class Controller:
             title=f"[{self._elapsed():7.1f}s] run {self.run_id}",
             stage=self.stage,
             agents=agents,
+            hosts=self._host_views(agents),
             ops_per_s=total.ops_per_s if total else 0.0,
             mib_per_s=total.mib_per_s if total else 0.0,
             p50_us=total.p50_us if total else 0.0,
             p99_us=total.p99_us if total else 0.0,
             counts=counts,
         )
+
+    def _host_views(self, agents: list[AgentView]) -> list[AgentView]:
+        """One row per load host, its agents merged (exact interval percentiles)."""
+        by_host: dict[str, list[tuple[AgentLink, AgentView]]] = {}
+        for link, view in zip(self.links, agents):
+            by_host.setdefault(link.load_host, []).append((link, view))
+        out = []
+        for host, members in by_host.items():
+            row = self.aggregator.host_rows.get(host)
+            current = row is not None and row.stage == self.stage
+            states: dict[str, int] = {}
+            for link, _view in members:
+                states[link.state.value] = states.get(link.state.value, 0) + 1
+            cpus = [v.cpu_cores for _link, v in members if v.cpu_cores is not None]
+            notes = [v.note for _link, v in members if v.note]
+            silent = [v.silent_s for _link, v in members if v.silent_s is not None]
+            out.append(
+                AgentView(
+                    id=f"{host} ({len(members)})",
+                    state=", ".join(f"{n} {state}" for state, n in sorted(states.items())),
+                    stage=self.stage,
+                    progress="",
+                    ops_per_s=row.ops_per_s if row and current else 0.0,
+                    mib_per_s=row.mib_per_s if row and current else 0.0,
+                    p50_us=row.p50_us if row and current else 0.0,
+                    p99_us=row.p99_us if row and current else 0.0,
+                    silent_s=max(silent) if silent else None,
+                    note=f"{len(notes)} agent(s): {notes[0]}" if notes else "",
+                    cpu_cores=sum(cpus) if cpus else None,
+                )
+            )
+        return out
 
     # -- signals
 
