@@ -93,9 +93,11 @@ async def test_two_agents_aggregate_equals_the_sum_of_the_agents(tmp_path: Path)
     assert record["start_skew_ms"]["workload"] < 50
     for agent in record["agents"]:
         assert agent["final_state"] == "completed" and agent["clock_rtt_ms"] is not None
-        # a null:// worker loops flat out: the agent process keeps about one core busy
+        # a null:// worker loops flat out: the agent process keeps a core busy when it gets one
+        # (how much it gets depends on what else the machine runs, so only a loose bound)
         facts = agent["stages"]["workload"]
-        assert facts["cpu_user_s"] > 0.3 and 0.5 < facts["cpu_cores"] < 2.5, facts
+        busy = facts["cpu_user_s"] + facts["cpu_system_s"]
+        assert busy > 0.1 and 0.1 < facts["cpu_cores"] < 2.5, facts
     lines = (directory / "perf_log.tsv").read_text().splitlines()
     assert lines[0].split("\t")[:3] == ["elapsed_s", "stage", "agent"]
     assert any("\tworkload\tall\t" in line for line in lines[1:])
