@@ -449,6 +449,38 @@ def test_one_agent_command_runs_several_processes_and_restarts_a_crashed_one(
         supervisor.stderr.close()
 
 
+def test_agent_processes_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    """SIGKILL gives the supervisor no chance to stop its agents: they must end by themselves
+    (parent-death signal), or they would keep holding their ports."""
+    port = _consecutive_free_ports(2)
+    supervisor = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "trio_bench", "agent", "--listen", f"127.0.0.1:{port}"),
+            *("--processes", "2", "--id", "orphan", "--state-dir", str(tmp_path / "state")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert supervisor.stdout is not None
+    try:
+        for _ in range(2):
+            assert "listening on" in supervisor.stdout.readline()
+        children = _pids_with_argument("orphan-1") + _pids_with_argument("orphan-2")
+        assert len(children) == 2
+        supervisor.kill()
+        supervisor.wait()
+        deadline = time.monotonic() + 10
+        while _pids_with_argument("orphan-1") + _pids_with_argument("orphan-2"):
+            assert time.monotonic() < deadline, "agent processes outlived their supervisor"
+            time.sleep(0.1)
+    finally:
+        for pid in _pids_with_argument("orphan-1") + _pids_with_argument("orphan-2"):
+            os.kill(pid, signal.SIGKILL)
+        supervisor.stdout.close()
+
+
 def test_host_names_from_peers_are_safe_folder_names() -> None:
     from trio_bench.controller._results import _folder_name
 

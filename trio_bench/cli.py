@@ -160,8 +160,9 @@ def agent(
     until SIGTERM or SIGINT. Prints "listening on HOST:PORT" when ready (once per process
     with --processes; a process that crashes is restarted).
     """
-    from trio_bench.agent import AGENT_SWITCH_INTERVAL_S, AgentOptions
+    from trio_bench.agent import AGENT_SWITCH_INTERVAL_S, AgentOptions, follow_supervisor
 
+    follow_supervisor()
     _setup_logging(verbose)
     sys.setswitchinterval(AGENT_SWITCH_INTERVAL_S)
     try:

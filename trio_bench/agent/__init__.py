@@ -1,6 +1,6 @@
 """The agent: serves runs to controllers over TCP, drives the storage with the engine."""
 
-from ._processes import StartFailed, supervise
+from ._processes import StartFailed, follow_supervisor, supervise
 from ._server import AGENT_SWITCH_INTERVAL_S, HANDSHAKE_TIMEOUT_S, AgentOptions, AgentServer
 from ._session import Session
 
@@ -11,5 +11,6 @@ __all__ = [
     "AgentServer",
     "Session",
     "StartFailed",
+    "follow_supervisor",
     "supervise",
 ]

@@ -14,14 +14,19 @@ configuration problem, not a crash.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import trio
 
 log = logging.getLogger("triobench.agent")
 
+SUPERVISOR_ENV = "TRIOBENCH_SUPERVISOR_PID"  # set in each agent process we start
 STARTUP_S = 3.0  # an agent that exits sooner than this after starting failed to start
 RESTART_PAUSE_S = 1.0
 STOP_TIMEOUT_S = 15.0
@@ -59,11 +64,15 @@ async def supervise(commands: Sequence[tuple[str, list[str]]]) -> None:
 async def _keep_running(name: str, argv: list[str]) -> None:
     while True:
         started = trio.current_time()
-        # its own process group: a terminal's Ctrl-C reaches the supervisor, which stops each
-        # agent once, in order, instead of every process getting SIGINT at the same time
-        process = await trio.lowlevel.open_process(argv, start_new_session=True)
+        # Started from this (the main) thread: the agent's "parent died" signal is tied to
+        # the thread that forked it, and Trio's open_process forks from worker threads that
+        # come and go. Its own process group: a terminal's Ctrl-C reaches the supervisor,
+        # which stops each agent once, instead of every process getting SIGINT at once.
+        process = subprocess.Popen(  # noqa: ASYNC220 (a fork+exec: milliseconds, on purpose)
+            argv, start_new_session=True, env={**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+        )
         try:
-            code = await process.wait()
+            code = await _wait(process)
         except trio.Cancelled:
             await _stop(process)
             raise
@@ -77,12 +86,42 @@ async def _keep_running(name: str, argv: list[str]) -> None:
         await trio.sleep(RESTART_PAUSE_S)
 
 
-async def _stop(process: trio.Process) -> None:
+async def _wait(process: subprocess.Popen[bytes]) -> int:
+    """The exit code, without blocking the loop (a pidfd on Linux, polling elsewhere)."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        while process.poll() is None:  # noqa: ASYNC110 (no pidfd: nothing to wait on)
+            await trio.sleep(0.1)
+        return process.returncode
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+    return process.wait()
+
+
+async def _stop(process: subprocess.Popen[bytes]) -> None:
     with trio.CancelScope(shield=True):
-        if process.returncode is None:
+        if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         with trio.move_on_after(STOP_TIMEOUT_S):
-            await process.wait()
+            await _wait(process)
             return
         process.kill()
-        await process.wait()
+        await _wait(process)
+
+
+def follow_supervisor() -> None:
+    """In an agent process started by ``supervise``: end with the supervisor, even if it is
+    killed outright, so no orphaned agent keeps holding its port (Linux; elsewhere the
+    supervisor's normal stop is all there is)."""
+    parent = os.environ.pop(SUPERVISOR_ENV, None)
+    if parent is None:
+        return
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(parent):  # the supervisor died before prctl took effect
+        raise SystemExit(0)
