@@ -8,7 +8,7 @@ before it.
     perf_log.tsv           one row per stats interval, per agent and ``all``
     op_log.tsv             one row per stats interval per op kind, all agents merged
     hosts/<host>/*.tsv     each load host's agents merged
-    histograms.json        the merged latency histograms per stage and op kind (all, each agent)
+    histograms.json        the merged latency histograms per stage and op kind (all, each host)
     errors.tsv             failed operations by stage, agent, op kind and error code
     run.json               status, exit code, start skew, per-agent facts, timeline
 
@@ -116,7 +116,7 @@ def _merged_tsv(path: Path, results: Sequence[AgentStageResult]) -> float:
 
 
 HISTOGRAM_FORMAT = (
-    "stages.<stage>.all|agents.<id>.<op>: ops, bytes, errors, sum_ns, max_ns, and hist: "
+    "stages.<stage>.all|hosts.<host>.<op>: ops, bytes, errors, sum_ns, max_ns, and hist: "
     "[low_ns, high_ns, count] per non-empty bucket (values low_ns <= v < high_ns); merge "
     "histograms by adding the counts of equal buckets"
 )
@@ -182,19 +182,23 @@ class ResultsWriter:
             rows = summary_rows(result.snapshot, result.seconds)
             _atomic_write(self.directory / "agents" / result.agent / name, format_tsv(rows))
         span = _merged_tsv(self.directory / name, results)
-        self._histograms[stage] = {
-            "all": _histograms(merge_snapshots(r.snapshot for r in results)),
-            "agents": {r.agent: _histograms(r.snapshot) for r in results},
-        }
-        _atomic_write(
-            self.directory / "histograms.json",
-            json.dumps({"format": HISTOGRAM_FORMAT, "stages": self._histograms}) + "\n",
-        )
         by_host: dict[str, list[AgentStageResult]] = {}
         for result in results:
             by_host.setdefault(_folder_name(result.host or "unknown"), []).append(result)
         for host, on_host in by_host.items():
             _merged_tsv(self.directory / "hosts" / host / name, on_host)
+        # per host rather than per agent: bounded by the hosts, however many agents each runs
+        self._histograms[stage] = {
+            "all": _histograms(merge_snapshots(r.snapshot for r in results)),
+            "hosts": {
+                host: _histograms(merge_snapshots(r.snapshot for r in on_host))
+                for host, on_host in by_host.items()
+            },
+        }
+        _atomic_write(
+            self.directory / "histograms.json",
+            json.dumps({"format": HISTOGRAM_FORMAT, "stages": self._histograms}) + "\n",
+        )
         for result in results:
             for op, codes in sorted(result.error_codes.items()):
                 for code, count in sorted(codes.items(), key=lambda item: -item[1]):
