@@ -314,3 +314,66 @@ async def test_a_start_instant_in_the_past_starts_now_and_runs_the_whole_duratio
     assert time.monotonic() - t0 >= 0.3
     summary = run.summary("completed")
     assert summary.measured_ns >= 0.3e9 and summary.ops["get"].ops > 0
+
+
+def test_ranged_gets_read_one_aligned_block_anywhere_in_the_file(tmp_path: Path) -> None:
+    """block_size: each get reads one block at a random offset that is a multiple of the
+    block size, and the bytes are the file's bytes at that offset."""
+    from trio_bench.engine._file import FileBackend
+
+    block = 4096
+    data = b"".join(i.to_bytes(4, "big") * (block // 4) for i in range(64))  # 64 distinct blocks
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "big").write_bytes(data)
+    (tmp_path / "d" / "small").write_bytes(b"tiny")
+    io = FileBackend(f"{tmp_path}/").worker_io(0)
+    rng = random.Random(7)
+    seen = Counter()
+    for _ in range(2000):
+        assert io.get_block("d/big", block, rng) == block
+        got = bytes(io.buffer[:block])
+        index = int.from_bytes(got[:4], "big")
+        assert got == data[index * block : (index + 1) * block]  # an aligned block, whole
+        seen[index] += 1
+    assert len(seen) == 64 and min(seen.values()) > 10  # every block, roughly uniformly
+    assert io.get_block("d/small", block, rng) == 4  # smaller than a block: all of it
+    io.close()
+
+
+async def test_ranged_gets_count_blocks_not_objects(tmp_path: Path) -> None:
+    cfg = config(
+        f"file://{tmp_path}/",
+        count=20,
+        workload='[{op: get, path: "data/*", block_size: 1KiB}]',
+        concurrency=1,
+    )
+    summaries = await run_stages(Engine(cfg))
+    get = summaries["workload"].ops["get"]
+    assert get.ops > 100 and get.errors == 0 and get.bytes == get.ops * 1024
+
+
+@pytest.mark.parametrize(
+    "workload, extra, message",
+    [
+        (
+            "{op: put, path: x/, object_size: 1KiB, block_size: 4KiB}",
+            "",
+            "workload[0].block_size: only get reads blocks",
+        ),
+        (
+            "{op: get, path: 'x/*', block_size: 2MiB}",
+            "",
+            "workload[0].block_size: 2MiB exceeds the read buffer (file.buffer_size 1MiB)",
+        ),
+        (
+            "{op: get, path: 'x/*', block_size: 4KiB}",
+            "s3",
+            "workload[0].block_size: ranged gets on s3:// are not implemented yet",
+        ),
+    ],
+)
+def test_block_size_mistakes_are_one_line(workload: str, extra: str, message: str) -> None:
+    target = "s3://bucket/x/" if extra == "s3" else "null://"
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"target: {target}\nworkload: [{workload}]\n")
+    assert message in info.value.lines[0] and len(info.value.lines) == 1

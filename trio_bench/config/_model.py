@@ -215,6 +215,8 @@ class OpSpec:
     path: str
     weight: Weight = Weight(1.0)
     size: SizeSpec | None = None
+    # get only: read one block of this size at a random aligned offset in the object
+    block_size: Size | None = None
 
 
 @attrs.frozen
@@ -650,6 +652,7 @@ def _unstructure(config: Config) -> dict[str, Any]:
                 "path": op.path,
                 "weight": op.weight,
                 **({"size_spec": size_spec(op.size)} if op.size else {}),
+                **({"block_size": op.block_size} if op.block_size is not None else {}),
             }
             for op in config.workload
         ],
@@ -763,6 +766,21 @@ def validate(config: Config) -> list[str]:
                 lines.append(f"{where}.path: {exc}")
         if op.op == "put" and any(ch in op.path for ch in "*?["):
             lines.append(f"{where}.path: put writes new objects; its path takes no wildcards")
+        if op.block_size is not None:
+            if op.op != "get":
+                lines.append(f"{where}.block_size: only get reads blocks (ranged reads)")
+            elif op.block_size <= 0:
+                lines.append(f"{where}.block_size: must be at least 1 byte")
+            elif op.block_size > config.file.buffer_size:
+                lines.append(
+                    f"{where}.block_size: {format_size(op.block_size)} exceeds the read buffer "
+                    f"(file.buffer_size {format_size(config.file.buffer_size)})"
+                )
+            elif config.target.startswith("s3://"):
+                lines.append(
+                    f"{where}.block_size: ranged gets on s3:// are not implemented yet "
+                    "(file:// and null:// only)"
+                )
     dist = config.distributed
     lines += agent_problems(dist.agents)
     if not dist.ping_interval < dist.warn_after < dist.dead_after:
@@ -826,6 +844,8 @@ def describe(config: Config) -> str:
     out.append("workload")
     for op in config.workload:
         size = f" {op.size.describe()}" if op.size else ""
+        if op.block_size is not None:
+            size += f" ({format_size(op.block_size)} blocks at random aligned offsets)"
         out.append(f"  {op.weight / total:6.1%}  {op.op:<6} {op.path}{size}")
     dist = config.distributed
     if dist.agents:

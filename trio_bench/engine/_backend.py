@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+import random
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -34,6 +35,11 @@ class WorkerIO(abc.ABC):
     @abc.abstractmethod
     def get(self, key: str) -> int:
         """Read the whole object; return the bytes read."""
+
+    def get_block(self, key: str, block_size: int, rng: random.Random) -> int:
+        """Read ``block_size`` bytes at a random offset, a multiple of ``block_size``, in the
+        object (fewer if the object is smaller); return the bytes read."""
+        raise NotImplementedError(f"ranged gets are not implemented for {type(self).__name__}")
 
     @abc.abstractmethod
     def put(self, key: str, size: int, fill: memoryview) -> int:

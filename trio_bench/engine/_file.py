@@ -12,6 +12,7 @@ resolve (symlinks followed) inside it; the engine checks directories before any 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 from pathlib import Path
 
@@ -136,6 +137,21 @@ class FileIO(WorkerIO):
             if self.advise == "dontneed":
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             return total
+        finally:
+            os.close(fd)
+
+    def get_block(self, key: str, block_size: int, rng: random.Random) -> int:
+        try:
+            fd = os.open(self.base + key, _READ)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        try:
+            blocks = max(1, os.fstat(fd).st_size // block_size)
+            offset = rng.randrange(blocks) * block_size
+            n = os.preadv(fd, [memoryview(self.buffer)[:block_size]], offset)
+            if self.advise == "dontneed":
+                os.posix_fadvise(fd, offset, block_size, os.POSIX_FADV_DONTNEED)
+            return n
         finally:
             os.close(fd)
 

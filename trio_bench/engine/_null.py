@@ -7,6 +7,8 @@ of the session; single dict operations are atomic under the GIL.
 
 from __future__ import annotations
 
+import random
+
 from ._backend import Backend, ObjectMissing, WorkerIO
 
 
@@ -44,6 +46,9 @@ class NullIO(WorkerIO):
             return self.directories[directory][name]
         except KeyError:
             raise ObjectMissing(key) from None
+
+    def get_block(self, key: str, block_size: int, rng: random.Random) -> int:
+        return min(block_size, self.get(key))
 
     def put(self, key: str, size: int, fill: memoryview) -> int:
         directory, name = _split(key)

@@ -104,6 +104,7 @@ class OpPlan:
     directory: str  # with the agent prefix
     pattern: str  # get/stat/delete: glob on names; put: the name prefix; list: ""
     size: SizeSpec | None = None
+    block_size: int | None = None  # get: one block at a random aligned offset
     pool: Pool | None = None  # get/stat/delete
     feeds: list[Pool] = attrs.Factory(list)  # put: pools its new objects belong to
     created: list[str] = attrs.Factory(list)  # put: keys created (for cleanup)
@@ -188,7 +189,15 @@ class AgentPlan:
                 size=op.size,
             )
         directory, pattern = split_pattern(op.path)
-        return OpPlan(index, op.op, op.weight, op.path, self.prefix + directory, pattern)
+        return OpPlan(
+            index,
+            op.op,
+            op.weight,
+            op.path,
+            self.prefix + directory,
+            pattern,
+            block_size=op.block_size,
+        )
 
     def _link_pools(self) -> None:
         """One pool per distinct (directory, pattern); puts feed the pools they match."""

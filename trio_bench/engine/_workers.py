@@ -173,6 +173,13 @@ class WorkloadWorker(Worker):
             return record, op.kind, lambda _r: directory, do_list, None
         pool = op.pool
         assert pool is not None
+        if op.kind == "get" and op.block_size is not None:
+            block, rng = op.block_size, self.rng
+
+            def do_block(key: str) -> int:
+                return io.get_block(key, block, rng)
+
+            return record, op.kind, pool.pick, do_block, None
         if op.kind == "get":
             return record, op.kind, pool.pick, io.get, None
         if op.kind == "stat":
