@@ -340,3 +340,12 @@ def test_agents_with_several_processes_are_one_entry_each() -> None:
     ]
     # what travels in CONFIGURE and lands in config.yaml reads back the same
     assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_the_readme_configuration_reference_is_valid() -> None:
+    import re
+
+    (block,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    config = parse_config(block)
+    assert any(op.block_size for op in config.workload)  # the reference shows every field
+    assert config.s3.ca_bundle and config.file.buffer_size
