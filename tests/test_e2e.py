@@ -4,6 +4,7 @@ Each test is bounded: short stages, fast liveness settings, and a ``fail_after``
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -360,10 +361,9 @@ def test_agent_startup_errors_are_one_line(tmp_path: Path) -> None:
 
 def _consecutive_free_ports(count: int) -> int:
     import random
-    import socket
 
     for _ in range(100):
-        base = random.randrange(20000, 60000)
+        base = random.randrange(10000, 32000)  # below the kernel's ephemeral port range
         sockets = []
         try:
             for k in range(count):
@@ -379,6 +379,28 @@ def _consecutive_free_ports(count: int) -> int:
     raise RuntimeError("no free consecutive ports")
 
 
+def _children(parent: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _pids_with_argument(argument: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -391,27 +413,51 @@ def _pids_with_argument(argument: str) -> list[int]:
     return pids
 
 
+def _supervisor(tmp_path: Path, agent_id: str) -> tuple[subprocess.Popen[str], int, list[str]]:
+    """``agent --processes 2`` on two free consecutive ports, and the ids it reports ready.
+    Ports found free can be taken before the agents bind them: then it tries other ports."""
+    for _ in range(3):
+        port = _consecutive_free_ports(2)
+        supervisor = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "trio_bench", "agent", "--listen", f"127.0.0.1:{port}"),
+                *("--processes", "2", "--id", agent_id, "--state-dir", str(tmp_path / "state")),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert supervisor.stdout is not None and supervisor.stderr is not None
+        lines = [supervisor.stdout.readline(), supervisor.stdout.readline()]
+        if all(" listening on " in line for line in lines):
+            return supervisor, port, sorted(line.split()[2] for line in lines)
+        children = _children(supervisor.pid)
+        try:
+            supervisor.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+            supervisor.wait()
+        for pid in children:  # in their own sessions: not in the supervisor's group
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        err = supervisor.stderr.read()
+        supervisor.stdout.close()
+        supervisor.stderr.close()
+        assert "Address already in use" in err, f"exit {supervisor.returncode}: {lines} {err}"
+    raise AssertionError("no two free consecutive ports stayed free")
+
+
 def test_one_agent_command_runs_several_processes_and_restarts_a_crashed_one(
     tmp_path: Path,
 ) -> None:
     """``agent --processes 2``: two agents on consecutive ports, listed as HOST:PORTx2; a
     SIGKILLed one is back for the next run; SIGTERM stops them all."""
-    port = _consecutive_free_ports(2)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(NULL_RUN.format(duration="300ms", count=10))
-    supervisor = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "trio_bench", "agent", "--listen", f"127.0.0.1:{port}"),
-            *("--processes", "2", "--id", "host", "--state-dir", str(tmp_path / "state")),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    supervisor, port, ready = _supervisor(tmp_path, "host")
     assert supervisor.stdout is not None and supervisor.stderr is not None
     try:
-        ready = sorted(supervisor.stdout.readline().split()[2] for _ in range(2))
         assert ready == ["host-1", "host-2"]
 
         def controller() -> subprocess.CompletedProcess[str]:
@@ -452,33 +498,23 @@ def test_one_agent_command_runs_several_processes_and_restarts_a_crashed_one(
 def test_agent_processes_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
     """SIGKILL gives the supervisor no chance to stop its agents: they must end by themselves
     (parent-death signal), or they would keep holding their ports."""
-    port = _consecutive_free_ports(2)
-    supervisor = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "trio_bench", "agent", "--listen", f"127.0.0.1:{port}"),
-            *("--processes", "2", "--id", "orphan", "--state-dir", str(tmp_path / "state")),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    assert supervisor.stdout is not None
+    supervisor, _port, ready = _supervisor(tmp_path, "orphan")
+    assert supervisor.stdout is not None and supervisor.stderr is not None
     try:
-        for _ in range(2):
-            assert "listening on" in supervisor.stdout.readline()
-        children = _pids_with_argument("orphan-1") + _pids_with_argument("orphan-2")
+        assert ready == ["orphan-1", "orphan-2"]
+        children = _children(supervisor.pid)
         assert len(children) == 2
         supervisor.kill()
         supervisor.wait()
         deadline = time.monotonic() + 10
-        while _pids_with_argument("orphan-1") + _pids_with_argument("orphan-2"):
+        while any(_alive(pid) for pid in children):
             assert time.monotonic() < deadline, "agent processes outlived their supervisor"
             time.sleep(0.1)
     finally:
         for pid in _pids_with_argument("orphan-1") + _pids_with_argument("orphan-2"):
             os.kill(pid, signal.SIGKILL)
         supervisor.stdout.close()
+        supervisor.stderr.close()
 
 
 def test_host_names_from_peers_are_safe_folder_names() -> None:

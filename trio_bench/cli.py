@@ -261,7 +261,10 @@ async def _serve_agent(host: str, port: int, options: object) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, listeners)
             address = f"{bound[0]}:{bound[1]}"
-            print(f"triobench agent {options.agent_id} listening on {address}", flush=True)
+            # one write: with several agents on one stdout (--processes, PYTHONUNBUFFERED),
+            # print's separate write of the newline lets the lines interleave
+            sys.stdout.write(f"triobench agent {options.agent_id} listening on {address}\n")
+            sys.stdout.flush()
             async for signum in signals:
                 logging.getLogger("triobench.agent").info(
                     "%s: stopping", signal.Signals(signum).name

@@ -88,10 +88,12 @@ class Display:
             print(self._line(view), file=self.stream, flush=True)
 
     def _line(self, view: RunView) -> str:
+        cpus = [a.cpu_cores for a in view.agents if a.cpu_cores is not None]
+        cpu = f" agents' cpu {sum(cpus):.1f} cores" if cpus else ""
         return (
             f"{view.title} {view.stage:<8} all: {view.ops_per_s:,.0f} ops/s "
             f"{view.mib_per_s:,.2f} MiB/s p50 {_latency(view.p50_us)} "
-            f"p99 {_latency(view.p99_us)} | {view.counts}"
+            f"p99 {_latency(view.p99_us)}{cpu} | {view.counts}"
         )
 
     def _table(self, view: RunView) -> Table:
