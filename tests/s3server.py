@@ -38,19 +38,16 @@ def ensure_moto() -> Path:
     if server.exists():
         return server
     VENV.parent.mkdir(exist_ok=True)
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True, timeout=120
-        )
-        subprocess.run(
-            [str(VENV / "bin" / "pip"), "install", "-q", MOTO_SPEC],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        raise Unavailable(f"could not install {MOTO_SPEC} into {VENV}: {exc}") from None
+    _install([sys.executable, "-m", "venv", str(VENV)], f"a virtualenv at {VENV}")
+    _install([str(VENV / "bin" / "pip"), "install", "-q", MOTO_SPEC], f"{MOTO_SPEC} into {VENV}")
     return server
+
+
+def _install(argv: list[str], what: str) -> None:
+    try:
+        subprocess.run(argv, check=True, capture_output=True, timeout=600)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        raise Unavailable(f"could not install {what}: {exc}") from None
 
 
 def ensure_s3rver() -> Path:
@@ -61,15 +58,10 @@ def ensure_s3rver() -> Path:
     if npm is None or shutil.which("node") is None:
         raise Unavailable("s3rver needs Node.js and npm, which are not installed")
     S3RVER_DIR.mkdir(parents=True, exist_ok=True)
-    try:
-        subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(S3RVER_DIR), S3RVER_SPEC],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        raise Unavailable(f"could not npm install {S3RVER_SPEC} into {S3RVER_DIR}: {exc}") from None
+    _install(
+        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(S3RVER_DIR), S3RVER_SPEC],
+        f"{S3RVER_SPEC} (npm) into {S3RVER_DIR}",
+    )
     return server
 
 

@@ -101,3 +101,19 @@ def message_of(cls: type[p.Message]) -> st.SearchStrategy[p.Message]:
 
 
 messages = st.sampled_from(p.MESSAGE_TYPES).flatmap(message_of)
+
+
+def stats_message(seq: int = 1, **fields: Any) -> p.Stats:
+    """A STATS message for tests: an empty workload interval unless ``fields`` say otherwise."""
+    defaults: dict[str, Any] = {
+        "stage": "workload",
+        "warmup": False,
+        "elapsed_ns": 0,
+        "done": 0,
+        "total": 0,
+        "ops": {},
+        "error_codes": {},
+        "cpu_user_ns": 0,
+        "cpu_system_ns": 0,
+    }
+    return p.Stats(seq=seq, **{**defaults, **fields})

@@ -8,22 +8,15 @@ from trio_bench import stats
 from trio_bench.controller import Aggregator
 from trio_bench.engine import record_latency
 
+from .strategies import stats_message
+
 
 def snapshot(seq: int, ops: int, latency_ns: int = 1000, stage: str = "workload") -> p.Stats:
     record = stats.new_record()
     for _ in range(ops):
         record_latency(record, latency_ns, 4096)
-    return p.Stats(
-        seq=seq,
-        stage=stage,
-        warmup=False,
-        elapsed_ns=seq * 10**9,
-        done=0,
-        total=0,
-        ops={"get": stats.to_wire(record)},
-        error_codes={},
-        cpu_user_ns=0,
-        cpu_system_ns=0,
+    return stats_message(
+        seq, stage=stage, elapsed_ns=seq * 10**9, ops={"get": stats.to_wire(record)}
     )
 
 
@@ -62,18 +55,7 @@ def test_interval_percentiles_come_from_the_interval_only() -> None:
         record_latency(record, 1_000_000, 4096)
     for _ in range(100):
         record_latency(record, 1_000, 4096)
-    later = p.Stats(
-        seq=2,
-        stage="workload",
-        warmup=False,
-        elapsed_ns=2 * 10**9,
-        done=0,
-        total=0,
-        ops={"get": stats.to_wire(record)},
-        error_codes={},
-        cpu_user_ns=0,
-        cpu_system_ns=0,
-    )
+    later = stats_message(2, elapsed_ns=2 * 10**9, ops={"get": stats.to_wire(record)})
     rows = aggregator.tick(2.0, [("a1", later)])
     (row,) = [r for r in rows if r.agent == "a1"]
     assert row.ops == 100 and row.p99_us < 1.1  # the slow ops were in the earlier interval
@@ -93,17 +75,8 @@ def mixed(seq: int, gets: int, puts: int) -> p.Stats:
         record_latency(get, 1_000, 4096)
     for _ in range(puts):
         record_latency(put, 1_000_000, 1024 * 1024)
-    return p.Stats(
-        seq=seq,
-        stage="workload",
-        warmup=False,
-        elapsed_ns=seq * 10**9,
-        done=0,
-        total=0,
-        ops={"get": stats.to_wire(get), "put": stats.to_wire(put)},
-        error_codes={},
-        cpu_user_ns=0,
-        cpu_system_ns=0,
+    return stats_message(
+        seq, elapsed_ns=seq * 10**9, ops={"get": stats.to_wire(get), "put": stats.to_wire(put)}
     )
 
 

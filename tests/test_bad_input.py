@@ -27,7 +27,7 @@ from trio_bench.config import AgentAddress
 from trio_bench.protocol import PeerState
 
 from .agents import config, quiet_controller
-from .strategies import messages
+from .strategies import messages, stats_message
 
 pytestmark = pytest.mark.reliability
 
@@ -244,20 +244,7 @@ CASES = {
         True,
         [
             p.encode_message(configure()),
-            p.encode_message(
-                p.Stats(
-                    seq=1,
-                    stage="workload",
-                    warmup=False,
-                    elapsed_ns=0,
-                    done=0,
-                    total=0,
-                    ops={},
-                    error_codes={},
-                    cpu_user_ns=0,
-                    cpu_system_ns=0,
-                )
-            ),
+            p.encode_message(stats_message(1)),
         ],
         "stats: not a message a controller sends",
     ),

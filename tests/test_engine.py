@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,14 +44,21 @@ workload: {overrides.pop("workload", '[{op: get, path: "data/*", weight: 3}, {op
     return parse_config(text)
 
 
-async def run_stages(engine: Engine) -> dict[str, object]:
+async def run_stages(
+    engine: Engine, *, preflight: bool = False, after_prepare: Callable[[], object] = lambda: None
+) -> dict[str, object]:
+    """Every stage on one engine, as an agent runs them (``after_prepare``: a test's look at
+    the storage between prepare and the workload)."""
     out = {}
+    if preflight:
+        await engine.preflight()
     for name in ("prepare", "workload", "cleanup"):
         run = getattr(engine, f"{name}_stage")()
         await run.run(engine.clock.now_ns())
         out[name] = run.summary("completed")
         if name == "prepare":
             await engine.after_prepare()
+            after_prepare()
     return out
 
 

@@ -7,7 +7,7 @@ from hypothesis import given
 
 from trio_bench import protocol as p
 
-from .strategies import message_of, messages
+from .strategies import message_of, messages, stats_message
 
 
 @pytest.mark.parametrize("cls", p.MESSAGE_TYPES, ids=lambda c: c.TAG)
@@ -154,19 +154,6 @@ def test_wrong_fields(frame: dict, match: str) -> None:
 def test_reliability_flags() -> None:
     assert p.is_reliable(p.Start(seq=1, stage="prepare", at_ns=0))
     assert not p.is_reliable(p.Ping(nonce=1, t1_ns=0))
-    assert not p.is_reliable(
-        p.Stats(
-            seq=1,
-            stage="prepare",
-            warmup=False,
-            elapsed_ns=0,
-            done=0,
-            total=0,
-            ops={},
-            error_codes={},
-            cpu_user_ns=0,
-            cpu_system_ns=0,
-        )
-    )
+    assert not p.is_reliable(stats_message(1, stage="prepare"))
     assert p.is_reliable(p.Error(seq=3, code="stage_failed", message="x", summaries=()))
     assert not p.is_reliable(p.Error(seq=0, code="busy", message="x", summaries=()))

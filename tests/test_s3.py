@@ -4,6 +4,7 @@ servers that verify signatures (moto and s3rver, see tests/s3server.py)."""
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import signal
 from pathlib import Path
@@ -21,6 +22,7 @@ from trio_bench.local import start_local_agents, stop_local_agents
 from trio_bench.s3 import Endpoint, S3Client, S3Settings
 
 from .agents import quiet_controller
+from .test_engine import run_stages as engine_stages
 from .test_faults import tsv
 
 # --- the signer, byte for byte against botocore ------------------------------------------------
@@ -161,17 +163,7 @@ distributed: {stats_interval: 200ms, ping_interval: 200ms, warn_after: 1s, dead_
     )
 
 
-async def run_stages(engine: Engine, after_prepare=lambda: None) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    summaries = {}
-    await engine.preflight()
-    for name in ("prepare", "workload", "cleanup"):
-        run = getattr(engine, f"{name}_stage")()
-        await run.run(engine.clock.now_ns())
-        summaries[name] = run.summary("completed")
-        if name == "prepare":
-            await engine.after_prepare()
-            after_prepare()
-    return summaries
+run_stages = functools.partial(engine_stages, preflight=True)  # as an agent: preflight first
 
 
 @pytest.mark.slow

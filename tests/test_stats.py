@@ -12,6 +12,8 @@ from trio_bench import protocol as p
 from trio_bench import stats
 from trio_bench.engine import record_latency
 
+from .strategies import stats_message
+
 latencies = st.lists(st.integers(0, 10**11), min_size=1, max_size=400)
 
 
@@ -83,20 +85,7 @@ def test_wire_round_trip_is_sparse_and_lossless(values: list[int]) -> None:
     wire = stats.to_wire(record)
     assert len(wire.hist) == sum(1 for c in record[: p.NBINS] if c)
     assert stats.from_wire(wire) == record
-    frame = p.encode_message(
-        p.Stats(
-            seq=1,
-            stage="workload",
-            warmup=False,
-            elapsed_ns=1,
-            done=0,
-            total=0,
-            ops={"get": wire},
-            error_codes={},
-            cpu_user_ns=0,
-            cpu_system_ns=0,
-        )
-    )
+    frame = p.encode_message(stats_message(1, elapsed_ns=1, ops={"get": wire}))
     decoder = p.FrameDecoder()
     decoder.feed(frame)
     assert p.decode_message(next(iter(decoder))).ops["get"] == wire

@@ -11,16 +11,14 @@ import trio.testing
 from trio_bench import protocol as p
 from trio_bench.transport import CONTROL_BACKLOG, Connection, ConnectionClosed
 
+from .strategies import stats_message
+
 
 def stats(seq: int, ops: int) -> p.Stats:
     hist = ((100, ops),) if ops else ()
-    return p.Stats(
-        seq=seq,
-        stage="workload",
-        warmup=False,
+    return stats_message(
+        seq,
         elapsed_ns=seq,
-        done=0,
-        total=0,
         ops={
             "get": p.OpStats(
                 ops=ops,
@@ -31,9 +29,6 @@ def stats(seq: int, ops: int) -> p.Stats:
                 hist=hist,
             )
         },
-        error_codes={},
-        cpu_user_ns=0,
-        cpu_system_ns=0,
     )
 
 

@@ -232,11 +232,11 @@ def _supervise_agents(
 
     bracketed = f"[{host}]" if ":" in host else host
     commands = []
-    for k in range(processes):
-        address = f"{bracketed}:{port + k}"
-        name = f"{agent_id}-{k + 1}" if agent_id else f"{socket.gethostname()}-{port + k}"
-        argv = [sys.executable, "-m", "trio_bench", "agent", "--listen", address, "--id", name]
-        commands.append((name, argv + options_argv))
+    # the same addresses and ids a controller expands HOST:PORTxN into
+    for agent in expand_agents([AgentAddress(f"{bracketed}:{port}", agent_id, processes)]):
+        name = agent.id or f"{socket.gethostname()}-{agent.host_port[1]}"
+        argv = [sys.executable, "-m", "trio_bench", "agent", "--listen", agent.address]
+        commands.append((name, [*argv, "--id", name, *options_argv]))
     try:
         trio.run(supervise, commands)
     except BaseExceptionGroup as group:

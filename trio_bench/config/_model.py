@@ -23,6 +23,8 @@ import yaml
 from cattrs.errors import BaseValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
+from trio_bench.protocol import AGENT_ID
+
 from ._units import format_duration, format_size, parse_duration, parse_size
 
 OPS = ("get", "put", "stat", "list", "delete")
@@ -33,7 +35,6 @@ RATE_DISTRIBUTIONS = ("exponential", "uniform", "fixed")
 FAILURE_POLICIES = ("abort", "continue")
 PAGE_CACHE_MODES = ("normal", "auto", "sequential", "random", "dontneed")
 PREPARED_NAME = "prepared-{index:08d}.dat"  # sai3-bench's naming, so its globs still match
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 Size = NewType("Size", int)
 Duration = NewType("Duration", int)  # nanoseconds
@@ -351,7 +352,7 @@ def agent_problems(agents: Sequence[AgentAddress], where: str = "distributed.age
             lines.append(f"{where}[{i}].address: {exc}")
             ok = False
             continue
-        if agent.id is not None and not _ID.match(agent.id):
+        if agent.id is not None and not AGENT_ID.fullmatch(agent.id):
             lines.append(
                 f"{where}[{i}].id: {agent.id!r} must be 1-64 of A-Z a-z 0-9 . _ - "
                 "(it names a results folder and a path prefix)"

@@ -174,7 +174,7 @@ class Aggregator:
         rows: list[IntervalRow] = []
         fresh: dict[str, list[OpStats]] = {}
         fresh_kinds: dict[str, dict[str, list[OpStats]]] = {}
-        fresh_hosts: dict[tuple[str, str], list[OpStats]] = {}
+        fresh_hosts: dict[str, dict[str, list[OpStats]]] = {}  # stage -> host -> deltas
         self.op_rows = []
         for agent, stats in latest:
             if stats is None:
@@ -207,7 +207,7 @@ class Aggregator:
             fresh.setdefault(stats.stage, []).append(delta)
             if hosts is not None:
                 host = hosts.get(agent, "?")
-                fresh_hosts.setdefault((stats.stage, host), []).append(delta)
+                fresh_hosts.setdefault(stats.stage, {}).setdefault(host, []).append(delta)
         for stage, deltas in fresh.items():
             recent = [
                 r
@@ -216,9 +216,12 @@ class Aggregator:
             ]
             total = _merged_row(elapsed_s, stage, "all", deltas, recent)
             self.last_rows["all"] = total
-            for (host_stage, host), host_deltas in fresh_hosts.items():
-                if host_stage == stage and hosts is not None:
-                    on_host = [r for r in recent if hosts.get(r.agent, "?") == host]
+            if hosts is not None:
+                recent_by_host: dict[str, list[IntervalRow]] = {}
+                for r in recent:
+                    recent_by_host.setdefault(hosts.get(r.agent, "?"), []).append(r)
+                for host, host_deltas in fresh_hosts.get(stage, {}).items():
+                    on_host = recent_by_host.get(host, [])
                     self.host_rows[host] = _merged_row(elapsed_s, stage, host, host_deltas, on_host)
             rows.append(total)
             for kind, kind_deltas in sorted(fresh_kinds.get(stage, {}).items()):

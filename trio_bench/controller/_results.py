@@ -102,9 +102,9 @@ class AgentStageResult:
             self.window = None
 
 
-def _merged_tsv(path: Path, results: Sequence[AgentStageResult]) -> float:
+def _merged_tsv(path: Path, results: Sequence[AgentStageResult]) -> tuple[float, Snapshot]:
     """Write the merged numbers of ``results``; the window runs from the earliest agent start
-    to the latest agent end. Returns its length in seconds."""
+    to the latest agent end. Returns its length in seconds and the merged snapshot."""
     windows = [r.window for r in results if r.window is not None]
     if windows:
         span = (max(end for _, end in windows) - min(start for start, _ in windows)) / 1e9
@@ -112,7 +112,7 @@ def _merged_tsv(path: Path, results: Sequence[AgentStageResult]) -> float:
         span = max((r.seconds for r in results), default=0.0)
     total = merge_snapshots(r.snapshot for r in results)
     _atomic_write(path, format_tsv(summary_rows(total, span)))
-    return span
+    return span, total
 
 
 HISTOGRAM_FORMAT = (
@@ -181,20 +181,15 @@ class ResultsWriter:
         for result in results:
             rows = summary_rows(result.snapshot, result.seconds)
             _atomic_write(self.directory / "agents" / result.agent / name, format_tsv(rows))
-        span = _merged_tsv(self.directory / name, results)
+        span, total = _merged_tsv(self.directory / name, results)
         by_host: dict[str, list[AgentStageResult]] = {}
         for result in results:
             by_host.setdefault(_folder_name(result.host or "unknown"), []).append(result)
-        for host, on_host in by_host.items():
-            _merged_tsv(self.directory / "hosts" / host / name, on_host)
         # per host rather than per agent: bounded by the hosts, however many agents each runs
-        self._histograms[stage] = {
-            "all": _histograms(merge_snapshots(r.snapshot for r in results)),
-            "hosts": {
-                host: _histograms(merge_snapshots(r.snapshot for r in on_host))
-                for host, on_host in by_host.items()
-            },
-        }
+        self._histograms[stage] = {"all": _histograms(total), "hosts": {}}
+        for host, on_host in by_host.items():
+            _span, host_total = _merged_tsv(self.directory / "hosts" / host / name, on_host)
+            self._histograms[stage]["hosts"][host] = _histograms(host_total)
         _atomic_write(
             self.directory / "histograms.json",
             json.dumps({"format": HISTOGRAM_FORMAT, "stages": self._histograms}) + "\n",

@@ -115,6 +115,7 @@ class FileIO(WorkerIO):
         self.fsync = backend.fsync
         self.buffer = bytearray(backend.buffer_size)
         self.buffers = [self.buffer]
+        self.view = memoryview(self.buffer)
         mode = backend.page_cache_mode
         self.advise = None if mode == "normal" else mode
 
@@ -148,7 +149,7 @@ class FileIO(WorkerIO):
         try:
             blocks = max(1, os.fstat(fd).st_size // block_size)
             offset = rng.randrange(blocks) * block_size
-            n = os.preadv(fd, [memoryview(self.buffer)[:block_size]], offset)
+            n = os.preadv(fd, [self.view[:block_size]], offset)
             if self.advise == "dontneed":
                 os.posix_fadvise(fd, offset, block_size, os.POSIX_FADV_DONTNEED)
             return n

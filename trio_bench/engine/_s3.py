@@ -10,7 +10,8 @@ from __future__ import annotations
 import builtins
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from trio_bench.config import Config
@@ -29,6 +30,7 @@ from ._backend import Backend, BackendError, WorkerIO
 # After a connection failure a worker waits this long before its next attempt: a dead
 # endpoint then costs tens of counted errors per second per worker, not a busy loop.
 RECONNECT_PAUSE_S = 0.05
+T = TypeVar("T")
 _CREDENTIAL_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
 
 
@@ -142,57 +144,35 @@ class S3WorkerIO(WorkerIO):
                 time.sleep(wait)
             self._failed_at = 0.0
 
-    def _failed(self) -> None:
-        self._failed_at = time.monotonic()
+    def _call(self, operation: Callable[..., T], *args: Any) -> T:
+        """Run one client operation; after a connection failure the next one waits first."""
+        self._pause_after_failure()
+        try:
+            return operation(*args)
+        except ConnectionFailed:
+            self._failed_at = time.monotonic()
+            raise
 
     def get(self, key: str) -> int:
-        self._pause_after_failure()
-        try:
-            return self.client.get(self.prefix + key)
-        except ConnectionFailed:
-            self._failed()
-            raise
+        return self._call(self.client.get, self.prefix + key)
 
     def put(self, key: str, size: int, fill: memoryview) -> int:
-        self._pause_after_failure()
-        try:
-            return self.client.put(self.prefix + key, size, fill)
-        except ConnectionFailed:
-            self._failed()
-            raise
+        return self._call(self.client.put, self.prefix + key, size, fill)
 
     def stat(self, key: str) -> int:
-        self._pause_after_failure()
-        try:
-            return self.client.head(self.prefix + key)
-        except ConnectionFailed:
-            self._failed()
-            raise
+        return self._call(self.client.head, self.prefix + key)
 
     def list(self, directory: str) -> int:
-        self._pause_after_failure()
-        try:
-            pages = self.client.list_pages(self.prefix + directory, delimiter="/")
-            return sum(len(page) for page in pages)
-        except ConnectionFailed:
-            self._failed()
-            raise
+        pages = self.client.list_pages  # a generator: consumed inside the call
+        return self._call(
+            lambda: sum(len(page) for page in pages(self.prefix + directory, delimiter="/"))
+        )
 
     def delete(self, key: str) -> None:
-        self._pause_after_failure()
-        try:
-            self.client.delete(self.prefix + key)
-        except ConnectionFailed:
-            self._failed()
-            raise
+        self._call(self.client.delete, self.prefix + key)
 
     def delete_many(self, keys: Sequence[str]) -> builtins.list[tuple[str, str, str]]:
-        self._pause_after_failure()
-        try:
-            failed = self.client.delete_many([self.prefix + k for k in keys])
-        except ConnectionFailed:
-            self._failed()
-            raise
+        failed = self._call(self.client.delete_many, [self.prefix + k for k in keys])
         return [(k[len(self.prefix) :], code, message) for k, code, message in failed]
 
     def close(self) -> None:

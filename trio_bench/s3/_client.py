@@ -14,8 +14,6 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 
-import attrs
-
 from ._http import HttpConnection, Response, tls_context
 from ._settings import Endpoint, S3Settings
 from ._sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Signer, query_string, quote_key
@@ -214,7 +212,7 @@ class S3Client:
             # S3 may answer 200 and put the failure in the body (it has already sent the status
             # line while it assembles the parts)
             if done.body and _xml(done, what).tag == "Error":
-                raise _error_from(attrs.evolve(done, status=500), what)
+                raise _error_from(done, what)
         except BaseException:
             try:
                 self._request(

@@ -74,6 +74,7 @@ class HttpConnection:
         self._sock: socket.socket | None = None
         self._conn: h11.Connection | None = None
         self._buffer = bytearray(RECEIVE_SIZE)
+        self._view = memoryview(self._buffer)
         self.connects = 0
         self.stale_reopened = 0  # idle keep-alive connections the server had closed
         self._answered = False  # a byte of the current response has arrived
@@ -120,10 +121,7 @@ class HttpConnection:
             if not reused:
                 raise _failure(exc, f"{method} {self.endpoint.url}") from None
         self.stale_reopened += 1
-        try:
-            return self._exchange(method, target, headers, body, keep_body)
-        except _Unanswered as exc:
-            raise _failure(exc, f"{method} {self.endpoint.url}") from None
+        return self.request(method, target, headers, body, keep_body=keep_body)  # fresh now
 
     def _exchange(
         self,
@@ -155,9 +153,7 @@ class HttpConnection:
             return self._read_response(sock, conn, keep_body)
         except (OSError, ssl.SSLError, h11.ProtocolError) as exc:
             self.close()
-            if not self._answered and isinstance(
-                exc, _Unanswered | ConnectionResetError | BrokenPipeError
-            ):
+            if not self._answered and isinstance(exc, ConnectionResetError | BrokenPipeError):
                 raise _Unanswered(str(exc)) from None
             raise _failure(exc, f"{method} {self.endpoint.url}") from None
 
@@ -168,8 +164,7 @@ class HttpConnection:
         only counted (GET payloads) and framed by Content-Length is then received straight into
         the same buffer, bypassing h11, which would copy every byte twice; everything else
         (kept bodies, errors, chunked answers) goes through h11."""
-        buffer = self._buffer
-        view = memoryview(buffer)
+        buffer, view = self._buffer, self._view
         filled = 0
         while True:
             n = sock.recv_into(view[filled:])
@@ -205,7 +200,7 @@ class HttpConnection:
     ) -> Response:
         if received > length:
             raise h11.RemoteProtocolError("the server sent more than its Content-Length")
-        view = memoryview(self._buffer)
+        view = self._view
         while received < length:
             n = sock.recv_into(view, min(len(view), length - received))
             if not n:
@@ -231,7 +226,7 @@ class HttpConnection:
         while True:
             if event is h11.NEED_DATA:
                 n = sock.recv_into(buffer)
-                conn.receive_data(memoryview(buffer)[:n] if n else b"")  # type: ignore[arg-type]
+                conn.receive_data(self._view[:n] if n else b"")  # type: ignore[arg-type]
             elif isinstance(event, h11.Response):
                 status, headers = event.status_code, list(event.headers)
                 keep_body = keep_body or not 200 <= status < 300  # errors carry their code
