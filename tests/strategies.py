@@ -79,6 +79,11 @@ _BY_NAME: dict[str, st.SearchStrategy[Any]] = {
     "checks": st.lists(text, max_size=3).map(tuple),
     "session": st.none()
     | st.builds(p.SessionInfo, run_id=text, state=text, attached=st.booleans()),
+    # CONFIGURE's bounded fields (agent_index must also be below agent_count: see message_of)
+    "stats_interval_ns": st.integers(*p.STATS_INTERVAL_RANGE_NS),
+    "orphan_timeout_ns": st.integers(*p.ORPHAN_TIMEOUT_RANGE_NS),
+    "agent_count": st.integers(1, 2**32),
+    "agent_index": st.just(0),
 }
 _BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
     int: u64,

@@ -33,6 +33,8 @@ def agent_model(state: p.AgentState, event: p.AgentEvent) -> p.AgentState | None
         return A.CONFIGURING if event is AE.CONFIGURE else None
     if event is AE.RESUME:
         return state
+    if event is AE.INTERNAL_ERROR:  # a bug ends any run not yet finishing
+        return None if state is A.FINISHING else A.FINISHING
     if state is A.FINISHING:
         return {AE.FINAL_ACKED: A.IDLE, AE.ABORT: A.FINISHING, AE.CONTROLLER_LOST: A.IDLE}.get(
             event

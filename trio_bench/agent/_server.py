@@ -37,6 +37,7 @@ from trio_bench.protocol import (
     Resume,
     Resumed,
     Welcome,
+    printable,
     check_proof,
     encode_message,
     make_proof,
@@ -139,7 +140,7 @@ class AgentServer:
             self.connections -= 1
 
     def _refuse(self, conn: Connection, code: str, message: str) -> None:
-        conn.send(Error(seq=0, code=code, message=message[:1000], summaries=()))
+        conn.send(Error(seq=0, code=code, message=printable(message, 1000), summaries=()))
         conn.close_soon(message)
 
     async def _receive(self, conn: Connection, what: str) -> Message:
@@ -264,6 +265,14 @@ class AgentServer:
             await session.run()
         except Exception as exc:  # a bug of ours: end this run, keep the agent serving
             log.error("run %s: internal error: %r", session.run_id, exc, exc_info=True)
+            # The session could not even report it: tell the controller on the connection
+            # and close it, so it never waits for a run that is gone (it will find the agent
+            # free and the run unknown).
+            conn = session.conn
+            if conn is not None:
+                text = f"internal error in run {session.run_id}: {type(exc).__name__}: {exc}"
+                self._refuse(conn, "internal", text)
+            session.done.set()
         finally:
             self.release(session)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,8 @@ from trio_bench.protocol import (
     Started,
     Stats,
     StatsSeen,
+    encode_message,
+    printable,
     unstructure,
 )
 from trio_bench.stats import snapshot_to_wire
@@ -95,6 +97,7 @@ class Session:
         self.stats_interval_s = max(configure.stats_interval_ns, 1_000_000) / 1e9
         self.orphan_timeout_s = configure.orphan_timeout_ns / 1e9
         self.resend_interval_s = 2.0
+        self.internal_error: str | None = None  # set when a bug ended the run
 
     # -- connection attachment
 
@@ -182,7 +185,7 @@ class Session:
             self._finish()
         elif self.machine.can_apply(AgentEvent.ABORT) and not self.abort_reason:
             self.machine.apply(AgentEvent.ABORT)
-            self.abort_reason = reason[:500]
+            self.abort_reason = printable(reason, 500)
             self.run_scope.cancel()
 
     def _finish(self) -> None:
@@ -198,9 +201,9 @@ class Session:
         gone for good. Never raises for anything a peer or the storage did."""
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._stats_loop)
-                nursery.start_soon(self._watchdog)
-                nursery.start_soon(self._resend_loop)
+                nursery.start_soon(self._guarded, self._stats_loop)
+                nursery.start_soon(self._guarded, self._watchdog)
+                nursery.start_soon(self._guarded, self._resend_loop)
                 await self._lifecycle()
                 await self.done.wait()
                 nursery.cancel_scope.cancel()
@@ -208,10 +211,32 @@ class Session:
             self._save_locally()
             log.info("run %s ended: %s", self.run_id, self.outcome)
 
+    async def _guarded(self, duty: Callable[[], Awaitable[None]]) -> None:
+        """Run a background duty; if it fails (a bug), the run ends with ERROR internal
+        rather than going on silently without its stats, resends or watchdog."""
+        try:
+            await duty()
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def _internal_error(self, exc: BaseException) -> None:
+        """A bug of ours, anywhere in the run: log it with its traceback, stop the run and
+        tell the controller (ERROR ``internal``, with the results so far), so it is never
+        left waiting for a run that silently ended."""
+        log.error("run %s: internal error: %r", self.run_id, exc, exc_info=exc)
+        if self.internal_error is None:
+            self.internal_error = printable(f"internal error: {type(exc).__name__}: {exc}", 1000)
+        self.run_scope.cancel()
+
     async def _lifecycle(self) -> None:
         with self.run_scope:
-            await self._stages()
-        if self.run_scope.cancelled_caught:
+            try:
+                await self._stages()
+            except Exception as exc:
+                self._internal_error(exc)
+        if self.internal_error is not None:
+            self._report_internal_error(self.internal_error)
+        elif self.run_scope.cancelled_caught:
             summaries = list(self.summaries)
             if self.current is not None:
                 summaries.append(self.current.summary("aborted"))
@@ -223,10 +248,35 @@ class Session:
             self.summaries = summaries
             reason = self.abort_reason
             self.final = self._send_reliable(
-                lambda seq: Aborted(seq=seq, reason=reason[:1000], summaries=tuple(summaries))
+                lambda seq: Aborted(seq=seq, reason=printable(reason, 1000), summaries=tuple(summaries))
             )
         if self.farewell and self.final is not None:
             self._finish()
+
+    def _report_internal_error(self, message: str) -> None:
+        if not self.machine.can_apply(AgentEvent.INTERNAL_ERROR):
+            return  # the final message is already out; the error is in the log
+        self.machine.apply(AgentEvent.INTERNAL_ERROR)
+        summaries = list(self.summaries)
+        if self.current is not None:
+            try:
+                summaries.append(self.current.summary("failed"))
+            except Exception as exc:  # the results of the stage are what failed
+                log.error("run %s: no summary of the failed stage: %r", self.run_id, exc)
+            self.current = None
+        self.summaries = summaries
+        self.outcome = "failed (internal)"
+        self._discard_stats()
+
+        def build(seq: int) -> Message:
+            error = Error(seq=seq, code="internal", message=message, summaries=tuple(summaries))
+            try:
+                encode_message(error)
+            except ValueError:  # the results themselves cannot be sent: say so without them
+                error = Error(seq=seq, code="internal", message=message, summaries=())
+            return error
+
+        self.final = self._send_reliable(build)
 
     async def _stages(self) -> None:
         config_data = self.configure.config
@@ -297,7 +347,7 @@ class Session:
         summaries = tuple(self.summaries)
         log.warning("run %s failed: %s", self.run_id, message)
         self.final = self._send_reliable(
-            lambda seq: Error(seq=seq, code=code, message=message[:1000], summaries=summaries)
+            lambda seq: Error(seq=seq, code=code, message=printable(message, 1000), summaries=summaries)
         )
 
     def _discard_stats(self) -> None:

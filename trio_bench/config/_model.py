@@ -19,13 +19,19 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 import cattrs
+import msgpack
 import yaml
 from cattrs.errors import BaseValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
-from trio_bench.protocol import AGENT_ID
+from trio_bench.protocol import (
+    AGENT_ID,
+    MAX_FRAME_SIZE,
+    ORPHAN_TIMEOUT_RANGE_NS,
+    STATS_INTERVAL_RANGE_NS,
+)
 
-from ._units import format_duration, format_size, parse_duration, parse_size
+from ._units import format_duration, format_size, parse_duration, parse_size, show
 
 OPS = ("get", "put", "stat", "list", "delete")
 SCHEMES = ("file", "null", "s3")
@@ -54,7 +60,7 @@ class ConfigError(Exception):
 def _choice(options: tuple[str, ...], what: str) -> Any:
     def check(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         if value not in options:
-            raise ValueError(f"unknown {what} {value!r} (expected {', '.join(options)})")
+            raise ValueError(f"unknown {what} {show(value)} (expected {', '.join(options)})")
 
     return check
 
@@ -147,7 +153,7 @@ def _size_spec_from(value: Any) -> SizeSpec:
         "lognormal": ("mean", "std_dev", "min", "max"),
     }.get(kind)
     if allowed is None:
-        raise ValueError(f"unknown size distribution {kind!r} (expected {', '.join(SIZE_KINDS)})")
+        raise ValueError(f"unknown size distribution {show(kind)} (expected {', '.join(SIZE_KINDS)})")
     extra = sorted(set(spec) - set(allowed))
     if extra:
         raise ValueError(f"{kind} size distribution does not take {', '.join(extra)}")
@@ -354,7 +360,7 @@ def agent_problems(agents: Sequence[AgentAddress], where: str = "distributed.age
             continue
         if agent.id is not None and not AGENT_ID.fullmatch(agent.id):
             lines.append(
-                f"{where}[{i}].id: {agent.id!r} must be 1-64 of A-Z a-z 0-9 . _ - "
+                f"{where}[{i}].id: {show(agent.id)} must be 1-64 of A-Z a-z 0-9 . _ - "
                 "(it names a results folder and a path prefix)"
             )
         if not 1 <= agent.processes <= MAX_PROCESSES:
@@ -379,7 +385,7 @@ def agent_problems(agents: Sequence[AgentAddress], where: str = "distributed.age
 def split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} is not HOST:PORT")
+        raise ValueError(f"{show(address)} is not HOST:PORT")
     return host.strip("[]"), int(port)
 
 
@@ -390,21 +396,21 @@ def check_relative_path(path: str) -> None:
     if "\0" in path:
         raise ValueError("path contains a NUL byte")
     if path.startswith("/") or "\\" in path:
-        raise ValueError(f"path {path!r} must be relative to the target (no leading /, no \\)")
+        raise ValueError(f"path {show(path)} must be relative to the target (no leading /, no \\)")
     if "%" in path and unquote(path) != path:
-        raise ValueError(f"path {path!r} contains URL-encoded characters")
+        raise ValueError(f"path {show(path)} contains URL-encoded characters")
     parts = path.rstrip("/").split("/")
     if any(part in ("..", ".", "") for part in parts):
-        raise ValueError(f"path {path!r} has an empty, '.' or '..' segment")
+        raise ValueError(f"path {show(path)} has an empty, '.' or '..' segment")
 
 
 def split_pattern(path: str) -> tuple[str, str]:
     """``data/prepared-*.dat`` -> (``data/``, ``prepared-*.dat``). Globs only in the last part."""
     directory, _, pattern = path.rpartition("/")
     if any(ch in directory for ch in "*?["):
-        raise ValueError(f"path {path!r}: wildcards are only supported in the last path segment")
+        raise ValueError(f"path {show(path)}: wildcards are only supported in the last path segment")
     if not pattern:
-        raise ValueError(f"path {path!r} names a directory; this operation needs objects (add *)")
+        raise ValueError(f"path {show(path)} names a directory; this operation needs objects (add *)")
     return (directory + "/" if directory else ""), pattern
 
 
@@ -413,7 +419,7 @@ def relative_to_target(target: str, uri: str) -> str:
     if "://" not in uri:
         return uri
     if not uri.startswith(target.rstrip("/") + "/") and uri.rstrip("/") != target.rstrip("/"):
-        raise ValueError(f"{uri!r} is not under the target {target!r}")
+        raise ValueError(f"{show(uri)} is not under the target {show(target)}")
     return uri[len(target.rstrip("/")) + 1 :]
 
 
@@ -439,10 +445,10 @@ def _yaml_type(value: Any) -> str:
     return {
         dict: "a map",
         list: "a list",
-        str: f"the string {value!r}",
-        bool: f"{value!r}",
+        str: f"the string {show(value)}",
+        bool: f"{show(value)}",
         type(None): "nothing",
-    }.get(type(value), f"{value!r}")
+    }.get(type(value), show(value))
 
 
 def _count(value: Any, _type: Any) -> int:
@@ -461,9 +467,17 @@ def _weight(value: Any, _type: Any) -> float:
     return float(value)
 
 
+def _number_or_string(text: str) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; a number is what was meant."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _op_name(value: Any, _type: Any) -> str:
     if value not in OPS:
-        raise ValueError(f"unknown operation {value!r} (expected {', '.join(OPS)})")
+        raise ValueError(f"unknown operation {show(value)} (expected {', '.join(OPS)})")
     return str(value)
 
 
@@ -528,10 +542,19 @@ def _make_converter() -> cattrs.Converter:
 
     # `io_rate: 500` is shorthand for {iops: 500}
     rate_base = make_dict_structure_fn(IoRate, c, _cattrs_forbid_extra_keys=True)
-    c.register_structure_hook(
-        IoRate,
-        lambda v, t: rate_base({"iops": v} if type(v) in (int, float) else v, t),
-    )
+    def io_rate(value: Any, _type: Any) -> IoRate:
+        if type(value) is str:
+            value = _number_or_string(value)
+        if type(value) in (int, float):
+            value = {"iops": value}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected ops/s or a map {{iops, distribution}}, got {show(value)}")
+        value = dict(value)
+        if type(value.get("iops")) is str:
+            value["iops"] = _number_or_string(value["iops"])
+        return rate_base(value, IoRate)  # type: ignore[no-any-return]
+
+    c.register_structure_hook(IoRate, io_rate)
     return c
 
 
@@ -577,13 +600,39 @@ def _flatten(exc: BaseException, path: str) -> list[str]:
 # --- loading ----------------------------------------------------------------------------------
 
 
+# A workload config is a few kilobytes; 1 MiB is room for thousands of agents listed one by
+# one. The bound keeps a wrong file (a log, a data set) from taking minutes to parse.
+MAX_CONFIG_BYTES = 1024 * 1024
+# YAML aliases let a few hundred bytes describe billions of values ("billion laughs"): a
+# config may use aliases, but what they expand to is bounded.
+MAX_CONFIG_VALUES = 1_000_000
+# PyYAML's libyaml-based loader is ~10x faster where the C extension is installed.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The config travels in CONFIGURE, one frame; the rest of that message is far below 64 KiB.
+MAX_WIRE_CONFIG = MAX_FRAME_SIZE - 64 * 1024
+# msgpack carries integers in [-2**63, 2**64 - 1]; a config goes to agents in msgpack.
+_WIRE_INT_MIN, _WIRE_INT_MAX = -(2**63), 2**64 - 1
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file; ``ConfigError`` lists every mistake."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; is this a workload config?"]
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            [f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"]
+        ) from None
     config = parse_config(text, source=str(path))
     if config.name is None:
         config = attrs.evolve(config, name=path.stem)
@@ -591,27 +640,110 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(text: str, *, source: str = "config") -> Config:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{source}: larger than {MAX_CONFIG_BYTES // 1024} KiB"])
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    _check_expansion(raw, source)
     return config_from_dict(raw)
+
+
+def _check_expansion(raw: Any, source: str) -> None:
+    """Refuse a document whose aliases expand beyond ``MAX_CONFIG_VALUES`` values, or refer
+    to themselves. Counts each shared node once per use, in time linear in the document."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, list | dict):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError([f"{source}: a YAML alias refers to itself (a recursive value)"])
+        active.add(key)
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_CONFIG_VALUES:
+                raise ConfigError(
+                    [
+                        f"{source}: YAML aliases expand to more than {MAX_CONFIG_VALUES:,} "
+                        "values; write the config out"
+                    ]
+                )
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(raw)
+    except RecursionError:
+        raise ConfigError([f"{source}: nested too deeply"]) from None
+
+
+def wire_problems(data: Any, path: str = "") -> list[str]:
+    """What in plain config data cannot travel to agents: integers outside msgpack's range,
+    strings that are not valid Unicode text (lone surrogates). One line each, naming where."""
+    lines: list[str] = []
+
+    def walk(value: Any, where: str) -> None:
+        if len(lines) >= 20:
+            return
+        if isinstance(value, bool) or value is None or isinstance(value, float):
+            return
+        if isinstance(value, int):
+            if not _WIRE_INT_MIN <= value <= _WIRE_INT_MAX:
+                lines.append(f"{where or 'config'}: {show(value)} is out of range (at most 2^64-1)")
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                lines.append(
+                    f"{where or 'config'}: not valid text (character "
+                    f"{value[exc.start]!a} at position {exc.start})"
+                )
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(key, where)
+                walk(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                walk(item, f"{where}[{index}]")
+
+    walk(data, path)
+    return lines
 
 
 def config_from_dict(raw: Any) -> Config:
     """Structure and validate an already-parsed config (e.g. received in CONFIGURE)."""
     if not isinstance(raw, Mapping):
         raise ConfigError([f"config: expected a map of settings, got {_yaml_type(raw)}"])
+    problems = wire_problems(raw)
+    if problems:
+        raise ConfigError(problems)
     if "name" in raw and raw["name"] is None:
         raw = {k: v for k, v in raw.items() if k != "name"}
     try:
         config = _converter.structure(raw, Config)
     except Exception as exc:
         raise ConfigError(_flatten(exc, "")) from None
-    lines = validate(config)
+    wire = _unstructure(config)
+    lines = validate(config) + wire_problems(wire)
+    if not lines:
+        size = len(msgpack.packb(wire))
+        if size > MAX_WIRE_CONFIG:
+            lines.append(
+                f"config: {size:,} bytes as sent to agents, over the protocol's limit of "
+                f"{MAX_WIRE_CONFIG:,} (frames are at most {MAX_FRAME_SIZE:,} bytes)"
+            )
     if lines:
         raise ConfigError(lines)
     if any(a.processes != 1 for a in config.distributed.agents):
@@ -715,23 +847,23 @@ def validate(config: Config) -> list[str]:
     if target.scheme == "s3":
         if not _BUCKET.match(target.netloc):
             lines.append(
-                f"target: {config.target!r}: expected s3://bucket/prefix/ with a valid bucket "
+                f"target: {show(config.target)}: expected s3://bucket/prefix/ with a valid bucket "
                 "name (3-63 of a-z 0-9 . -)"
             )
         if target.query or target.fragment or "%" in target.path:
             lines.append(
-                f"target: {config.target!r}: '?', '#' and percent-encoding are not supported"
+                f"target: {show(config.target)}: '?', '#' and percent-encoding are not supported"
             )
     elif target.scheme not in SCHEMES:
         lines.append(
-            f"target: unsupported scheme in {config.target!r} "
+            f"target: unsupported scheme in {show(config.target)} "
             f"(expected {', '.join(s + '://' for s in SCHEMES)})"
         )
     elif target.scheme == "file" and (target.netloc or not target.path.startswith("/")):
-        lines.append(f"target: {config.target!r} must be file:///absolute/path/")
+        lines.append(f"target: {show(config.target)} must be file:///absolute/path/")
     elif target.scheme == "file" and ("%" in target.path or target.query or target.fragment):
         lines.append(
-            f"target: {config.target!r}: percent-encoding, '?' and '#' are not supported in "
+            f"target: {show(config.target)}: percent-encoding, '?' and '#' are not supported in "
             "file:// targets; write the path as it is on disk"
         )
     if config.duration <= 0:
@@ -806,7 +938,7 @@ def validate(config: Config) -> list[str]:
             or not parts.hostname
             or parts.path not in ("", "/")
         ):
-            lines.append(f"{where}: {url!r} is not an http:// or https:// URL without a path")
+            lines.append(f"{where}: {show(url)} is not an http:// or https:// URL without a path")
     if s3.endpoint and s3.endpoints:
         lines.append("s3: give endpoint or endpoints, not both")
     if s3.part_size < 5 * 1024 * 1024:
@@ -818,6 +950,16 @@ def validate(config: Config) -> list[str]:
     for name in ("stats_interval", "ping_interval", "probe_timeout", "resend_interval"):
         if getattr(dist, name) <= 0:
             lines.append(f"distributed.{name}: must be longer than 0")
+    for name, (low, high) in (
+        ("stats_interval", STATS_INTERVAL_RANGE_NS),
+        ("orphan_timeout", ORPHAN_TIMEOUT_RANGE_NS),
+    ):
+        value = getattr(dist, name)
+        if 0 < value < low or value > high:
+            lines.append(
+                f"distributed.{name}: must be between {format_duration(low)} and "
+                f"{format_duration(high)}, got {format_duration(value)}"
+            )
     return lines
 
 

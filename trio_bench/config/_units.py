@@ -10,6 +10,18 @@ integers (bytes, nanoseconds).
 from __future__ import annotations
 
 import re
+import reprlib
+
+# Error messages quote the value they refuse, bounded: a value can be a list that YAML
+# aliases make enormous, and formatting it whole would take minutes and gigabytes.
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother = 2, 60, 60
+_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = _SHOW.maxset = 4
+
+
+def show(value: object) -> str:
+    """``repr(value)``, cut to a few dozen characters whatever its size (for messages)."""
+    return _SHOW.repr(value)
 
 _SIZE_UNITS = {
     "": 1,
@@ -43,7 +55,7 @@ DURATION_HINT = "seconds, or a number with a unit such as 500ms, 30s, 2m, 1h"
 def parse_size(value: object) -> int:
     """Bytes from an int or a string with a unit; ``ValueError`` says what is wrong."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a size ({SIZE_HINT}), got {value!r}")
+        raise ValueError(f"expected a size ({SIZE_HINT}), got {show(value)}")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"size must not be negative, got {value}")
@@ -54,17 +66,17 @@ def parse_size(value: object) -> int:
             number, unit = match.groups()
             size = float(number) * _SIZE_UNITS[unit.lower()]
             if size != int(size):
-                raise ValueError(f"size {value!r} is not a whole number of bytes")
+                raise ValueError(f"size {show(value)} is not a whole number of bytes")
             return int(size)
         if value.strip().startswith("-"):
-            raise ValueError(f"size must not be negative, got {value!r}")
-    raise ValueError(f"{value!r} is not a size ({SIZE_HINT})")
+            raise ValueError(f"size must not be negative, got {show(value)}")
+    raise ValueError(f"{show(value)} is not a size ({SIZE_HINT})")
 
 
 def parse_duration(value: object) -> int:
     """Nanoseconds from a number of seconds or a string with a unit."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration ({DURATION_HINT}), got {value!r}")
+        raise ValueError(f"expected a duration ({DURATION_HINT}), got {show(value)}")
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"duration must not be negative, got {value}")
@@ -77,8 +89,8 @@ def parse_duration(value: object) -> int:
             if unit in _DURATION_UNITS:
                 return round(float(number) * _DURATION_UNITS[unit])
         if value.strip().startswith("-"):
-            raise ValueError(f"duration must not be negative, got {value!r}")
-    raise ValueError(f"{value!r} is not a duration ({DURATION_HINT})")
+            raise ValueError(f"duration must not be negative, got {show(value)}")
+    raise ValueError(f"{show(value)} is not a duration ({DURATION_HINT})")
 
 
 def format_size(size: int) -> str:

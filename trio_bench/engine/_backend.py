@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import abc
 import builtins
+import errno
 import random
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from trio_bench.config import Config
+from trio_bench.stopping import NEVER, StopFlag
 
 
 class BackendError(Exception):
@@ -29,8 +31,26 @@ class ObjectMissing(Exception):
     """A get/stat/delete on a key that does not exist (also counted as an op error)."""
 
 
+def error_code(exc: BaseException) -> str:
+    """How a failed operation is counted: the storage's own code (an S3 code such as
+    ``SlowDown``), else the errno name of an OS error (``ENOSPC``, ``EACCES``, ``ELOOP``),
+    else the exception's name."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code:
+        return code
+    number = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and isinstance(number, int) and number in errno.errorcode:
+        return errno.errorcode[number]
+    return type(exc).__name__
+
+
 class WorkerIO(abc.ABC):
-    """One worker thread's handle on the storage. Never shared between threads."""
+    """One worker thread's handle on the storage. Never shared between threads.
+
+    ``stop`` is the stage's stop flag (set by the worker that owns this handle): an operation
+    made of pieces checks it between pieces and raises ``Interrupted`` once it is set."""
+
+    stop: StopFlag = NEVER
 
     @abc.abstractmethod
     def get(self, key: str) -> int:

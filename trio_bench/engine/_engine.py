@@ -171,20 +171,25 @@ class Engine:
     def cleanup_stage(self) -> StageRun:
         stop = StopFlag()
         count = self._worker_count()
-        created = [key for op in self.plan.ops for key in op.created]
-        prepared_total = sum(len(p.indices) for p in self.plan.prepared)
+        created = self.plan.created()
         cleanup = self.config.prepare.cleanup
 
         def keys(worker: int) -> Iterator[str]:
             if not cleanup:
                 return iter(())
             prepared = (p.key(i) for p in self.plan.prepared for i in p.indices[worker::count])
-            return itertools.chain(prepared, created[worker::count])
+            made = (key for put in created for key in put.keys(worker, count))
+            return itertools.chain(prepared, made)
 
         workers = [CleanupWorker(w, stop, self.backend.worker_io(w), keys(w)) for w in range(count)]
-        total = prepared_total + len(created) if cleanup else 0
+        total = sum(len(p.indices) for p in self.plan.prepared) + sum(k.count for k in created)
         return StageRun(
-            "cleanup", workers, stop, self.clock, total=total, max_errors=self.config.max_errors
+            "cleanup",
+            workers,
+            stop,
+            self.clock,
+            total=total if cleanup else 0,
+            max_errors=self.config.max_errors,
         )
 
     def close(self) -> None:

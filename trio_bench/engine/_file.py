@@ -5,22 +5,44 @@ from one shared block of data generated once (optionally fsyncs); stat, list (on
 delete; missing directories are created on demand. Plain ``os`` calls on file descriptors:
 no Python file objects, no Trio file API on the hot path.
 
-With ``root`` (the agent's ``--root``), the target and every directory the run touches must
-resolve (symlinks followed) inside it; the engine checks directories before any I/O.
+Every operation is relative to an open directory descriptor (``openat`` and friends), one per
+directory the run touches, opened once and cached. That is also how ``root`` (the agent's
+``--root``) is enforced without a race: a directory is opened first and its descriptor's real
+path checked inside the root afterwards (what is checked is what is used, even if someone
+swaps a directory for a symlink meanwhile), and under a root every file is opened with
+``O_NOFOLLOW``, so a symlink planted at an object's name (pointing anywhere) is refused
+(``ELOOP``) by get, put, prepare and stat; delete and cleanup unlink the name itself, never
+what a symlink points to.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import secrets
+import stat as stat_module
+import threading
 from pathlib import Path
+
+from trio_bench.stopping import Interrupted
 
 from ._backend import Backend, BackendError, ObjectMissing, WorkerIO
 
-_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
-_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_READ = os.O_RDONLY | _CLOEXEC
+_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC
+_DIRECTORY = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _AUTO_SEQUENTIAL_AT = 64 * 1024 * 1024  # sai3-bench's "auto": sequential hint from 64 MiB
+
+
+def _fd_path(fd: int) -> str | None:
+    """The real path of an open descriptor (Linux), or None where that cannot be known."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
 
 
 class FileBackend(Backend):
@@ -40,22 +62,95 @@ class FileBackend(Backend):
         self.fsync = fsync
         self.buffer_size = max(4096, buffer_size)
         self.page_cache_mode = page_cache_mode
+        # files are opened without following a final symlink when confined to a root
+        self.nofollow = _NOFOLLOW if self.root is not None else 0
+        self._dirs: dict[str, int] = {}  # "" or "a/b/" -> open directory descriptor
+        self._dirs_lock = threading.Lock()
         if self.root is not None:
             self.check_confined("")
 
     def describe(self) -> str:
         return f"file://{self.base}"
 
+    def _outside(self, resolved: str) -> bool:
+        root = self.root
+        return root is not None and resolved != root and not resolved.startswith(root + os.sep)
+
     def check_confined(self, directory: str) -> None:
-        """Refuse a directory that resolves (symlinks followed) outside ``root``."""
+        """Refuse a directory that resolves (symlinks followed) outside ``root``. An early,
+        clear refusal; the descriptors checked in ``directory_fd`` are the guarantee."""
         if self.root is None:
             return
         resolved = os.path.realpath(self.base + directory)
-        if resolved != self.root and not resolved.startswith(self.root + os.sep):
+        if self._outside(resolved):
             where = f"file://{self.base}{directory}"
             raise BackendError(
                 f"target: {where} resolves to {resolved}, outside the agent's --root {self.root}"
             )
+
+    # -- directory descriptors
+
+    def directory_fd(self, directory: str, *, create: bool = False) -> int:
+        """The open descriptor of ``directory`` ("" is the target itself, else "a/b/"),
+        opening (and with ``create`` making) each level once. Under a root, each level's
+        descriptor is checked to be inside it. ``FileNotFoundError`` if it does not exist."""
+        fd = self._dirs.get(directory)
+        if fd is not None:
+            return fd
+        with self._dirs_lock:
+            return self._open_chain(directory, create)
+
+    def _open_chain(self, directory: str, create: bool) -> int:
+        """``directory_fd`` with the lock held: parents first, each opened once."""
+        fd = self._dirs.get(directory)
+        if fd is not None:
+            return fd
+        if not directory:
+            fd = self._open_checked(None, self.base.rstrip("/") or "/", "", create)
+        else:
+            parent, _, name = directory[:-1].rpartition("/")
+            parent_fd = self._open_chain(parent + "/" if parent else "", create)
+            fd = self._open_checked(parent_fd, name, directory, create)
+        self._dirs[directory] = fd
+        return fd
+
+    def listing_fd(self, directory: str) -> int:
+        """A new descriptor of ``directory`` for one listing: a listing moves its descriptor's
+        position, and the cached one is shared by every worker."""
+        return os.open(".", _DIRECTORY, dir_fd=self.directory_fd(directory))
+
+    def _open_checked(self, parent_fd: int | None, name: str, directory: str, create: bool) -> int:
+        try:
+            fd = os.open(name, _DIRECTORY, dir_fd=parent_fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            try:
+                os.mkdir(name, 0o777, dir_fd=parent_fd)
+            except FileExistsError:
+                pass  # another worker made it first
+            fd = os.open(name, _DIRECTORY, dir_fd=parent_fd)
+        if self.root is not None:
+            real = _fd_path(fd)
+            if real is not None and self._outside(real):
+                os.close(fd)
+                raise OSError(
+                    errno.EXDEV,
+                    f"file://{self.base}{directory} leads to {real}, outside the agent's "
+                    f"--root {self.root}",
+                )
+        return fd
+
+    def close(self) -> None:
+        with self._dirs_lock:
+            for fd in self._dirs.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._dirs.clear()
+
+    # -- checks and listings (run in a thread, not per operation)
 
     def preflight(self, *, writes: bool) -> list[str]:
         checks = []
@@ -70,19 +165,26 @@ class FileBackend(Backend):
             raise BackendError(f"target: {self.base} is not a directory")
         if not os.access(self.base, os.R_OK | os.X_OK):
             raise BackendError(f"target: {self.base} is not readable")
+        try:
+            base_fd = self.directory_fd("")
+        except OSError as exc:
+            raise BackendError(f"target: {exc.strerror or exc}") from None
         checks.append(f"{self.base} is a readable directory")
         if writes:
-            probe = f"{self.base}.triobench-preflight-{secrets.token_hex(4)}"
+            probe = f".triobench-preflight-{secrets.token_hex(4)}"
             try:
-                fd = os.open(probe, _WRITE, 0o644)
+                fd = os.open(probe, _WRITE | self.nofollow, 0o644, dir_fd=base_fd)
                 try:
                     os.write(fd, b"triobench")
                 finally:
                     os.close(fd)
-                with open(probe, "rb") as f:
-                    if f.read() != b"triobench":
+                fd = os.open(probe, _READ, dir_fd=base_fd)
+                try:
+                    if os.read(fd, 64) != b"triobench":
                         raise BackendError(f"target: {self.base}: read back different data")
-                os.unlink(probe)
+                finally:
+                    os.close(fd)
+                os.unlink(probe, dir_fd=base_fd)
             except OSError as exc:
                 raise BackendError(
                     f"target: {self.base} is not writable: {exc.strerror or exc}"
@@ -93,17 +195,17 @@ class FileBackend(Backend):
     def scan(self, directory: str) -> dict[str, int]:
         out = {}
         try:
-            with os.scandir(self.base + directory) as entries:
+            fd = self.listing_fd(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return out
+        try:
+            with os.scandir(fd) as entries:
                 for entry in entries:
                     if entry.is_file(follow_symlinks=False):
                         out[entry.name] = entry.stat(follow_symlinks=False).st_size
-        except FileNotFoundError:
-            pass
+        finally:
+            os.close(fd)
         return out
-
-    def make_directory(self, directory: str) -> None:
-        os.makedirs(self.base + directory, exist_ok=True)
-        self.check_confined(directory)
 
     def worker_io(self, worker: int) -> WorkerIO:
         return FileIO(self)
@@ -111,7 +213,9 @@ class FileBackend(Backend):
 
 class FileIO(WorkerIO):
     def __init__(self, backend: FileBackend) -> None:
-        self.base = backend.base
+        self.backend = backend
+        self.dirs = backend._dirs  # read without a lock: dict lookups are atomic
+        self.nofollow = backend.nofollow
         self.fsync = backend.fsync
         self.buffer = bytearray(backend.buffer_size)
         self.buffers = [self.buffer]
@@ -119,22 +223,38 @@ class FileIO(WorkerIO):
         mode = backend.page_cache_mode
         self.advise = None if mode == "normal" else mode
 
-    def get(self, key: str) -> int:
+    def _where(self, key: str, *, create: bool = False) -> tuple[int, str]:
+        """(directory descriptor, file name) of a key."""
+        directory, _, name = key.rpartition("/")
+        directory = directory + "/" if directory else ""
+        fd = self.dirs.get(directory)
+        if fd is None:
+            fd = self.backend.directory_fd(directory, create=create)
+        return fd, name
+
+    def _open_existing(self, key: str) -> int:
         try:
-            fd = os.open(self.base + key, _READ)
+            dir_fd, name = self._where(key)
+            return os.open(name, _READ | self.nofollow, dir_fd=dir_fd)
         except FileNotFoundError:
             raise ObjectMissing(key) from None
+
+    def get(self, key: str) -> int:
+        fd = self._open_existing(key)
         try:
             if self.advise is not None:
                 self._advise_before(fd)
             total = 0
             size = len(self.buffer)
             buffers = self.buffers
+            stop = self.stop
             while True:
                 n = os.readv(fd, buffers)
                 total += n
                 if n < size:
                     break
+                if stop.stopped:  # a large file: stop between buffers
+                    raise Interrupted(key)
             if self.advise == "dontneed":
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             return total
@@ -142,10 +262,7 @@ class FileIO(WorkerIO):
             os.close(fd)
 
     def get_block(self, key: str, block_size: int, rng: random.Random) -> int:
-        try:
-            fd = os.open(self.base + key, _READ)
-        except FileNotFoundError:
-            raise ObjectMissing(key) from None
+        fd = self._open_existing(key)
         try:
             blocks = max(1, os.fstat(fd).st_size // block_size)
             offset = rng.randrange(blocks) * block_size
@@ -167,16 +284,15 @@ class FileIO(WorkerIO):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
 
     def put(self, key: str, size: int, fill: memoryview) -> int:
-        path = self.base + key
-        try:
-            fd = os.open(path, _WRITE, 0o644)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, _WRITE, 0o644)
+        dir_fd, name = self._where(key, create=True)
+        fd = os.open(name, _WRITE | self.nofollow, 0o644, dir_fd=dir_fd)
         try:
             chunk = len(fill)
             written = 0
+            stop = self.stop
             while written < size:
+                if written and stop.stopped:  # a large object: stop between pieces
+                    raise Interrupted(key)
                 written += os.write(fd, fill[: min(chunk, size - written)])
             if self.fsync:
                 os.fsync(fd)
@@ -186,19 +302,28 @@ class FileIO(WorkerIO):
 
     def stat(self, key: str) -> int:
         try:
-            return os.stat(self.base + key).st_size
+            dir_fd, name = self._where(key)
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=not self.nofollow)
         except FileNotFoundError:
             raise ObjectMissing(key) from None
+        if self.nofollow and stat_module.S_ISLNK(info.st_mode):
+            raise OSError(errno.ELOOP, "a symbolic link (not followed under --root)", key)
+        return info.st_size
 
     def list(self, directory: str) -> int:
         count = 0
-        with os.scandir(self.base + directory) as entries:
-            for _ in entries:
-                count += 1
+        fd = self.backend.listing_fd(directory)
+        try:
+            with os.scandir(fd) as entries:
+                for _ in entries:
+                    count += 1
+        finally:
+            os.close(fd)
         return count
 
     def delete(self, key: str) -> None:
         try:
-            os.unlink(self.base + key)
+            dir_fd, name = self._where(key)
+            os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             raise ObjectMissing(key) from None

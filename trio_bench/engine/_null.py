@@ -3,6 +3,10 @@
 It measures triobench's own per-operation cost (op selection, timing, recording), the way
 fio's null engine measures fio's. Objects live in one dict per directory, shared by the workers
 of the session; single dict operations are atomic under the GIL.
+
+Memory is bounded whatever the run's length: a directory remembers at most
+``NULL_DIRECTORY_LIMIT`` objects. A put of a new name beyond that still counts as a put but
+is not remembered (a later get of that name fails as missing).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import random
 
 from ._backend import Backend, ObjectMissing, WorkerIO
+
+NULL_DIRECTORY_LIMIT = 1_000_000  # names per directory (~100 bytes each)
 
 
 class NullBackend(Backend):
@@ -55,7 +61,8 @@ class NullIO(WorkerIO):
         entries = self.directories.get(directory)
         if entries is None:
             entries = self.directories.setdefault(directory, {})
-        entries[name] = size
+        if len(entries) < NULL_DIRECTORY_LIMIT or name in entries:
+            entries[name] = size
         return size
 
     def stat(self, key: str) -> int:

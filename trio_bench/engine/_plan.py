@@ -7,6 +7,12 @@ belongs to agent i mod N).
 
 Targets are never globbed per operation: each get/stat/delete pattern is resolved once, at
 stage start, into a ``Pool`` of keys, which puts and deletes then keep up to date.
+
+Memory does not grow with the number of operations. What puts create is described, not
+listed: each worker's put names are ``<head><n>`` for n = 1, 2, ... (``PutKeys``), so cleanup
+enumerates them from a counter. A pool remembers at most ``POOL_GROWTH`` objects beyond those
+it listed at stage start; puts past that still happen (and are cleaned up) but are not added
+to the pool for gets to pick.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import fnmatch
 import random
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 
@@ -28,6 +34,9 @@ from trio_bench.config import (
 )
 
 MIX_LENGTH = 4096  # op-mix cycle per worker: exact weights over every 4096 ops, no RNG per op
+# How many objects created during a stage a pool remembers beyond those it listed (about
+# 100 bytes each): enough for gets to spread over, bounded however long the run.
+POOL_GROWTH = 100_000
 
 
 class Pool:
@@ -44,7 +53,14 @@ class Pool:
         self.pattern = pattern
         self.regex = re.compile(fnmatch.translate(pattern))
         self.keys: list[str] = keys or []
+        self.limit = len(self.keys) + POOL_GROWTH
+        self.not_remembered = 0  # objects created for this pool beyond its limit
         self._lock = threading.Lock()
+
+    def fill(self, keys: list[str]) -> None:
+        """The keys listed at stage start; the pool may grow by ``POOL_GROWTH`` beyond them."""
+        self.keys = keys
+        self.limit = len(keys) + POOL_GROWTH
 
     def matches(self, name: str) -> bool:
         return self.regex.match(name) is not None
@@ -57,7 +73,10 @@ class Pool:
             return None
 
     def add(self, key: str) -> None:
-        self.keys.append(key)  # list.append is atomic under the GIL
+        if len(self.keys) < self.limit:
+            self.keys.append(key)  # list.append is atomic under the GIL
+        else:
+            self.not_remembered += 1
 
     def take(self, r: float) -> str | None:
         with self._lock:
@@ -107,7 +126,27 @@ class OpPlan:
     block_size: int | None = None  # get: one block at a random aligned offset
     pool: Pool | None = None  # get/stat/delete
     feeds: list[Pool] = attrs.Factory(list)  # put: pools its new objects belong to
-    created: list[str] = attrs.Factory(list)  # put: keys created (for cleanup)
+    created: list[PutKeys] = attrs.Factory(list)  # put: what each worker created (for cleanup)
+
+
+class PutKeys:
+    """The objects one worker's put created: ``<head>0000000001`` ... ``<head><count>``.
+
+    A key counts as created as soon as it is handed out (before its put), so a put that
+    failed half way or was interrupted is still found by cleanup. Constant memory."""
+
+    def __init__(self, head: str) -> None:
+        self.head = head
+        self.count = 0
+
+    def next_key(self) -> str:
+        self.count += 1
+        return f"{self.head}{self.count:010d}"
+
+    def keys(self, start: int = 0, step: int = 1) -> Iterator[str]:
+        """Every ``step``-th key from the ``start``-th (0-based), in creation order."""
+        head = self.head
+        return (f"{head}{n:010d}" for n in range(start + 1, self.count + 1, step))
 
 
 def op_mix(ops: list[OpPlan], rng: random.Random) -> list[int]:
@@ -222,14 +261,14 @@ class AgentPlan:
         """Unique across agents, workers and runs: <prefix><run>-a<agent>-w<worker>-<n>."""
         return f"{op.pattern}{self.run_tag}-a{self.agent_index}-w{worker}-{n:010d}"
 
-    def put_key_factory(self, op: OpPlan, worker: int) -> Callable[[], str]:
-        head = op.directory + self.put_name(op, worker, 0)[:-10]
-        counter = iter(range(1, 1 << 62))
+    def put_keys(self, op: OpPlan, worker: int) -> PutKeys:
+        """A new name counter for one worker's put, recorded in ``op.created``."""
+        keys = PutKeys(op.directory + self.put_name(op, worker, 0)[:-10])
+        op.created.append(keys)
+        return keys
 
-        def next_key() -> str:
-            return f"{head}{next(counter):010d}"
-
-        return next_key
+    def created(self) -> list[PutKeys]:
+        return [keys for op in self.ops for keys in op.created]
 
     # -- facts the engine and preflight need
 
@@ -274,4 +313,4 @@ class AgentPlan:
         for pool in self.pools:
             if pool.directory not in listings:
                 listings[pool.directory] = sorted(scan(pool.directory))
-            pool.keys = [pool.directory + n for n in listings[pool.directory] if pool.matches(n)]
+            pool.fill([pool.directory + n for n in listings[pool.directory] if pool.matches(n)])

@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from trio_bench.clock import RunClock
-from trio_bench.protocol import MAX_ERROR_SAMPLES, StageSummary
+from trio_bench.protocol import MAX_ERROR_SAMPLES, StageSummary, printable
 from trio_bench.stats import (
     ERRORS,
     Snapshot,
@@ -155,7 +155,7 @@ class StageRun:
             ops=snapshot_to_wire(progress.snapshot),
             error_samples={k: tuple(v) for k, v in samples.items() if k in progress.snapshot},
             error_codes={k: v for k, v in progress.error_codes.items() if k in progress.snapshot},
-            message=message[:1000],
+            message=printable(message, 1000),
             cpu_user_ns=progress.cpu_user_ns,
             cpu_system_ns=progress.cpu_system_ns,
         )

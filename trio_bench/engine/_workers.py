@@ -17,22 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 from time import perf_counter_ns
 from typing import Any
 
-from trio_bench.protocol import MAX_ERROR_SAMPLES, MAX_TEXT, NBINS
+from trio_bench.protocol import MAX_ERROR_SAMPLES, MAX_TEXT, NBINS, printable
 from trio_bench.stats import BYTES, ERRORS, MAX_NS, SUM_NS, Record, Snapshot, new_record
+from trio_bench.stopping import Interrupted, StopFlag
 
-from ._backend import ObjectMissing, WorkerIO
+from ._backend import ObjectMissing, WorkerIO, error_code
 from ._plan import AgentPlan, OpPlan, PreparedSet, op_mix
 
 _LAST_BIN = NBINS - 1
-
-
-class StopFlag:
-    """Set once by the Trio side; read by workers before every operation."""
-
-    __slots__ = ("stopped",)
-
-    def __init__(self) -> None:
-        self.stopped = False
 
 
 def wait_until(target_perf_ns: int, stop: StopFlag | None = None) -> None:
@@ -67,6 +59,8 @@ class Worker:
         self.index = index
         self.stop = stop
         self.io = io
+        io.stop = stop  # operations made of pieces check it between pieces
+        self.interrupted = 0  # operations cut short by the stop (not counted as ops or errors)
         self.records: dict[str, Record] = {kind: new_record() for kind in self.kinds}
         self.error_samples: dict[str, list[str]] = {}
         self.error_codes: dict[str, dict[str, int]] = {}  # op kind -> error code -> count
@@ -83,14 +77,17 @@ class Worker:
         return {kind: dict(codes) for kind, codes in list(self.error_codes.items())}
 
     def note_error(self, kind: str, what: str, exc: BaseException) -> None:
+        """Count a failed operation by its error code and keep its first messages. File names
+        that are not UTF-8 reach us with surrogate escapes: ``printable`` turns them into
+        ``\\xNN`` so a sample can always be sent and read."""
         self.records[kind][ERRORS] += 1
-        code = str(getattr(exc, "code", "") or type(exc).__name__)
+        code = error_code(exc)
         codes = self.error_codes.setdefault(kind, {})
         codes[code] = codes.get(code, 0) + 1
         samples = self.error_samples.setdefault(kind, [])
         if len(samples) < MAX_ERROR_SAMPLES:
             text = str(exc) or type(exc).__name__
-            samples.append(f"{kind} {what}: {type(exc).__name__}: {text}"[: MAX_TEXT // 4])
+            samples.append(printable(f"{kind} {what}: {code}: {text}", MAX_TEXT // 4))
 
     def run(self, start_perf_ns: int) -> None:
         """Thread body: wait for the start instant, loop, record how it ended."""
@@ -141,13 +138,14 @@ class WorkloadWorker(Worker):
         io = self.io
         record = self.records[op.kind]
         if op.kind == "put":
-            next_key = self.plan.put_key_factory(op, self.index)
+            # The key is counted as created when it is chosen, before the put: a put that
+            # fails or is interrupted may still have left an object, and cleanup must find it.
+            next_key = self.plan.put_keys(op, self.index).next_key
             size = op.size
             assert size is not None
             rng = self.rng
             fixed = size.size if size.kind == "fixed" else None
             feeds = op.feeds
-            created = op.created
 
             def choose_put(_r: float) -> tuple[str, int]:
                 return next_key(), (fixed if fixed is not None else size.sample(rng))
@@ -158,7 +156,6 @@ class WorkloadWorker(Worker):
                 return io.put(target[0], target[1], fill)
 
             def after_put(target: tuple[str, int]) -> None:
-                created.append(target[0])
                 for pool in feeds:
                     pool.add(target[0])
 
@@ -217,8 +214,11 @@ class WorkloadWorker(Worker):
             t0 = clock()
             try:
                 nbytes = do(target)
+            except Interrupted:
+                self.interrupted += 1
+                break
             except Exception as exc:
-                self.note_error(kind, str(target), exc)
+                self.note_error(kind, _shown(target), exc)
                 continue
             latency = clock() - t0
             shift = latency.bit_length() - 7
@@ -272,8 +272,11 @@ class WorkloadWorker(Worker):
             start = int(scheduled)
             try:
                 nbytes = do(target)
+            except Interrupted:
+                self.interrupted += 1
+                break
             except Exception as exc:
-                self.note_error(kind, str(target), exc)
+                self.note_error(kind, _shown(target), exc)
                 continue
             record_latency(record, max(0, perf_counter_ns() - start), nbytes)
             if after is not None:
@@ -312,6 +315,9 @@ class PrepareWorker(Worker):
                 t0 = perf_counter_ns()
                 try:
                     nbytes = self.io.put(key, size, self.fills[pset.fill])
+                except Interrupted:
+                    self.interrupted += 1
+                    return
                 except Exception as exc:
                     self.note_error("put", key, exc)
                     self.progress += 1
@@ -319,6 +325,12 @@ class PrepareWorker(Worker):
                 record_latency(record, perf_counter_ns() - t0, nbytes)
                 self.created += 1
             self.progress += 1
+
+
+def _shown(target: object) -> str:
+    """A workload target as an error sample names it: the key (a put's target is a
+    (key, size) pair)."""
+    return target[0] if isinstance(target, tuple) else str(target)
 
 
 class BatchFailure(Exception):

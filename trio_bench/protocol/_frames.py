@@ -39,7 +39,11 @@ def encode_frame(payload: dict[str, Any], *, max_frame_size: int = MAX_FRAME_SIZ
     ``max_frame_size``.
     """
     try:
-        body = msgpack.packb(payload, use_bin_type=True)
+        # Text is always sent as valid UTF-8: a character UTF-8 cannot carry (a lone
+        # surrogate, as in a file name that is not UTF-8) goes as its backslash escape rather
+        # than making the message unsendable. Senders escape such text themselves first
+        # (``printable``); this is the backstop.
+        body = msgpack.packb(payload, use_bin_type=True, unicode_errors="backslashreplace")
     except (OverflowError, TypeError, ValueError) as exc:
         raise ValueError(f"cannot encode frame: {exc}") from exc
     if len(body) > max_frame_size:

@@ -44,6 +44,7 @@ class AgentEvent(enum.Enum):
     ABORT_DONE = "abort_done"
     FINAL_ACKED = "final_acked"
     CONTROLLER_LOST = "controller_lost"  # no frame from the controller for the orphan timeout
+    INTERNAL_ERROR = "internal_error"  # a bug of the agent's: the run ends with ERROR internal
     PING = "ping"
     RESUME = "resume"
 
@@ -144,6 +145,8 @@ AGENT_TABLE: dict[tuple[AgentState, AgentEvent], AgentState] = {
     (_A.ABORTING, _AE.ABORT_DONE): _A.FINISHING,
     (_A.FINISHING, _AE.ABORT): _A.FINISHING,  # too late: the final message is already out
     (_A.FINISHING, _AE.CONTROLLER_LOST): _A.IDLE,  # results stay in the agent's local store
+    # whatever went wrong inside the agent, the controller hears of it (ERROR internal)
+    **{(s, _AE.INTERNAL_ERROR): _A.FINISHING for s in _AGENT_SESSION if s is not _A.FINISHING},
     # same-state inputs, explicitly
     **{(s, _AE.PING): s for s in AgentState},
     **{(s, _AE.RESUME): s for s in _AGENT_SESSION},

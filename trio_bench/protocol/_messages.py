@@ -47,6 +47,18 @@ MAX_TEXT = 2000
 MAX_ERROR_SAMPLES = 5
 
 _U64 = 1 << 64
+# Bounds an agent enforces on CONFIGURE: a zero stats interval would be a flood of STATS, a
+# zero orphan timeout would abort the run at once.
+STATS_INTERVAL_RANGE_NS = (10_000_000, 3_600_000_000_000)  # 10 ms .. 1 h
+ORPHAN_TIMEOUT_RANGE_NS = (1_000_000_000, 7 * 86_400_000_000_000)  # 1 s .. 7 days
+
+
+def _between(low: int, high: int) -> Any:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"{attribute.name} {value} is outside [{low}, {high}]")
+
+    return check
 
 
 def _stage(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -78,6 +90,24 @@ def _agent_id(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         raise ValueError(
             f"agent id {value[:80]!r} is not 1-64 of A-Z a-z 0-9 . _ - (first not . _ -)"
         )
+
+
+def printable(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` made safe to send and show: at most ``limit`` characters, and every character
+    UTF-8 cannot carry escaped. A file name that is not UTF-8 arrives from ``os`` with its raw
+    bytes as surrogate escapes; they become ``\\xNN`` (the bytes as they are on disk), any
+    other lone surrogate ``\\udNNN``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogateescape" if _only_escapes(text) else "backslashreplace")
+        text = text.decode("utf-8", "backslashreplace")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _only_escapes(text: str) -> bool:
+    """Whether every surrogate in ``text`` is one of ``surrogateescape``'s (U+DC80-U+DCFF)."""
+    return all(not 0xD800 <= ord(ch) <= 0xDFFF or 0xDC80 <= ord(ch) <= 0xDCFF for ch in text)
 
 
 def _text(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -213,8 +243,14 @@ class Configure(Message):
     agent_index: int
     agent_count: int
     path_prefix: str
-    stats_interval_ns: int
-    orphan_timeout_ns: int
+    stats_interval_ns: int = attrs.field(validator=_between(*STATS_INTERVAL_RANGE_NS))
+    orphan_timeout_ns: int = attrs.field(validator=_between(*ORPHAN_TIMEOUT_RANGE_NS))
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 <= self.agent_index < self.agent_count:
+            raise ValueError(
+                f"agent_index {self.agent_index} is not in [0, agent_count {self.agent_count})"
+            )
 
 
 @attrs.frozen
