@@ -37,11 +37,11 @@ from trio_bench.protocol import (
     Resume,
     Resumed,
     Welcome,
-    printable,
     check_proof,
     encode_message,
     make_proof,
     new_challenge,
+    printable,
 )
 from trio_bench.transport import Connection, ConnectionClosed
 

@@ -246,9 +246,9 @@ class Session:
                 self.machine.apply(AgentEvent.ABORT_DONE)
             self.outcome = "aborted"
             self.summaries = summaries
-            reason = self.abort_reason
+            reason = printable(self.abort_reason, 1000)
             self.final = self._send_reliable(
-                lambda seq: Aborted(seq=seq, reason=printable(reason, 1000), summaries=tuple(summaries))
+                lambda seq: Aborted(seq=seq, reason=reason, summaries=tuple(summaries))
             )
         if self.farewell and self.final is not None:
             self._finish()
@@ -346,8 +346,9 @@ class Session:
         self._discard_stats()
         summaries = tuple(self.summaries)
         log.warning("run %s failed: %s", self.run_id, message)
+        text = printable(message, 1000)
         self.final = self._send_reliable(
-            lambda seq: Error(seq=seq, code=code, message=printable(message, 1000), summaries=summaries)
+            lambda seq: Error(seq=seq, code=code, message=text, summaries=summaries)
         )
 
     def _discard_stats(self) -> None:

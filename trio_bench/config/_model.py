@@ -153,7 +153,9 @@ def _size_spec_from(value: Any) -> SizeSpec:
         "lognormal": ("mean", "std_dev", "min", "max"),
     }.get(kind)
     if allowed is None:
-        raise ValueError(f"unknown size distribution {show(kind)} (expected {', '.join(SIZE_KINDS)})")
+        raise ValueError(
+            f"unknown size distribution {show(kind)} (expected {', '.join(SIZE_KINDS)})"
+        )
     extra = sorted(set(spec) - set(allowed))
     if extra:
         raise ValueError(f"{kind} size distribution does not take {', '.join(extra)}")
@@ -408,9 +410,13 @@ def split_pattern(path: str) -> tuple[str, str]:
     """``data/prepared-*.dat`` -> (``data/``, ``prepared-*.dat``). Globs only in the last part."""
     directory, _, pattern = path.rpartition("/")
     if any(ch in directory for ch in "*?["):
-        raise ValueError(f"path {show(path)}: wildcards are only supported in the last path segment")
+        raise ValueError(
+            f"path {show(path)}: wildcards are only supported in the last path segment"
+        )
     if not pattern:
-        raise ValueError(f"path {show(path)} names a directory; this operation needs objects (add *)")
+        raise ValueError(
+            f"path {show(path)} names a directory; this operation needs objects (add *)"
+        )
     return (directory + "/" if directory else ""), pattern
 
 
@@ -542,6 +548,7 @@ def _make_converter() -> cattrs.Converter:
 
     # `io_rate: 500` is shorthand for {iops: 500}
     rate_base = make_dict_structure_fn(IoRate, c, _cattrs_forbid_extra_keys=True)
+
     def io_rate(value: Any, _type: Any) -> IoRate:
         if type(value) is str:
             value = _number_or_string(value)
@@ -552,7 +559,7 @@ def _make_converter() -> cattrs.Converter:
         value = dict(value)
         if type(value.get("iops")) is str:
             value["iops"] = _number_or_string(value["iops"])
-        return rate_base(value, IoRate)  # type: ignore[no-any-return]
+        return rate_base(value, IoRate)
 
     c.register_structure_hook(IoRate, io_rate)
     return c
@@ -643,7 +650,7 @@ def parse_config(text: str, *, source: str = "config") -> Config:
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError([f"{source}: larger than {MAX_CONFIG_BYTES // 1024} KiB"])
     try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 (a safe loader)
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source

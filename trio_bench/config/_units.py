@@ -23,6 +23,7 @@ def show(value: object) -> str:
     """``repr(value)``, cut to a few dozen characters whatever its size (for messages)."""
     return _SHOW.repr(value)
 
+
 _SIZE_UNITS = {
     "": 1,
     "b": 1,

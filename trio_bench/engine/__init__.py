@@ -5,13 +5,15 @@ storage interface (null://, file://). Worker threads never touch Trio; Trio neve
 per-operation work.
 """
 
+from trio_bench.stopping import Interrupted, StopFlag
+
 from ._backend import Backend, BackendError, ObjectMissing, WorkerIO, open_backend
 from ._engine import Engine
 from ._file import FileBackend
 from ._null import NullBackend
 from ._plan import AgentPlan, OpPlan, Pool, PreparedSet, op_mix
 from ._stage import STOP_GRACE_S, Progress, StageFailed, StageRun
-from ._workers import StopFlag, Worker, WorkloadWorker, record_latency, wait_until
+from ._workers import Worker, WorkloadWorker, record_latency, wait_until
 
 __all__ = [
     "STOP_GRACE_S",
@@ -20,6 +22,7 @@ __all__ = [
     "BackendError",
     "Engine",
     "FileBackend",
+    "Interrupted",
     "NullBackend",
     "ObjectMissing",
     "OpPlan",

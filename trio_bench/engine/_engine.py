@@ -15,12 +15,13 @@ import trio
 
 from trio_bench.clock import RunClock
 from trio_bench.config import Config, ConfigError, prepared_name
+from trio_bench.stopping import StopFlag
 
 from ._backend import Backend, open_backend
 from ._file import FileBackend
 from ._plan import AgentPlan, PreparedSet
 from ._stage import StageRun
-from ._workers import CleanupWorker, PrepareWorker, StopFlag, WorkloadWorker
+from ._workers import CleanupWorker, PrepareWorker, WorkloadWorker
 
 # Puts write repeats of one block generated at session start; larger objects cycle through it.
 FILL_BLOCK_MAX = 16 * 1024 * 1024

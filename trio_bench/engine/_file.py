@@ -193,7 +193,7 @@ class FileBackend(Backend):
         return checks
 
     def scan(self, directory: str) -> dict[str, int]:
-        out = {}
+        out: dict[str, int] = {}
         try:
             fd = self.listing_fd(directory)
         except (FileNotFoundError, NotADirectoryError):

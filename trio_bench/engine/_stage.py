@@ -26,8 +26,9 @@ from trio_bench.stats import (
     snapshot_difference,
     snapshot_to_wire,
 )
+from trio_bench.stopping import StopFlag
 
-from ._workers import StopFlag, Worker
+from ._workers import Worker
 
 # How long an abort waits for operations in flight before abandoning their threads. Local
 # file and S3 operations end well within this; a hung NFS mount does not, and must not hang

@@ -100,8 +100,8 @@ def printable(text: str, limit: int = MAX_TEXT) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = text.encode("utf-8", "surrogateescape" if _only_escapes(text) else "backslashreplace")
-        text = text.decode("utf-8", "backslashreplace")
+        errors = "surrogateescape" if _only_escapes(text) else "backslashreplace"
+        text = text.encode("utf-8", errors).decode("utf-8", "backslashreplace")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
