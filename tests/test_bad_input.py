@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -127,6 +128,11 @@ def configure(seq: int = 1, run_id: str = "r1") -> p.Configure:
     )
 
 
+def configure_with(**fields: object) -> bytes:
+    """A CONFIGURE frame with some fields set to what no valid controller sends."""
+    return p.encode_frame({**p.unstructure_message(configure()), **fields})
+
+
 async def still_serves(address: str) -> None:
     """A new controller still gets a HELLO and a full run still completes."""
     controller = quiet_controller(
@@ -239,6 +245,21 @@ CASES = {
         True,
         [p.encode_message(configure()), p.encode_message(p.Abort(seq=5, reason="x"))],
         "abort: seq 5 skips ahead (expected 2)",
+    ),
+    "CONFIGURE with agent_count 0": (
+        True,
+        [configure_with(agent_count=0)],
+        "agent_index 0 is not in [0, agent_count 0)",
+    ),
+    "CONFIGURE with stats_interval_ns 0": (
+        True,
+        [configure_with(stats_interval_ns=0)],
+        "stats_interval_ns 0 is outside",
+    ),
+    "CONFIGURE with orphan_timeout_ns 0": (
+        True,
+        [configure_with(orphan_timeout_ns=0)],
+        "orphan_timeout_ns 0 is outside",
     ),
     "STATS from a controller": (
         True,
@@ -581,3 +602,136 @@ def test_percent_encoding_cannot_smuggle_dotdot_into_workload_paths() -> None:
 
     with pytest.raises(ConfigError, match="contains URL-encoded characters"):
         parse_config("target: null://\nworkload: [{op: get, path: 'a/%2e%2e/*'}]\n")
+
+
+# --- internal errors -----------------------------------------------------------------------------
+
+
+def _boom(*_args: object, **_kwargs: object) -> object:
+    raise RuntimeError("boom \udcff")
+
+
+@pytest.mark.parametrize("where", ["a stage", "a background duty"])
+async def test_an_internal_error_in_a_run_reaches_the_controller(
+    tmp_path: Path, monkeypatch, where: str, reliability
+) -> None:
+    from trio_bench.agent import _session
+    from trio_bench.engine import Engine
+
+    if where == "a stage":
+        monkeypatch.setattr(Engine, "workload_stage", _boom)
+    else:
+
+        async def broken_stats_loop(self: object) -> None:
+            await trio.sleep(0.3)
+            _boom()
+
+        monkeypatch.setattr(_session.Session, "_stats_loop", broken_stats_loop)
+    cfg = config("target: null://\nduration: 2s\nworkload: [{op: put, path: x/, object_size: 1}]\n")
+    async with serving_agent() as (server, address):
+        controller = quiet_controller(cfg, [AgentAddress(address=address)], tmp_path / "results")
+        with trio.fail_after(30):
+            result = await controller.run()
+        assert server.session is None  # the agent is free for the next run
+    assert result.exit_code == 1
+    failure = controller.links[0].failure or ""
+    assert "internal error: RuntimeError: boom \\xff" in failure, failure  # escaped
+    reliability(
+        f"agent: an exception in {where} of a run",
+        "ERROR internal reaches the controller (agent failed, exit 1) at once; agent free",
+        f'exit 1; "{failure[:70]}"',
+    )
+
+
+# --- hostile configuration files -----------------------------------------------------------------
+
+_OK_TAIL = b"duration: 1s\nworkload: [{op: put, path: x/, object_size: 4KiB}]\n"
+
+
+def _alias_bomb() -> bytes:
+    """~400 bytes of YAML whose aliases expand to 9^10 (3.5 billion) values."""
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    return ("\n".join(lines) + "\ntarget: null://\nworkload: *a9\n").encode()
+
+
+HOSTILE_CONFIGS = {
+    "an integer above 2^64": (
+        b"target: null://\nseed: 99999999999999999999999\n" + _OK_TAIL,
+        "seed: 99999999999999999999999 is out of range (at most 2^64-1)",
+    ),
+    "a size above 2^64 bytes": (
+        b"target: null://\nduration: 1s\n"
+        b"workload: [{op: put, path: x/, object_size: 99999999999TiB}]\n",
+        "workload[0].size_spec: ",
+    ),
+    "a lone surrogate": (b'target: null://\nname: "\\udcff"\n' + _OK_TAIL, "invalid"),
+    "a file that is not UTF-8": (b"target: null://\nname: caf\xe9\n" + _OK_TAIL, "not UTF-8 text"),
+    "a YAML alias bomb (371 bytes -> 3.5 billion values)": (_alias_bomb(), "aliases expand"),
+    "a self-referencing alias": (b"target: null://\nworkload: &w [*w]\n", "refers to itself"),
+    "a 50 MB file": (b"target: null://\n#" + b"x" * 50_000_000 + b"\n", "larger than 1024 KiB"),
+    "a config bigger than a frame once aliases expand": (
+        b"target: null://\nduration: 1s\nworkload: [&a {op: put, path: '"
+        + b"p" * 100
+        + b"/', object_size: 1}"
+        + b", *a" * 60_000
+        + b"]\n",
+        "over the protocol's limit",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(HOSTILE_CONFIGS))
+def test_hostile_config_files_are_one_line_errors_for_validate_and_run(
+    tmp_path: Path, case: str, reliability
+) -> None:
+    data, expected = HOSTILE_CONFIGS[case]
+    path = tmp_path / "hostile.yaml"
+    path.write_bytes(data)
+    outcomes = []
+    for command in (
+        ["validate", str(path)],
+        ["run", str(path), "--local-agents", "1", "--results-dir", str(tmp_path / "results")],
+    ):
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "trio_bench", *command, "--display", "quiet"][
+                : None if command[0] == "run" else -2
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        outcomes.append(time.monotonic() - started)
+        assert done.returncode == 2, (command[0], done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert lines and all(line.startswith("triobench: ") for line in lines), done.stderr
+        assert any(expected in line for line in lines), done.stderr
+        assert all(len(line) < 300 for line in lines)
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+    reliability(
+        f"config: {case}",
+        "validate and run both refuse it: one line, exit 2, nothing written",
+        f'exit 2 in {max(outcomes):.1f} s: "{lines[0][11:80]}"',
+    )
+
+
+def test_what_cannot_travel_to_agents_is_named() -> None:
+    from trio_bench.config import wire_problems
+
+    assert wire_problems({"a": [1, {"b": 2**70}], "c": "ok\udcff", "d": -(2**64)}) == [
+        "a[1].b: 1180591620717411303424 is out of range (at most 2^64-1)",
+        "c: not valid text (character '\\udcff' at position 2)",
+        "d: -18446744073709551616 is out of range (at most 2^64-1)",
+    ]
+
+
+def test_io_rate_written_without_a_dot_is_a_number() -> None:
+    from trio_bench.config import parse_config
+
+    cfg = parse_config("target: null://\nio_rate: 1e-3\nworkload: [{op: list, path: x/}]\n")
+    assert cfg.io_rate is not None and cfg.io_rate.iops == 0.001
+    cfg = parse_config("target: null://\nio_rate: {iops: 2e3}\nworkload: [{op: list, path: x/}]\n")
+    assert cfg.io_rate is not None and cfg.io_rate.iops == 2000

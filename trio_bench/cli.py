@@ -316,7 +316,7 @@ def _run_controller(
     display_mode: str,
     results_path: Path | None = None,
 ) -> int:
-    from trio_bench.controller import Controller, Display
+    from trio_bench.controller import Controller, Display, ResultsUnusable
 
     display = Display(display_mode)
     if display_mode != "quiet":
@@ -330,7 +330,10 @@ def _run_controller(
         display=display,
         source=source,
     )
-    result = trio.run(controller.run)
+    try:
+        result = trio.run(controller.run)
+    except ResultsUnusable as exc:
+        raise _fail(str(exc), EXIT_START) from None
     for line in result.errors:
         typer.echo(f"triobench: {line}", err=True)
     typer.echo(f"results: {result.results_dir}")
@@ -416,14 +419,17 @@ def run(
     (agent-1/, agent-2/, ...) unless the config sets shared_storage. Their logs go to
     <results>/agents/<id>/agent.log. The agents are stopped at the end.
     """
-    from trio_bench.controller import new_results_dir
+    from trio_bench.controller import ResultsUnusable, new_results_dir
     from trio_bench.local import start_local_agents, stop_local_agents
 
     _setup_logging(False)
     _check_display(display)
     cfg = _load(config)
     count = local_agents or os.cpu_count() or 1
-    path = new_results_dir(results_dir, cfg.name or "run")
+    try:
+        path = new_results_dir(results_dir, cfg.name or "run")
+    except ResultsUnusable as exc:
+        raise _fail(str(exc), EXIT_START) from None
     try:
         local = start_local_agents(count, path)
     except RuntimeError as exc:

@@ -26,6 +26,7 @@ from ._model import (
     relative_to_target,
     split_address,
     split_pattern,
+    wire_problems,
 )
 from ._units import format_duration, format_size, parse_duration, parse_size
 
@@ -59,4 +60,5 @@ __all__ = [
     "relative_to_target",
     "split_address",
     "split_pattern",
+    "wire_problems",
 ]

@@ -525,6 +525,19 @@ def _make_converter() -> cattrs.Converter:
 
     c.register_structure_hook_factory(is_tuple, tuple_factory)
 
+    def section_factory(cls: Any) -> Any:
+        """Every section is a map: anything else is one clear line, not an AttributeError."""
+        base: Any = make_dict_structure_fn(cls, c, _cattrs_forbid_extra_keys=True)
+
+        def structure(value: Any, _type: Any) -> Any:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"expected a map, got {_yaml_type(value)}")
+            return base(value, cls)
+
+        return structure
+
+    c.register_structure_hook_factory(attrs.has, section_factory)
+
     def with_sizes(cls: type, *, required: bool) -> None:
         base: Any = make_dict_structure_fn(cls, c, _cattrs_forbid_extra_keys=True)
 

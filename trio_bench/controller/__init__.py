@@ -3,7 +3,7 @@
 from ._aggregate import PERF_LOG_COLUMNS, Aggregator, IntervalRow
 from ._display import Display
 from ._link import AgentLink, LinkFailed
-from ._results import STAGE_FILES, ResultsWriter, new_results_dir
+from ._results import STAGE_FILES, ResultsUnusable, ResultsWriter, new_results_dir
 from ._run import (
     EXIT_ABORTED,
     EXIT_CONFIG,
@@ -28,6 +28,7 @@ __all__ = [
     "Display",
     "IntervalRow",
     "LinkFailed",
+    "ResultsUnusable",
     "ResultsWriter",
     "RunResult",
     "new_results_dir",

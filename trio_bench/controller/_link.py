@@ -186,7 +186,7 @@ class AgentLink:
             return
         if self.failure is None:
             self.failure = reason
-        log.warning("agent %s: %s", self.id, reason)
+        log.info("agent %s: %s", self.id, reason)  # the display shows it
         if not self.machine.can_apply(event):
             event = PeerEvent.PROTOCOL_VIOLATION
         if self.machine.can_apply(event):
@@ -297,7 +297,7 @@ class AgentLink:
             reason = conn.close_reason or "connection closed"
             if self.machine.can_apply(PeerEvent.CONNECTION_LOST):
                 self.apply(PeerEvent.CONNECTION_LOST, reason)
-            log.warning("agent %s: %s", self.id, reason)
+            log.info("agent %s: %s", self.id, reason)  # the display shows it
             self.conn = None
             await self._reconnect()
         elif self.machine.terminal:

@@ -45,16 +45,30 @@ from ._aggregate import OP_LOG_COLUMNS, PERF_LOG_COLUMNS, IntervalRow
 STAGE_FILES = {"workload": "summary.tsv", "prepare": "prepare.tsv", "cleanup": "cleanup.tsv"}
 
 
+class ResultsUnusable(Exception):
+    """The results directory cannot be created or written. One line naming where and why."""
+
+
+def unusable(directory: Path | str, exc: OSError) -> str:
+    """The one line for a failed write: where, and the system's reason."""
+    where = exc.filename if exc.filename else directory
+    return f"results: cannot write {where}: {exc.strerror or exc}"
+
+
 def new_results_dir(base: str | Path, name: str) -> Path:
-    """``<base>/<YYYYmmdd-HHMMSS>-<name>/``, never reusing an existing directory."""
+    """``<base>/<YYYYmmdd-HHMMSS>-<name>/``, never reusing an existing directory. The name is
+    cut to 64 characters (a file name has a limit). ``ResultsUnusable`` if it cannot be made."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:64] or "run"
     path = Path(base) / f"{stamp}-{safe}"
     suffix = 1
-    while path.exists():
-        suffix += 1
-        path = Path(base) / f"{stamp}-{safe}-{suffix}"
-    path.mkdir(parents=True)
+    try:
+        while path.exists():
+            suffix += 1
+            path = Path(base) / f"{stamp}-{safe}-{suffix}"
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise ResultsUnusable(unusable(base, exc)) from None
     return path
 
 
@@ -151,15 +165,23 @@ def _folder_name(text: str) -> str:
 
 
 class ResultsWriter:
+    """Writes one run's results directory. Every method may raise ``OSError`` (a full disk,
+    a directory made read-only mid-run); the controller turns that into a clean abort."""
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._perf_log = open(directory / "perf_log.tsv", "w", buffering=1)  # noqa: SIM115
-        self._perf_log.write("\t".join(PERF_LOG_COLUMNS) + "\n")
-        self._op_log = open(directory / "op_log.tsv", "w", buffering=1)  # noqa: SIM115
-        self._op_log.write("\t".join(OP_LOG_COLUMNS) + "\n")
-        self._errors = open(directory / "errors.tsv", "w", buffering=1)  # noqa: SIM115
+        try:
+            if not directory.is_dir():
+                directory.mkdir(parents=True)
+            self._perf_log = open(directory / "perf_log.tsv", "w", buffering=1)  # noqa: SIM115
+            self._perf_log.write("\t".join(PERF_LOG_COLUMNS) + "\n")
+            self._op_log = open(directory / "op_log.tsv", "w", buffering=1)  # noqa: SIM115
+            self._op_log.write("\t".join(OP_LOG_COLUMNS) + "\n")
+            self._errors = open(directory / "errors.tsv", "w", buffering=1)  # noqa: SIM115
+            self._errors.write("stage\tagent\top\tcode\tcount\n")
+        except OSError as exc:
+            raise ResultsUnusable(unusable(directory, exc)) from None
         self._histograms: dict[str, Any] = {}
-        self._errors.write("stage\tagent\top\tcode\tcount\n")
 
     def write_config(self, data: dict[str, Any], source: str) -> None:
         header = f"# as run by triobench (from {source})\n"
@@ -208,6 +230,13 @@ class ResultsWriter:
         _atomic_write(self.directory / "run.json", json.dumps(record, indent=2) + "\n")
 
     def close(self) -> None:
-        self._perf_log.close()
-        self._op_log.close()
-        self._errors.close()
+        """Close every file, even if closing one fails (its buffered rows cannot be written);
+        then raise the first failure."""
+        failure: OSError | None = None
+        for f in (self._perf_log, self._op_log, self._errors):
+            try:
+                f.close()
+            except OSError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure

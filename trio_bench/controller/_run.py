@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -40,7 +40,13 @@ from trio_bench.protocol import (
 from ._aggregate import Aggregator
 from ._display import AgentView, Display, RunView
 from ._link import AgentLink, LinkFailed
-from ._results import AgentStageResult, ResultsWriter, new_results_dir
+from ._results import (
+    AgentStageResult,
+    ResultsUnusable,
+    ResultsWriter,
+    new_results_dir,
+    unusable,
+)
 
 log = logging.getLogger("triobench.controller")
 
@@ -50,6 +56,8 @@ GOODBYE_WAIT_S = 2.0
 DISPLAY_EVERY_S = 0.9  # live view redraws / plain lines at most about once a second
 CLOCK_SYNC_PINGS = 8
 CLOCK_SYNC_GAP_S = 0.01
+
+T = TypeVar("T")
 
 
 class StartupError(Exception):
@@ -127,6 +135,7 @@ class Controller:
         self._t0 = 0.0
         self._main_scope: trio.CancelScope | None = None
         self._results: ResultsWriter | None = None
+        self.results_failure: str | None = None  # the first write to results/ that failed
         self._started_wall = time.time()
         self._exit_code = EXIT_OK
         self._status = "running"
@@ -182,11 +191,16 @@ class Controller:
     # -- the run
 
     async def run(self) -> RunResult:
+        """The whole run. ``ResultsUnusable`` (before any agent is contacted) if the results
+        directory cannot be created and written."""
         self._t0 = trio.current_time()
         if self.results_dir is None:
             self.results_dir = new_results_dir(self.results_base, self.config.name or "run")
         self._results = ResultsWriter(self.results_dir)
-        self._results.write_config(self._config_as_run(), self.source)
+        try:
+            self._results.write_config(self._config_as_run(), self.source)
+        except OSError as exc:
+            raise ResultsUnusable(unusable(self.results_dir, exc)) from None
         self.display.start()
         message = ""
         try:
@@ -200,7 +214,9 @@ class Controller:
         finally:
             self.display.stop()
             self._write_run_json()
-            self._results.close()
+            self._write(self._results.close, always=True)
+        if self.results_failure is not None:
+            message = f"{message}; {self.results_failure}" if message else self.results_failure
         return RunResult(self._exit_code, self._status, self.results_dir, message, self.errors)
 
     async def _orchestrate(self, nursery: trio.Nursery) -> str:
@@ -240,6 +256,9 @@ class Controller:
         return self._decide()
 
     def _decide(self) -> str:
+        if self.results_failure is not None and not self.user_abort:
+            self._exit_code, self._status = EXIT_PARTIAL, "failed"
+            return "failed: results could not be written"
         states = [link.state for link in self.links]
         if self.user_abort:
             self._exit_code, self._status = EXIT_ABORTED, "aborted"
@@ -380,7 +399,9 @@ class Controller:
             )
             for link in participants
         ]
-        self.stage_facts[stage] = self._results.write_stage(stage, results)
+        facts = self._write(self._results.write_stage, stage, results)
+        if facts is not None:
+            self.stage_facts[stage] = facts
         self._write_run_json()
 
     async def _policy_watch(self) -> None:
@@ -443,7 +464,7 @@ class Controller:
             hosts={link.id: link.load_host for link in self.links},
         )
         if self._results is not None:
-            self._results.log_intervals(rows, self.aggregator.op_rows)
+            self._write(self._results.log_intervals, rows, self.aggregator.op_rows)
         # perf_log keeps every interval; people need at most a few redraws a second
         now = trio.current_time()
         if now - self._last_view >= DISPLAY_EVERY_S:
@@ -572,7 +593,25 @@ class Controller:
     def _write_run_json(self) -> None:
         if self._results is None:
             return
-        self._results.write_run(self.run_record())
+        self._write(self._results.write_run, self.run_record(), always=True)
+
+    def _write(self, write: Callable[..., T], *args: Any, always: bool = False) -> T | None:
+        """One write to the results directory. The first failure (a full disk, a directory
+        gone read-only) aborts the run cleanly -- the agents are freed, the user is told where
+        results could not be written -- and later writes are skipped (run.json is still tried:
+        it may fit where a larger file did not)."""
+        if self.results_failure is not None and not always:
+            return None
+        try:
+            return write(*args)
+        except OSError as exc:
+            if self.results_failure is None:
+                line = unusable(self.results_dir or self.results_base, exc)
+                self.results_failure = line
+                self.errors.append(line)
+                self.display.event(f"error: {line}")
+                self.request_abort(line)
+            return None
 
     def run_record(self) -> dict[str, Any]:
         def iso(ts: float) -> str:
