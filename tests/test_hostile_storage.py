@@ -365,8 +365,19 @@ def test_an_unusable_results_directory_is_one_line_before_any_agent_starts(
         text += "name: " + "n" * 300 + "\n"
     config.write_text(text)
     done = subprocess.run(
-        [sys.executable, "-m", "trio_bench", "run", str(config), "--local-agents", "1"]
-        + ["--results-dir", str(results), "--display", "quiet"],
+        [
+            sys.executable,
+            "-m",
+            "trio_bench",
+            "run",
+            str(config),
+            "--local-agents",
+            "1",
+            "--results-dir",
+            str(results),
+            "--display",
+            "quiet",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -399,14 +410,15 @@ async def test_a_disk_that_fills_up_mid_run_aborts_cleanly_and_frees_the_agents(
         )
         async with trio.open_nursery() as nursery:
             done: list[object] = []
+            finished = trio.Event()
 
             async def run() -> None:
                 done.append(await controller.run())
+                finished.set()
 
             nursery.start_soon(run)
             with trio.fail_after(30):
-                while controller.stage != "workload":
-                    await trio.sleep(0.05)
+                await controller.wait_for(lambda: controller.stage == "workload")
             filler = full_filesystem / "filler"
             with open(filler, "wb") as f:  # take every free byte
                 try:
@@ -417,8 +429,7 @@ async def test_a_disk_that_fills_up_mid_run_aborts_cleanly_and_frees_the_agents(
                     pass
             t0 = trio.current_time()
             with trio.fail_after(30):
-                while not done:
-                    await trio.sleep(0.05)
+                await finished.wait()
             took = trio.current_time() - t0
         assert server.session is None  # the agent was told to stop, not left to its orphan timeout
     result = done[0]
