@@ -604,6 +604,42 @@ def bench_ping(quick: bool, work: Path) -> list[Row]:
     return rows
 
 
+def _percentile(values: list[float], fraction: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * fraction))] if values else float("nan")
+
+
+def bench_workers(quick: bool, work: Path) -> list[Row]:
+    """PING RTT while one agent's worker threads run flat out on null:// (pure Python, the
+    worst case for the GIL): the control channel must stay responsive at any concurrency."""
+    agents = start_local_agents(1, work / "workers-agents")
+    duration = "3s" if quick else "5s"
+    rows = []
+    try:
+        for concurrency in (1, 64, 300):
+            text = NULL_MIX.format(duration=duration, rate="", stats="1s", ping="50ms")
+            cfg = parse_config(text.replace("concurrency: 1", f"concurrency: {concurrency}"))
+            controller = _controller(cfg, [a.as_target() for a in agents], work)
+            samples = _collect_rtts(controller)
+            started = time.monotonic()
+            result = trio.run(controller.run)
+            wall = time.monotonic() - started
+            samples.sort()
+            frames = sum(link.stats_sequence.last for link in controller.links)
+            rows.append(
+                Row(
+                    "workers",
+                    f"PING RTT p50 / p99, 1 agent, {concurrency} null:// worker thread(s)",
+                    f"{_percentile(samples, 0.5):.1f} / {_percentile(samples, 0.99):.1f} ms",
+                    "bounded",
+                    f"{len(samples)} pings; {frames} stats frames; exit {result.exit_code}; "
+                    f"run of {duration} took {wall:.1f} s",
+                )
+            )
+    finally:
+        stop_local_agents(agents)
+    return rows
+
+
 def bench_ctrlc(quick: bool, work: Path) -> list[Row]:
     agents = start_local_agents(8, work / "ctrlc-agents")
     config = work / "ctrlc.yaml"
@@ -896,6 +932,7 @@ BENCHES: dict[str, Callable[..., list[Row]]] = {
     "processes": bench_processes,
     "skew": bench_skew,
     "ping": bench_ping,
+    "workers": bench_workers,
     "ctrlc": bench_ctrlc,
     "scale": bench_scale,
     "s3": bench_s3,

@@ -20,6 +20,7 @@ import trio
 
 from trio_bench import __version__
 from trio_bench.clock import RunClock
+from trio_bench.engine import give_the_loop_priority
 from trio_bench.protocol import (
     CHALLENGE_SIZE,
     HANDSHAKE_FRAME_SIZE,
@@ -86,6 +87,7 @@ class AgentServer:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        give_the_loop_priority()  # busy worker threads must not starve this loop
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(trio.serve_listeners, self._handle, listeners)

@@ -330,6 +330,11 @@ class Config:
 
 
 MAX_PROCESSES = 256
+# Worker threads per agent. Each is an OS thread sharing the agent's one GIL: past a few
+# hundred they only queue for it (and each costs a read buffer and a stack). Storage that
+# needs more operations in flight needs more agents, not more threads in one.
+MAX_CONCURRENCY = 1024
+MAX_BUFFERS = 4 * 1024**3
 
 
 def expand_agents(agents: Sequence[AgentAddress]) -> tuple[AgentAddress, ...]:
@@ -888,6 +893,17 @@ def validate(config: Config) -> list[str]:
         )
     if config.duration <= 0:
         lines.append("duration: must be longer than 0")
+    if config.concurrency > MAX_CONCURRENCY:
+        lines.append(
+            f"concurrency: at most {MAX_CONCURRENCY} worker threads per agent, got "
+            f"{config.concurrency}; for more, run more agents (triobench agent --processes N)"
+        )
+    elif config.concurrency * config.file.buffer_size > MAX_BUFFERS and config.scheme == "file":
+        lines.append(
+            f"concurrency: {config.concurrency} workers x file.buffer_size "
+            f"{format_size(config.file.buffer_size)} is more than {format_size(MAX_BUFFERS)} "
+            "of read buffers per agent; lower one of them"
+        )
     if config.max_errors is not None and config.max_errors < 0:
         lines.append(f"max_errors: must be >= 0, got {config.max_errors}")
     if not config.workload:

@@ -12,6 +12,7 @@ from ._engine import Engine
 from ._file import FileBackend
 from ._null import NullBackend
 from ._plan import AgentPlan, OpPlan, Pool, PreparedSet, op_mix
+from ._priority import LoopPriority, give_the_loop_priority
 from ._stage import STOP_GRACE_S, Progress, StageFailed, StageRun
 from ._workers import Worker, WorkloadWorker, record_latency, wait_until
 
@@ -23,6 +24,7 @@ __all__ = [
     "Engine",
     "FileBackend",
     "Interrupted",
+    "LoopPriority",
     "NullBackend",
     "ObjectMissing",
     "OpPlan",
@@ -35,6 +37,7 @@ __all__ = [
     "Worker",
     "WorkerIO",
     "WorkloadWorker",
+    "give_the_loop_priority",
     "op_mix",
     "open_backend",
     "record_latency",

@@ -28,6 +28,7 @@ from trio_bench.stats import (
 )
 from trio_bench.stopping import StopFlag
 
+from ._priority import prioritize_for
 from ._workers import Worker
 
 # How long an abort waits for operations in flight before abandoning their threads. Local
@@ -90,6 +91,7 @@ class StageRun:
         self._cpu_to: tuple[int, int] | None = None  # once every worker has exited
         self._running = 0
         self._all_exited = trio.Event()
+        self._all_started = threading.Event()
 
     # -- reading
 
@@ -173,27 +175,50 @@ class StageRun:
         self._cpu_from = _cpu_now()  # the workers sleep until the instant: no CPU before it
         if not self.workers:
             self._all_exited.set()
-        for worker in self.workers:
-            thread = threading.Thread(
-                target=self._thread_body,
-                args=(worker, token),
-                name=f"triobench-{self.name}-{worker.index}",
-                daemon=True,
-            )
-            thread.start()
+        prioritize_for(len(self.workers))
+        # Threads are started by a starter thread, not here: starting hundreds of threads
+        # takes the event loop's time (each start waits for the new thread to run).
+        threading.Thread(
+            target=self._start_threads,
+            args=(token,),
+            name=f"triobench-{self.name}-starter",
+            daemon=True,
+        ).start()
         try:
             await self._supervise()
         except trio.Cancelled:
-            self.stop.stopped = True
+            self.stop.set()
             with trio.CancelScope(shield=True):
                 await self._wait_exit()
             raise
         finally:
-            self.stop.stopped = True
+            self.stop.set()
         if self.failure:
             raise StageFailed(self.failure)
 
+    def _start_threads(self, token: trio.lowlevel.TrioToken) -> None:
+        """Start every worker thread, then let them all go at once. Until then they wait:
+        a thread start waits for the new thread to run, and with workers already busy each
+        start would queue for the GIL behind them (starting 50 took seconds)."""
+        try:
+            for worker in self.workers:
+                if self.stop.stopped:  # stopped before every thread was up: these never run
+                    try:
+                        token.run_sync_soon(self._worker_exited)
+                    except trio.RunFinishedError:
+                        return
+                    continue
+                threading.Thread(
+                    target=self._thread_body,
+                    args=(worker, token),
+                    name=f"triobench-{self.name}-{worker.index}",
+                    daemon=True,
+                ).start()
+        finally:
+            self._all_started.set()
+
     def _thread_body(self, worker: Worker, token: trio.lowlevel.TrioToken) -> None:
+        self._all_started.wait()
         worker.run(self.start_perf_ns)
         try:
             token.run_sync_soon(self._worker_exited)
@@ -231,7 +256,7 @@ class StageRun:
             if self._all_exited.is_set():
                 return
             if self.failure or (end is not None and now >= end):
-                self.stop.stopped = True
+                self.stop.set()
                 with trio.CancelScope(shield=True):
                     await self._wait_exit()
                 return

@@ -5,7 +5,9 @@ pre-shuffled mix, pick a target from a pool, time the backend call with two
 ``perf_counter_ns`` reads, and add to its own flat record (histogram bucket, bytes, sum, max).
 No locks, no allocation beyond the backend's, no Trio. The Trio side reads records with
 ``list.copy()`` while workers run and stops them by setting ``StopFlag.stopped``, which every
-loop checks before each operation: stopping takes at most the operation in flight.
+loop checks before each operation: stopping takes at most the operation in flight. Between
+operations a worker also passes the process's ``GATE`` (one attribute read while it is open):
+the event loop closes it while it works, so busy workers never starve the control channel.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from trio_bench.protocol import MAX_ERROR_SAMPLES, MAX_TEXT, NBINS, printable
 from trio_bench.stats import BYTES, ERRORS, MAX_NS, SUM_NS, Record, Snapshot, new_record
-from trio_bench.stopping import Interrupted, StopFlag
+from trio_bench.stopping import GATE, Interrupted, StopFlag
 
 from ._backend import ObjectMissing, WorkerIO, error_code
 from ._plan import AgentPlan, OpPlan, PreparedSet, op_mix
@@ -28,15 +30,19 @@ _LAST_BIN = NBINS - 1
 
 
 def wait_until(target_perf_ns: int, stop: StopFlag | None = None) -> None:
-    """Sleep until a perf_counter instant, in slices of at most 50 ms (a stop is noticed while
-    waiting for a far start). The last slice is one precise sleep: the kernel wakes us within
-    its timer slack (~50 us). Spinning instead (sched_yield) competes for the CPU with every
-    other agent on the host and made starts later, not earlier."""
+    """Sleep until a perf_counter instant, waking at once if ``stop`` is set meanwhile. Long
+    waits sleep on the stop event (no periodic wake-ups: thousands of waiting workers cost
+    nothing); the last stretch is one precise sleep, so the kernel wakes us within its timer
+    slack (~50 us). Spinning instead (sched_yield) competes for the CPU with every other
+    agent on the host and made starts later, not earlier."""
     while stop is None or not stop.stopped:
         remaining = target_perf_ns - perf_counter_ns()
         if remaining <= 0:
             return
-        time.sleep(min(remaining, 50_000_000) / 1e9)
+        if stop is not None and remaining > 20_000_000:
+            stop.event.wait((remaining - 10_000_000) / 1e9)
+        else:
+            time.sleep(remaining / 1e9)
 
 
 def record_latency(record: Record, latency_ns: int, nbytes: int) -> None:
@@ -204,7 +210,10 @@ class WorkloadWorker(Worker):
         stop = self.stop
         clock = perf_counter_ns
         j = self.index * 7 & mask
+        gate = GATE
         while not stop.stopped:
+            if gate.closed:
+                gate.wait()
             record, kind, choose, do, after = table[mix[j]]
             j = (j + 1) & mask
             target = choose(rnd())
@@ -263,6 +272,8 @@ class WorkloadWorker(Worker):
                 time.sleep(min(remaining, 50_000_000) / 1e9)
             if stop.stopped:
                 break
+            if GATE.closed:
+                GATE.wait()
             record, kind, choose, do, after = table[mix[j]]
             j = (j + 1) & mask
             target = choose(rnd())
@@ -309,6 +320,8 @@ class PrepareWorker(Worker):
         for pset, i in self.items:
             if self.stop.stopped:
                 return
+            if GATE.closed:
+                GATE.wait()
             key = pset.key(i)
             size = pset.size_of(i)
             if existing.get(key) != size:
@@ -361,6 +374,8 @@ class CleanupWorker(Worker):
         for key in self.keys:
             if self.stop.stopped:
                 return
+            if GATE.closed:
+                GATE.wait()
             t0 = perf_counter_ns()
             try:
                 self.io.delete(key)
@@ -376,6 +391,8 @@ class CleanupWorker(Worker):
         record = self.records["delete"]
         keys = iter(self.keys)
         while not self.stop.stopped:
+            if GATE.closed:
+                GATE.wait()
             batch = list(itertools.islice(keys, size))
             if not batch:
                 return
