@@ -415,6 +415,53 @@ distributed: {{start_delay: 300ms}}
     ]
 
 
+def bench_soak(quick: bool, work: Path) -> list[Row]:
+    """An agent's RSS over a long put-only null:// run (the fastest way to make puts): it
+    must stay flat. 10 minutes (1 with --quick); not part of the default set."""
+    minutes = 1 if quick else 10
+    agents = start_local_agents(1, work / "soak-agents")
+    samples: list[tuple[float, int, int]] = []  # (seconds, RSS KiB, puts so far)
+    try:
+        pid = agents[0].process.pid
+        cfg = parse_config(f"""
+target: null://
+duration: {minutes}m
+concurrency: 1
+prepare: {{cleanup: false}}
+workload: [{{op: put, path: "new/", object_size: 4KiB}}]
+distributed: {{start_delay: 300ms}}
+""")
+        controller = _controller(cfg, [agents[0].as_target()], work)
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(controller.run)
+                started = time.monotonic()
+                while controller.stage not in ("cleanup", "finishing") and not all(
+                    link.machine.terminal for link in controller.links
+                ):
+                    await trio.sleep(5 if quick else 30)
+                    latest = controller.links[0].latest
+                    puts = latest.ops["put"].ops if latest and "put" in latest.ops else 0
+                    samples.append((time.monotonic() - started, _rss_kib(pid, "VmRSS"), puts))
+
+        trio.run(main)
+    finally:
+        stop_local_agents(agents)
+    first = next((s for s in samples if s[2] > 0), samples[0])
+    last = samples[-1]
+    series = ", ".join(f"{t / 60:.1f} min {rss / 1024:.0f} MiB" for t, rss, _ in samples[::2])
+    return [
+        Row(
+            "soak",
+            f"agent RSS over a {minutes}-minute null:// put-only run",
+            f"{first[1] / 1024:.0f} -> {last[1] / 1024:.0f} MiB",
+            "flat",
+            f"{last[2]:,} puts; {series}",
+        )
+    ]
+
+
 # --- control plane ------------------------------------------------------------------------------
 
 
@@ -936,7 +983,9 @@ BENCHES: dict[str, Callable[..., list[Row]]] = {
     "ctrlc": bench_ctrlc,
     "scale": bench_scale,
     "s3": bench_s3,
+    "soak": bench_soak,
 }
+DEFAULT = [name for name in BENCHES if name != "soak"]  # soak takes 10 minutes: --only soak
 
 
 def table(rows: list[Row]) -> str:
@@ -972,7 +1021,7 @@ def main() -> None:
         help="where to write the markdown table ('' to skip)",
     )
     args = parser.parse_args()
-    names = [n for n in args.only.split(",") if n] or list(BENCHES)
+    names = [n for n in args.only.split(",") if n] or DEFAULT
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)} (have {', '.join(BENCHES)})")

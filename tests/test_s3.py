@@ -722,3 +722,32 @@ async def test_slow_down_answers_are_counted_by_code_on_a_kept_alive_connection(
     assert summary.error_codes == {"put": {"SlowDown": put.errors}}
     assert "503 SlowDown: Please reduce your request rate." in summary.error_samples["put"][0]
     assert len(accepted) == 2  # one connection per worker, kept through every 503
+
+
+@pytest.mark.slow
+async def test_a_multipart_put_stops_between_parts_and_leaves_no_upload(sigv4_env) -> None:
+    from trio_bench.engine import Interrupted, StopFlag
+
+    sigv4_env.create_bucket("stop")
+    cfg = s3_config("stop", "duration: 200ms\nworkload: [{op: stat, path: 'x/*'}]\n")
+    engine = Engine(cfg)
+    io = engine.backend.worker_io(0)
+    stop = StopFlag()
+    io.stop = stop
+    original = io.client._request
+    parts = []
+
+    def request(method, key, params=(), **kwargs):  # type: ignore[no-untyped-def]
+        if any(name == "partNumber" for name, _ in params):
+            parts.append(key)
+            stop.set()  # the stage ends while the first part is on its way
+        return original(method, key, params, **kwargs)
+
+    io.client._request = request
+    with pytest.raises(Interrupted):
+        io.put("x/big", 50 * 2**20, engine.fill("random"))
+    io.close()
+    assert len(parts) == 1  # 1 of 10 parts sent, then stopped
+    s3 = sigv4_env.client()
+    assert s3.list_multipart_uploads(Bucket="stop").get("Uploads", []) == []  # aborted
+    assert sigv4_env.keys("stop") == []

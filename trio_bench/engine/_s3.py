@@ -157,7 +157,7 @@ class S3WorkerIO(WorkerIO):
         return self._call(self.client.get, self.prefix + key)
 
     def put(self, key: str, size: int, fill: memoryview) -> int:
-        return self._call(self.client.put, self.prefix + key, size, fill)
+        return self._call(self.client.put, self.prefix + key, size, fill, self.stop)
 
     def stat(self, key: str) -> int:
         return self._call(self.client.head, self.prefix + key)

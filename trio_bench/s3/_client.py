@@ -14,6 +14,8 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 
+from trio_bench.stopping import NEVER, Interrupted, StopFlag
+
 from ._http import HttpConnection, Response, tls_context
 from ._settings import Endpoint, S3Settings
 from ._sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Signer, query_string, quote_key
@@ -167,13 +169,15 @@ class S3Client:
         length = response.header(b"content-length")
         return int(length) if length else 0
 
-    def put(self, key: str, size: int, fill: memoryview) -> int:
+    def put(self, key: str, size: int, fill: memoryview, stop: StopFlag = NEVER) -> int:
+        """PutObject, or a multipart upload above the threshold; a multipart upload checks
+        ``stop`` between parts and, once it is set, aborts the upload (``Interrupted``)."""
         if size > self.settings.multipart_threshold:
-            return self._multipart(key, size, fill)
+            return self._multipart(key, size, fill, stop)
         self._request("PUT", key, body=list(_repeat(fill, size)), length=size, what=f"PUT {key}")
         return size
 
-    def _multipart(self, key: str, size: int, fill: memoryview) -> int:
+    def _multipart(self, key: str, size: int, fill: memoryview, stop: StopFlag) -> int:
         started = self._request("POST", key, [("uploads", "")], what=f"CreateMultipartUpload {key}")
         upload = _find(_xml(started, f"CreateMultipartUpload {key}"), "UploadId")
         if not upload:
@@ -184,6 +188,8 @@ class S3Client:
         try:
             offset, number = 0, 1
             while offset < size:
+                if stop.stopped:
+                    raise Interrupted(key)  # aborted below: no upload is left behind
                 length = min(self.settings.part_size, size - offset)
                 response = self._request(
                     "PUT",
