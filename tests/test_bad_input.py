@@ -373,7 +373,8 @@ async def test_no_peer_can_make_the_agent_buffer_without_bound(reliability) -> N
         await trio.sleep(0.6)  # the held ones time out
         await still_serves(address)
     reliability(
-        "agent: 1 MiB frame before authenticating; 12 connections at once (cap 8)",
+        "agent: 1 MiB frame before authenticating; 12 connections at once "
+        "(connection cap set to 8 for the test; 32 by default)",
         "refused at the header (64 KiB cap before auth); connections beyond the cap "
         "refused: at most cap x 64 KiB buffered",
         f"header refused; {refused} of 12 refused",

@@ -605,3 +605,55 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
     record = json.loads((results / "run.json").read_text())
     assert record["status"] == "aborted"
     assert any("second SIGINT" in e for e in record["errors"])
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGHUP", "two SIGINTs to its process group"])
+def test_run_never_leaves_its_local_agents_behind(tmp_path: Path, how: str, reliability) -> None:
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(
+        NULL_RUN.format(duration="60s", count=100)
+        + "distributed: {stats_interval: 200ms, start_delay: 300ms}\n"
+    )
+    command = [sys.executable, "-m", "trio_bench", "run", str(cfg), "--local-agents", "2"]
+    command += ["--results-dir", str(tmp_path / "results"), "--display", "plain"]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell job has
+    )
+    try:
+        wait_for_workload(process)
+        agents = _children(process.pid)
+        assert len(agents) == 2
+        if how == "SIGKILL":
+            process.kill()
+        elif how == "SIGHUP":
+            process.send_signal(signal.SIGHUP)
+        else:
+            os.killpg(process.pid, signal.SIGINT)
+            time.sleep(0.2)
+            os.killpg(process.pid, signal.SIGINT)
+        process.communicate(timeout=30)
+        gone_by = time.monotonic() + 3
+        while any(_alive(pid) for pid in agents) and time.monotonic() < gone_by:
+            time.sleep(0.05)
+        left = [pid for pid in agents if _alive(pid)]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert left == [], f"agents still running after {how}"
+    if how == "SIGHUP":  # handled like Ctrl-C: the run is aborted and its results written
+        assert process.returncode == 130
+        (results,) = (tmp_path / "results").iterdir()
+        record = json.loads((results / "run.json").read_text())
+        assert record["status"] == "aborted"
+    reliability(
+        f"`triobench run` ended by {how}",
+        "no local agent outlives it (within 3 s); SIGHUP aborts the run like Ctrl-C",
+        f"0 of 2 agents left; exit {process.returncode}",
+    )

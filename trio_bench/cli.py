@@ -8,6 +8,7 @@ start (agent unreachable, authentication or version mismatch, preflight failed, 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -257,7 +258,7 @@ async def _serve_agent(host: str, port: int, options: object) -> None:
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()
     server = AgentServer(options)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, listeners)
             address = f"{bound[0]}:{bound[1]}"
@@ -334,13 +335,15 @@ def _run_controller(
         result = trio.run(controller.run)
     except ResultsUnusable as exc:
         raise _fail(str(exc), EXIT_START) from None
-    for line in result.errors:
-        typer.echo(f"triobench: {line}", err=True)
-    typer.echo(f"results: {result.results_dir}")
-    summary = result.results_dir / "summary.tsv"
-    if summary.exists() and display_mode != "quiet":
-        typer.echo(_table(summary.read_text()))
-    typer.echo(f"run {result.status}: {result.message}" if result.message else result.status)
+    # the terminal may be gone (SIGHUP): the results are written, the exit code still counts
+    with contextlib.suppress(OSError):
+        for line in result.errors:
+            typer.echo(f"triobench: {line}", err=True)
+        typer.echo(f"results: {result.results_dir}")
+        summary = result.results_dir / "summary.tsv"
+        if summary.exists() and display_mode != "quiet":
+            typer.echo(_table(summary.read_text()))
+        typer.echo(f"run {result.status}: {result.message}" if result.message else result.status)
     return result.exit_code
 
 

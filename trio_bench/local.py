@@ -2,7 +2,9 @@
 
 Each agent is a separate ``python -m trio_bench agent`` process listening on a free 127.0.0.1
 port (port 0); it prints ``... listening on HOST:PORT`` when ready, which is how we learn its
-address. Its log (stderr) goes to a file.
+address. Its log (stderr) goes to a file. Like the agents of ``agent --processes``, each ends
+with the process that started it, even one killed outright (Linux parent-death signal), so
+no local agent outlives ``triobench run``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import attrs
 
+from trio_bench.agent import SUPERVISOR_ENV
 from trio_bench.config import AgentAddress
 
 
@@ -62,6 +65,8 @@ def start_local_agent(
         *args,
     ]
     environment = {k: v for k, v in os.environ.items() if k != "TRIOBENCH_TOKEN"}
+    # the agent ends with this process however it ends (SIGKILL included): parent-death signal
+    environment[SUPERVISOR_ENV] = str(os.getpid())
     environment.update(env or {})
     with open(log, "w") as stderr:
         process = subprocess.Popen(
@@ -74,13 +79,16 @@ def start_local_agent(
             start_new_session=True,  # a Ctrl-C reaches the controller, which aborts them
         )
     assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    if " listening on " not in line:
+    try:
+        line = process.stdout.readline().strip()
+        if " listening on " not in line:
+            raise RuntimeError(f"local agent {agent_id} did not start (see {log})")
+        return LocalAgent(agent_id, line.rsplit(" ", 1)[1], process, log)
+    except BaseException:  # not started, or interrupted (Ctrl-C) before the caller has it
         process.kill()
         process.wait()
         process.stdout.close()
-        raise RuntimeError(f"local agent {agent_id} did not start (see {log})")
-    return LocalAgent(agent_id, line.rsplit(" ", 1)[1], process, log)
+        raise
 
 
 def start_local_agents(

@@ -43,7 +43,7 @@ class StartFailed(Exception):
 async def supervise(commands: Sequence[tuple[str, list[str]]]) -> None:
     """Run each (name, argv) as an agent process until SIGTERM or SIGINT; ``StartFailed`` if
     one cannot start (the others are stopped first)."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             for name, argv in commands:
                 nursery.start_soon(_keep_running, name, argv)

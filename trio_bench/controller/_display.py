@@ -9,7 +9,7 @@ never touches the sockets: a slow terminal cannot delay a PING or an ABORT.
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import attrs
 from rich.console import Console
@@ -66,26 +66,35 @@ class Display:
     def start(self) -> None:
         if self.mode == "live":
             self._live = Live(console=self.console, refresh_per_second=4, transient=False)
-            self._live.start()
+            self._guarded(self._live.start)
 
     def stop(self) -> None:
         if self._live is not None:
-            self._live.stop()
-            self._live = None
+            live, self._live = self._live, None
+            self._guarded(live.stop)
 
     def event(self, line: str) -> None:
         if self.mode == "quiet":
             return
         if self._live is not None:
-            self._live.console.print(line, markup=False)
+            self._guarded(self._live.console.print, line, markup=False)
         else:
-            print(line, file=self.stream, flush=True)
+            self._guarded(print, line, file=self.stream, flush=True)
 
     def update(self, view: RunView) -> None:
         if self.mode == "live" and self._live is not None:
-            self._live.update(self._table(view))
+            self._guarded(self._live.update, self._table(view))
         elif self.mode == "plain":
-            print(self._line(view), file=self.stream, flush=True)
+            self._guarded(print, self._line(view), file=self.stream, flush=True)
+
+    def _guarded(self, write: Any, *args: Any, **kwargs: Any) -> None:
+        """Write to the terminal; if it is gone (a closed terminal sends SIGHUP, then writes
+        fail with EIO), go quiet: the run still finishes and writes its results."""
+        try:
+            write(*args, **kwargs)
+        except (OSError, ValueError):
+            self.mode = "quiet"
+            self._live = None
 
     def _line(self, view: RunView) -> str:
         cpus = [a.cpu_cores for a in view.agents if a.cpu_cores is not None]

@@ -565,7 +565,9 @@ class Controller:
     # -- signals
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # A closed terminal (SIGHUP) or a service manager (SIGTERM) stops a run like Ctrl-C:
+        # abort, free the agents, write the partial results.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if self.abort_reason is None or not self.user_abort:
