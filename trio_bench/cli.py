@@ -339,11 +339,17 @@ def _run_controller(
     with contextlib.suppress(OSError):
         for line in result.errors:
             typer.echo(f"triobench: {line}", err=True)
-        typer.echo(f"results: {result.results_dir}")
         summary = result.results_dir / "summary.tsv"
-        if summary.exists() and display_mode != "quiet":
-            typer.echo(_table(summary.read_text()))
-        typer.echo(f"run {result.status}: {result.message}" if result.message else result.status)
+        if summary.exists():
+            typer.echo(f"results: {result.results_dir}")
+            if display_mode != "quiet":
+                typer.echo(_table(summary.read_text()))
+        else:
+            typer.echo(f"results: {result.results_dir / 'run.json'} (the run did not start)")
+        message = result.message if result.message not in ("", result.status) else ""
+        if not result.started:  # its causes are the lines above
+            message = "could not start"
+        typer.echo(f"run {result.status}: {message}" if message else f"run {result.status}")
     return result.exit_code
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -83,6 +83,10 @@ class LinkFailed(Exception):
         self.refused = refused
 
 
+# How a link reaches its agent: (host, port) -> a stream. TCP in real runs.
+Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
+
+
 def _connect_error(exc: OSError) -> tuple[str, bool]:
     """(one-line reason, refused?) from what ``trio.open_tcp_stream`` raised: it wraps the
     per-address errors (ECONNREFUSED, ...) in an ExceptionGroup behind a generic OSError."""
@@ -91,7 +95,13 @@ def _connect_error(exc: OSError) -> tuple[str, bool]:
         causes = list(exc.__cause__.exceptions)
     refused = all(isinstance(c, ConnectionRefusedError) for c in causes)
     first = causes[0]
-    reason = getattr(first, "strerror", None) or str(first)
+    number = getattr(first, "errno", None)
+    if isinstance(first, socket.gaierror):
+        reason = f"unknown host ({first.strerror})"
+    elif isinstance(number, int) and number > 0:
+        reason = os.strerror(number).lower()  # "connection refused", not trio's wrapper text
+    else:
+        reason = getattr(first, "strerror", None) or str(first)
     return reason, refused
 
 
@@ -106,6 +116,7 @@ class AgentLink:
         token: bytes | None,
         notify: Callable[[], None],
         record: Callable[[str, str, str], None],
+        connect: Connect = trio.open_tcp_stream,
     ) -> None:
         self.index = index
         self.address = address
@@ -116,6 +127,7 @@ class AgentLink:
         self.token = token
         self._notify = notify
         self._record = record
+        self.connect = connect
         self.machine = PeerMachine()
         self.conn: Connection | None = None
         self.hello: Hello | None = None
@@ -131,6 +143,7 @@ class AgentLink:
         self.final: tuple[StageSummary, ...] | None = None
         self.failure: str | None = None
         self.failure_code = ""
+        self.not_started: str | None = None  # healthy, but the run could not start (why)
         self.stalled = False
         self.reconnects = 0
         self.abort_requested = False
@@ -198,14 +211,15 @@ class AgentLink:
 
     async def open(self, nursery: trio.Nursery, timeout_s: float) -> Hello:
         """Connect, authenticate, and start the connection tasks. Raises ``LinkFailed``."""
+        where = f"agent {self.id} ({self.address})"
         try:
             with trio.fail_after(timeout_s):
-                stream = await trio.open_tcp_stream(self.host, self.port)
+                stream = await self.connect(self.host, self.port)
         except trio.TooSlowError:
-            raise LinkFailed(f"{self.address}: no connection within {timeout_s:g}s") from None
+            raise LinkFailed(f"{where}: cannot connect: timed out after {timeout_s:g}s") from None
         except OSError as exc:
             reason, refused = _connect_error(exc)
-            raise LinkFailed(f"{self.address}: cannot connect: {reason}", refused=refused) from None
+            raise LinkFailed(f"{where}: cannot connect: {reason}", refused=refused) from None
         conn = Connection(
             stream,
             name=f"agent {self.id} ({self.address})",
@@ -220,7 +234,8 @@ class AgentLink:
         except trio.TooSlowError:
             conn.close_soon("handshake timed out")
             raise LinkFailed(
-                f"{self.address}: no handshake within {timeout_s:g}s (is this a triobench agent?)"
+                f"{where}: connected, but no handshake within {timeout_s:g}s "
+                "(is this a triobench agent?)"
             ) from None
         except ConnectionClosed as exc:
             raise LinkFailed(f"{self.address}: {exc.reason}") from None

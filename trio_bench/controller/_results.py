@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,20 @@ class ResultsWriter:
 
     def write_run(self, record: dict[str, Any]) -> None:
         _atomic_write(self.directory / "run.json", json.dumps(record, indent=2) + "\n")
+
+    def keep_only_run_json(self) -> None:
+        """A run that never started leaves only run.json (which says why), not a directory
+        of empty files."""
+        for entry in self.directory.iterdir():
+            if entry.name == "run.json":
+                continue
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except OSError:
+                pass  # the start failure is what matters
 
     def close(self) -> None:
         """Close every file, even if closing one fails (its buffered rows cannot be written);

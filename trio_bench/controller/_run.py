@@ -39,7 +39,7 @@ from trio_bench.protocol import (
 
 from ._aggregate import Aggregator
 from ._display import AgentView, Display, RunView
-from ._link import AgentLink, LinkFailed
+from ._link import AgentLink, Connect, LinkFailed
 from ._results import (
     AgentStageResult,
     ResultsUnusable,
@@ -74,6 +74,7 @@ class RunResult:
     results_dir: Path
     message: str = ""
     errors: list[str] = attrs.Factory(list)  # why the run could not start, one line each
+    started: bool = True  # False: it never started (then ``errors`` says why)
 
 
 def cpu_use(user_ns: int, system_ns: int, window_ns: int) -> dict[str, float]:
@@ -98,7 +99,10 @@ class Controller:
         handle_signals: bool = True,
         run_id: str | None = None,
         results_dir: Path | None = None,
+        connect: Connect = trio.open_tcp_stream,
     ) -> None:
+        """``connect(host, port)`` opens a stream to an agent (TCP by default; tests pass one
+        that returns in-memory streams)."""
         self.config = config
         self.settings = config.distributed
         self.source = source
@@ -119,6 +123,7 @@ class Controller:
                 token=token,
                 notify=self._changed,
                 record=self._record,
+                connect=connect,
             )
             for i, agent in enumerate(agents)
         ]
@@ -140,6 +145,7 @@ class Controller:
         self._exit_code = EXIT_OK
         self._status = "running"
         self._in_progress: tuple[str, list[AgentLink]] | None = None
+        self.started = False  # a START was sent: the run is under way
         self._last_view = float("-inf")
 
     # -- notifications and the timeline
@@ -177,6 +183,8 @@ class Controller:
         self.timeline.append(
             {"t_s": round(self._elapsed(), 3), "agent": agent, "event": event, "detail": detail}
         )
+        if not self.started and event in ("failed", "disconnected", "aborted"):
+            return  # a failed start is reported once, at the end, one line per cause
         if event in (
             "disconnected",
             "failed",
@@ -215,9 +223,13 @@ class Controller:
             self.display.stop()
             self._write_run_json()
             self._write(self._results.close, always=True)
+            if not self.started:
+                self._results.keep_only_run_json()
         if self.results_failure is not None:
             message = f"{message}; {self.results_failure}" if message else self.results_failure
-        return RunResult(self._exit_code, self._status, self.results_dir, message, self.errors)
+        return RunResult(
+            self._exit_code, self._status, self.results_dir, message, self.errors, self.started
+        )
 
     async def _orchestrate(self, nursery: trio.Nursery) -> str:
         with trio.CancelScope() as scope:
@@ -238,13 +250,23 @@ class Controller:
                         lambda: all(link.machine.terminal for link in self.links)
                     )
             except StartupError as exc:
-                for line in exc.lines:
-                    self.display.event(f"error: {line}")
-                    self.errors.append(line)
+                # One line per cause, each naming the agent at fault (printed once, at the
+                # end); the healthy agents are "not started" because of them, not failed.
+                self.errors.extend(exc.lines)
+                at_fault = [link.id for link in self.links if link.failure is not None]
+                healthy = [link for link in self.links if link.failure is None]
+                because = f"{', '.join(at_fault) or 'the run'} could not start"
+                for link in healthy:
+                    link.not_started = because
+                    if link.state is PeerState.CONNECTING:  # connected, never configured
+                        link.apply(PeerEvent.ABORT_SENT, because)
+                if healthy:
+                    names = ", ".join(link.id for link in healthy)
+                    self.errors.append(f"not started: {names} ({because})")
                 self._exit_code = exc.exit_code
                 self._status = "failed"
                 if any(link.machine.live for link in self.links):
-                    await self._abort_all("the run could not start: " + "; ".join(exc.lines))
+                    await self._abort_all(f"the run could not start: {because}")
                 await self._goodbye_all("could not start")
                 return "; ".join(exc.lines)
         if self.abort_reason:
@@ -364,6 +386,7 @@ class Controller:
         if not participants:
             return
         self.stage = stage
+        self.started = True
         self._in_progress = (stage, participants)
         start_at = self.clock.now_ns() + self.settings.start_delay
         for link in participants:
@@ -643,6 +666,7 @@ class Controller:
                     "final_state": link.state.value,
                     "lost": link.state is PeerState.FAILED and link.final is None,
                     "failure": link.failure,
+                    "not_started": link.not_started,
                     "target": link.ready.target if link.ready else None,
                     "preflight": list(link.ready.checks) if link.ready else [],
                     "clock_offset_ms": best.offset_ns / 1e6 if best else None,
