@@ -438,7 +438,7 @@ async def test_a_misbehaving_agent_is_failed_and_the_others_are_unaffected(
         controller = quiet_controller(
             config(RUN, policy="continue"),
             [
-                AgentAddress(address=good_address, id="good"),
+                AgentAddress(address=good_address, id="target"),
                 AgentAddress(address=fake_address, id="fake"),
             ],
             Path(tempfile.mkdtemp()),

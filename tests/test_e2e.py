@@ -20,6 +20,7 @@ import attrs
 import pytest
 import trio
 
+from trio_bench.config import AgentAddress
 from trio_bench.controller import Controller
 from trio_bench.protocol import PeerState
 
@@ -657,3 +658,24 @@ def test_run_never_leaves_its_local_agents_behind(tmp_path: Path, how: str, reli
         "no local agent outlives it (within 3 s); SIGHUP aborts the run like Ctrl-C",
         f"0 of 2 agents left; exit {process.returncode}",
     )
+
+
+async def test_an_id_in_the_config_that_differs_from_the_agents_own_is_refused(
+    tmp_path: Path,
+) -> None:
+    from .test_bad_input import serving_agent
+
+    async with serving_agent() as (_server, address):  # an agent whose --id is "target"
+        controller = quiet_controller(
+            config(NULL_RUN.format(duration="200ms", count=10)),
+            [AgentAddress(address=address, id="lg7")],
+            tmp_path / "results",
+        )
+        with trio.fail_after(30):
+            result = await controller.run()
+    assert result.exit_code == 2
+    assert result.errors == [
+        f"the agent at {address} is 'target' (its --id), the config says 'lg7': make them "
+        "agree, or leave the id out of the config"
+    ]
+    assert not result.started and [p.name for p in result.results_dir.iterdir()] == ["run.json"]

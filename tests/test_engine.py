@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -385,3 +386,34 @@ def test_block_size_mistakes_are_one_line(workload: str, extra: str, message: st
     with pytest.raises(ConfigError) as info:
         parse_config(f"target: {target}\nworkload: [{workload}]\n")
     assert message in info.value.lines[0] and len(info.value.lines) == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "workload", "message"),
+    [
+        (
+            "missing/deep/dir/",
+            '[{op: put, path: "new/", object_size: 1KiB}]',
+            "does not exist, nor does",
+        ),
+        ("missing/", '[{op: get, path: "data/*"}]', "does not exist (this workload only reads)"),
+        ("a-file/", '[{op: put, path: "new/", object_size: 1KiB}]', "is not a directory"),
+    ],
+)
+async def test_a_missing_target_is_one_rule_and_one_line(
+    tmp_path: Path, target: str, workload: str, message: str
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    cfg = parse_config(f"target: file://{tmp_path}/{target}\nworkload: {workload}\n")
+    with pytest.raises(BackendError, match=re.escape(message)):
+        await Engine(cfg).preflight()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing was created
+
+
+async def test_the_target_itself_is_created_when_its_parent_exists(tmp_path: Path) -> None:
+    cfg = parse_config(
+        f"target: file://{tmp_path}/new-target/\n"
+        'workload: [{op: put, path: "new/", object_size: 1KiB}]\n'
+    )
+    checks = await Engine(cfg).preflight()
+    assert (tmp_path / "new-target").is_dir() and f"created {tmp_path}/new-target/" in checks

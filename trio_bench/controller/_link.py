@@ -253,6 +253,15 @@ class AgentLink:
             raise LinkFailed(f"{self.address}: {hello.message}", hello.code)
         if not isinstance(hello, Hello):
             raise LinkFailed(f"{self.address}: expected hello, got {hello.TAG}")
+        if self.configured_id is not None and hello.agent_id != self.configured_id:
+            # The id names the agent's storage prefix and results folder: silently using
+            # another name than the agent's own would put its data somewhere unexpected.
+            raise LinkFailed(
+                f"the agent at {self.address} is {hello.agent_id!r} (its --id), the config "
+                f"says {self.configured_id!r}: make them agree, or leave the id out of the "
+                "config",
+                "bad_config",
+            )
         if hello.protocol != PROTOCOL_VERSION:
             text = (
                 f"version mismatch: controller speaks protocol {PROTOCOL_VERSION} "

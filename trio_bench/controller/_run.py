@@ -323,7 +323,8 @@ class Controller:
                 "(distributed.agents[].id or the agent's --id)"
             )
         if failures:
-            raise StartupError(failures)
+            misconfigured = any(link.failure_code == "bad_config" for link in self.links)
+            raise StartupError(failures, EXIT_CONFIG if misconfigured else EXIT_START)
         self._record("controller", "connected", f"{len(self.links)} agent(s)")
 
     async def _configure_all(self, nursery: trio.Nursery) -> None:

@@ -155,14 +155,28 @@ class FileBackend(Backend):
     def preflight(self, *, writes: bool) -> list[str]:
         checks = []
         base = Path(self.base)
-        if writes:
+        where = f"target: file://{self.base}"
+        if not base.exists():
+            # One rule for every workload: triobench makes at most the target's last
+            # directory, and only to write there. A mistyped mount point (/mnt/nsf/bench/)
+            # must not silently become a directory on the root disk.
+            if not writes:
+                raise BackendError(f"{where} does not exist (this workload only reads)")
+            if not base.parent.is_dir():
+                raise BackendError(
+                    f"{where} does not exist, nor does {base.parent}: triobench creates at "
+                    "most the target's last directory (is the path or the mount right?)"
+                )
             try:
-                base.mkdir(parents=True, exist_ok=True)
+                base.mkdir()
+            except FileExistsError:
+                pass
             except OSError as exc:
-                raise BackendError(f"target: cannot create {self.base}: {exc.strerror}") from None
+                raise BackendError(f"{where}: cannot create it: {exc.strerror}") from None
+            checks.append(f"created {self.base}")
             self.check_confined("")  # mkdir followed symlinks the check could not see before
         if not base.is_dir():
-            raise BackendError(f"target: {self.base} is not a directory")
+            raise BackendError(f"{where} is not a directory")
         if not os.access(self.base, os.R_OK | os.X_OK):
             raise BackendError(f"target: {self.base} is not readable")
         try:
