@@ -131,7 +131,7 @@ def replaced(old: str, new: str) -> str:
     [
         (
             replaced("op: get,", "op: gett,"),
-            "workload[0].op: unknown operation 'gett' (expected get, put, stat, list, delete)",
+            "workload[0].op: unknown operation 'gett' (did you mean 'get'?) (expected get, put, stat, list, delete)",
         ),
         (replaced("concurrency: 8", "concurrency: 0"), "concurrency: must be at least 1, got 0"),
         (
@@ -140,7 +140,7 @@ def replaced(old: str, new: str) -> str:
         ),
         (
             replaced("duration: 30s", "duration: soon"),
-            "duration: 'soon' is not a duration (seconds, or a number with a unit such as 500ms, 30s, 2m, 1h)",
+            "duration: 'soon' is not a duration (seconds, or a number with a unit such as 500ms, 30s, 2m, 1h, 1m30s)",
         ),
         (
             replaced("object_size: 64KiB", "object_size: -5"),
@@ -350,3 +350,18 @@ def test_the_readme_configuration_reference_is_valid() -> None:
     config = parse_config(block)
     assert any(op.block_size for op in config.workload)  # the reference shows every field
     assert config.s3.ca_bundle and config.file.buffer_size
+
+
+def test_compound_durations_and_near_misses() -> None:
+    cfg = parse_config("target: null://\nduration: 1m30s\nworkload: [{op: list, path: x/}]\n")
+    assert cfg.duration == 90 * 10**9
+    lines = errors_of(
+        "target: null://\nduraton: 2s\n"
+        "workload: [{op: delte, path: 'x/*'}, {op: put, path: x/, objectsize: 1}]\n"
+    )
+    assert sorted(lines) == [
+        "duraton: unknown key (did you mean 'duration'?)",
+        "workload[0].op: unknown operation 'delte' (did you mean 'delete'?) "
+        "(expected get, put, stat, list, delete)",
+        "workload[1].objectsize: unknown key (did you mean 'object_size'?)",
+    ]

@@ -8,6 +8,7 @@ The vocabulary follows sai3-bench so its users can bring their basic configs.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
 import random
@@ -60,7 +61,10 @@ class ConfigError(Exception):
 def _choice(options: tuple[str, ...], what: str) -> Any:
     def check(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         if value not in options:
-            raise ValueError(f"unknown {what} {show(value)} (expected {', '.join(options)})")
+            raise ValueError(
+                f"unknown {what} {show(value)}{_did_you_mean(value, options)} "
+                f"(expected {', '.join(options)})"
+            )
 
     return check
 
@@ -486,9 +490,30 @@ def _number_or_string(text: str) -> Any:
         return text
 
 
+def _did_you_mean(word: object, options: Sequence[str]) -> str:
+    """`` (did you mean 'get'?)`` for a near miss, else nothing."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _known_keys(cls: Any) -> list[str]:
+    """The keys a section takes, as written in a config (sizes have several spellings)."""
+    if cls is None or not attrs.has(cls):
+        return []
+    names = [field.name for field in attrs.fields(cls)]
+    if "size" in names:
+        names = [n for n in names if n != "size"] + list(_SIZE_KEYS)
+    return names
+
+
 def _op_name(value: Any, _type: Any) -> str:
     if value not in OPS:
-        raise ValueError(f"unknown operation {show(value)} (expected {', '.join(OPS)})")
+        raise ValueError(
+            f"unknown operation {show(value)}{_did_you_mean(value, OPS)} "
+            f"(expected {', '.join(OPS)})"
+        )
     return str(value)
 
 
@@ -602,7 +627,11 @@ def _flatten(exc: BaseException, path: str) -> list[str]:
         return [line for e in exc.errors for line in _flatten(e, path)]
     if isinstance(exc, ForbiddenExtraKeysError):
         prefix = f"{path}." if path else ""
-        return [f"{prefix}{name}: unknown key" for name in sorted(exc.extra_fields)]
+        known = _known_keys(getattr(exc, "cl", None))
+        return [
+            f"{prefix}{name}: unknown key{_did_you_mean(name, known)}"
+            for name in sorted(exc.extra_fields)
+        ]
     if isinstance(exc, BaseValidationError):
         lines = []
         for sub in exc.exceptions:

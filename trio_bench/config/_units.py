@@ -49,8 +49,10 @@ _DURATION_UNITS = {
     "h": 3_600_000_000_000,
 }
 _NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_COMPOUND_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
+_COMPOUND = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+")
 SIZE_HINT = "bytes, or a number with a unit such as 4KiB, 1MiB, 1GB, 64k"
-DURATION_HINT = "seconds, or a number with a unit such as 500ms, 30s, 2m, 1h"
+DURATION_HINT = "seconds, or a number with a unit such as 500ms, 30s, 2m, 1h, 1m30s"
 
 
 def parse_size(value: object) -> int:
@@ -89,6 +91,12 @@ def parse_duration(value: object) -> int:
             unit = unit.lower() or "s"
             if unit in _DURATION_UNITS:
                 return round(float(number) * _DURATION_UNITS[unit])
+        text = value.strip().lower()
+        if _COMPOUND.fullmatch(text):  # 1m30s, 1h5m, 2s500ms
+            return sum(
+                round(float(number) * _DURATION_UNITS[unit])
+                for number, unit in _COMPOUND_PART.findall(text)
+            )
         if value.strip().startswith("-"):
             raise ValueError(f"duration must not be negative, got {show(value)}")
     raise ValueError(f"{show(value)} is not a duration ({DURATION_HINT})")
