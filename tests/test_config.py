@@ -115,9 +115,9 @@ def test_examples_directory_configs_are_valid() -> None:
         load_config(path)
 
 
-def errors_of(text: str) -> list[str]:
+def errors_of(text: str, overrides: list[str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        parse_config(text)
+        parse_config(text, overrides=overrides or [])
     return info.value.lines
 
 
@@ -365,3 +365,28 @@ def test_compound_durations_and_near_misses() -> None:
         "(expected get, put, stat, list, delete)",
         "workload[1].objectsize: unknown key (did you mean 'object_size'?)",
     ]
+
+
+def test_command_line_overrides_are_validated_like_the_file() -> None:
+    text = (
+        "target: null://\nworkload: [{op: get, path: 'x/*'}, {op: put, path: x/, object_size: 1}]\n"
+    )
+    cfg = parse_config(
+        text,
+        overrides=[
+            "duration=1m30s",
+            "concurrency=4",
+            "workload[1].weight=5",
+            "distributed.dead_after=20s",
+            "io_rate.iops=100",
+        ],
+    )
+    assert (cfg.duration, cfg.concurrency, cfg.workload[1].weight) == (90 * 10**9, 4, 5.0)
+    assert cfg.distributed.dead_after == 20 * 10**9 and cfg.io_rate.iops == 100
+    for bad, line in [
+        ("x", "--set 'x': expected KEY.PATH=VALUE, e.g. duration=30s"),
+        ("workload[7].weight=1", "--set 'workload[7].weight=1': there is no entry 7 there"),
+        ("concurrencyy=3", "concurrencyy: unknown key (did you mean 'concurrency'?)"),
+        ("concurrency=-3", "concurrency: must be at least 1, got -3"),
+    ]:
+        assert errors_of(text, overrides=[bad]) == [line]

@@ -679,3 +679,32 @@ async def test_an_id_in_the_config_that_differs_from_the_agents_own_is_refused(
         "agree, or leave the id out of the config"
     ]
     assert not result.started and [p.name for p in result.results_dir.iterdir()] == ["run.json"]
+
+
+def test_command_line_overrides_reach_the_plan_and_config_as_run(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(NULL_RUN.format(duration="60s", count=10))
+    command = [sys.executable, "-m", "trio_bench", "run", str(cfg), "--local-agents", "1"]
+    command += ["--results-dir", str(tmp_path / "results"), "--display", "plain"]
+    command += [
+        "--duration",
+        "300ms",
+        "--concurrency",
+        "2",
+        "--set",
+        "distributed.start_delay=200ms",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "duration     300ms" in done.stdout and "concurrency  2 worker" in done.stdout
+    assert "overrides    --set duration=300ms --set concurrency=2" in done.stdout
+    (results,) = (tmp_path / "results").iterdir()
+    as_run = (results / "config.yaml").read_text()
+    assert "with --set duration=300ms" in as_run.splitlines()[0]
+    import yaml
+
+    from trio_bench.config import parse_duration
+
+    data = yaml.safe_load(as_run)
+    assert data["concurrency"] == 2
+    assert parse_duration(data["distributed"]["start_delay"]) == 200_000_000

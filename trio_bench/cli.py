@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -56,9 +57,9 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(path: Path) -> Config:
+def _load(path: Path, overrides: Sequence[str] = ()) -> Config:
     try:
-        return load_config(path)
+        return load_config(path, overrides)
     except ConfigError as exc:
         for line in exc.lines:
             typer.echo(f"triobench: {line}", err=True)
@@ -322,6 +323,8 @@ def _run_controller(
     display = Display(display_mode)
     if display_mode != "quiet":
         typer.echo(describe(config))
+        if " with --set " in source:
+            typer.echo(f"overrides    {source.split(' with ', 1)[1]}")
     controller = Controller(
         config,
         agents=agents,
@@ -364,6 +367,43 @@ def _table(tsv: str) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
 
 
+# Command-line overrides of the config (as fio and elbencho users expect): each becomes a
+# KEY.PATH=VALUE item applied to the YAML before it is validated, so it is checked, shown in
+# the plan and written into config.yaml as run like anything in the file.
+DurationOption = Annotated[
+    str | None, typer.Option("--duration", help="Override duration (e.g. 30s, 1m30s).")
+]
+ConcurrencyOption = Annotated[
+    int | None, typer.Option("--concurrency", help="Override concurrency (threads per agent).")
+]
+TargetOption = Annotated[
+    str | None, typer.Option("--target", help="Override target (file://..., s3://..., null://).")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override any setting: KEY.PATH=VALUE, e.g. --set distributed.dead_after=30s "
+        "--set workload[0].weight=5 (repeatable; VALUE is YAML).",
+    ),
+]
+
+
+def _overrides(
+    duration: str | None, concurrency: int | None, target: str | None, sets: list[str] | None
+) -> list[str]:
+    out = [] if duration is None else [f"duration={duration}"]
+    out += [] if concurrency is None else [f"concurrency={concurrency}"]
+    out += [] if target is None else [f"target={target}"]
+    return out + list(sets or [])
+
+
+def _source(config: Path, overrides: Sequence[str]) -> str:
+    return (
+        f"{config} with " + " ".join(f"--set {o}" for o in overrides) if overrides else str(config)
+    )
+
+
 DISPLAY_MODES = ("auto", "live", "plain", "quiet")
 DisplayOption = Annotated[
     str,
@@ -387,11 +427,16 @@ def controller(
         Path | None, typer.Option(help=f"Shared secret of the agents (or set {TOKEN_ENV}).")
     ] = None,
     display: DisplayOption = "auto",
+    duration: DurationOption = None,
+    concurrency: ConcurrencyOption = None,
+    target: TargetOption = None,
+    set_: SetOption = None,
 ) -> None:
     """Coordinate agents through a run and write the results directory."""
     _setup_logging(False)
     _check_display(display)
-    cfg = _load(config)
+    overrides = _overrides(duration, concurrency, target, set_)
+    cfg = _load(config, overrides)
     targets = _agents_from(agents, cfg)
     token = _read_token(token_file)
     code = _run_controller(
@@ -399,7 +444,7 @@ def controller(
         targets,
         token=token,
         results_dir=results_dir,
-        source=str(config),
+        source=_source(config, overrides),
         display_mode=display,
     )
     raise typer.Exit(code)
@@ -421,6 +466,10 @@ def run(
         "results"
     ),
     display: DisplayOption = "auto",
+    duration: DurationOption = None,
+    concurrency: ConcurrencyOption = None,
+    target: TargetOption = None,
+    set_: SetOption = None,
 ) -> None:
     """One-machine run: start local agents on loopback, run the controller against them.
 
@@ -433,7 +482,8 @@ def run(
 
     _setup_logging(False)
     _check_display(display)
-    cfg = _load(config)
+    overrides = _overrides(duration, concurrency, target, set_)
+    cfg = _load(config, overrides)
     count = local_agents or os.cpu_count() or 1
     try:
         path = new_results_dir(results_dir, cfg.name or "run")
@@ -449,7 +499,7 @@ def run(
             [agent.as_target() for agent in local],
             token=None,
             results_dir=results_dir,
-            source=str(config),
+            source=_source(config, overrides),
             display_mode=display,
             results_path=path,
         )
@@ -464,10 +514,17 @@ def run(
 @app.command()
 def validate(
     config: Annotated[Path, typer.Argument(help="Workload configuration (YAML).")],
+    duration: DurationOption = None,
+    concurrency: ConcurrencyOption = None,
+    target: TargetOption = None,
+    set_: SetOption = None,
 ) -> None:
     """Check a configuration and print the resolved plan (exit 2 if it is invalid)."""
-    cfg = _load(config)
+    overrides = _overrides(duration, concurrency, target, set_)
+    cfg = _load(config, overrides)
     typer.echo(describe(cfg))
+    if overrides:
+        typer.echo(f"overrides    {' '.join(overrides)}")
     typer.echo("config OK")
 
 

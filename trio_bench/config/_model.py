@@ -668,8 +668,9 @@ MAX_WIRE_CONFIG = MAX_FRAME_SIZE - 64 * 1024
 _WIRE_INT_MIN, _WIRE_INT_MAX = -(2**63), 2**64 - 1
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file; ``ConfigError`` lists every mistake."""
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read and validate a YAML config file, with command-line ``overrides``
+    (``KEY.PATH=VALUE``, see ``apply_overrides``); ``ConfigError`` lists every mistake."""
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -687,13 +688,70 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(
             [f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"]
         ) from None
-    config = parse_config(text, source=str(path))
+    config = parse_config(text, source=str(path), overrides=overrides)
     if config.name is None:
         config = attrs.evolve(config, name=path.stem)
     return config
 
 
-def parse_config(text: str, *, source: str = "config") -> Config:
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
+    """Set ``KEY.PATH=VALUE`` items in a parsed config (fio/elbencho-style command-line
+    overrides). VALUE is read as YAML (``8``, ``true``, ``30s``, ``{iops: 100}``); a list
+    entry is ``workload[0].weight`` (or ``workload.0.weight``). Missing maps are created, so
+    a mistyped key is reported by validation like any other."""
+    if not overrides:
+        return raw
+    data: Any = raw if isinstance(raw, dict) else {}
+    for item in overrides:
+        where, equals, text = item.partition("=")
+        where = where.strip()
+        steps: list[str | int] = []
+        for part in where.split("."):
+            matched = _STEP.findall(part)
+            if not part or "".join(n or f"[{i}]" for n, i in matched) != part:
+                steps = []
+                break
+            for name, index in matched:
+                steps.append(int(index) if index else int(name) if name.isdigit() else name)
+        if not equals or not steps or not isinstance(steps[0], str):
+            raise ConfigError([f"--set {show(item)}: expected KEY.PATH=VALUE, e.g. duration=30s"])
+        try:
+            value = yaml.load(text, Loader=_Loader) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "invalid"
+            raise ConfigError(
+                [f"--set {show(item)}: the value is not valid YAML ({problem})"]
+            ) from None
+        node: Any = data
+        for position, step in enumerate(steps[:-1]):
+            following = steps[position + 1]
+            node = _descend(node, step, following, item)
+        last = steps[-1]
+        if isinstance(last, int):
+            if not isinstance(node, list) or last >= len(node):
+                raise ConfigError([f"--set {show(item)}: there is no entry {last} there"])
+        elif not isinstance(node, dict):
+            raise ConfigError([f"--set {show(item)}: {where.rpartition('.')[0]} is not a map"])
+        node[last] = value
+    return data
+
+
+def _descend(node: Any, step: str | int, following: str | int, item: str) -> Any:
+    if isinstance(step, int):
+        if not isinstance(node, list) or step >= len(node):
+            raise ConfigError([f"--set {show(item)}: there is no entry {step} there"])
+        return node[step]
+    if not isinstance(node, dict):
+        raise ConfigError([f"--set {show(item)}: the value before {step!r} is not a map"])
+    if step not in node or node[step] is None:
+        node[step] = [] if isinstance(following, int) else {}
+    return node[step]
+
+
+def parse_config(text: str, *, source: str = "config", overrides: Sequence[str] = ()) -> Config:
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError([f"{source}: larger than {MAX_CONFIG_BYTES // 1024} KiB"])
     try:
@@ -704,7 +762,7 @@ def parse_config(text: str, *, source: str = "config") -> Config:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
     _check_expansion(raw, source)
-    return config_from_dict(raw)
+    return config_from_dict(apply_overrides(raw, overrides))
 
 
 def _check_expansion(raw: Any, source: str) -> None:
