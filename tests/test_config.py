@@ -390,3 +390,15 @@ def test_command_line_overrides_are_validated_like_the_file() -> None:
         ("concurrency=-3", "concurrency: must be at least 1, got -3"),
     ]:
         assert errors_of(text, overrides=[bad]) == [line]
+
+
+def test_the_plan_shows_the_s3_section() -> None:
+    from trio_bench.config import describe
+
+    cfg = parse_config(
+        "target: s3://bucket/run/\nworkload: [{op: get, path: 'x/*'}]\n"
+        "s3: {endpoint: 'http://gw:9000', region: eu-1, part_size: 8MiB, verify_tls: false}\n"
+    )
+    plan = describe(cfg)
+    assert "s3           endpoint http://gw:9000; region eu-1; path addressing" in plan
+    assert "multipart above 64MiB in parts of 8MiB; payload unsigned; TLS NOT verified" in plan

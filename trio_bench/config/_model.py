@@ -1113,6 +1113,21 @@ def describe(config: Config) -> str:
         if op.block_size is not None:
             size += f" ({format_size(op.block_size)} blocks at random aligned offsets)"
         out.append(f"  {op.weight / total:6.1%}  {op.op:<6} {op.path}{size}")
+    if config.scheme == "s3":
+        s3 = config.s3
+        endpoints = [s3.endpoint] if s3.endpoint else list(s3.endpoints)
+        out.append(
+            "s3           endpoint "
+            + (", ".join(endpoints) if endpoints else "from each agent's environment")
+            + f"; region {s3.region or 'from the environment'}; {s3.addressing} addressing"
+        )
+        out.append(
+            f"             multipart above {format_size(s3.multipart_threshold)} in parts of "
+            f"{format_size(s3.part_size)}; payload {'signed' if s3.sign_payload else 'unsigned'}"
+            f"; TLS {'verified' if s3.verify_tls else 'NOT verified'}"
+            + (f" against {s3.ca_bundle}" if s3.ca_bundle else "")
+            + (f"; profile {s3.profile}" if s3.profile else "")
+        )
     dist = config.distributed
     if dist.agents:
         listed = ", ".join(f"{a.id or '?'}@{a.address}" for a in dist.agents)
