@@ -712,7 +712,7 @@ def bench_ctrlc(quick: bool, work: Path) -> list[Row]:
             )
             assert process.stdout is not None
             for line in process.stdout:
-                if "workload all:" in line and " 0 ops/s" not in line:
+                if "workload [" in line and "all: 0 ops/s" not in line:
                     break
             start = time.perf_counter()
             process.send_signal(signal.SIGINT)

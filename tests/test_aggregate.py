@@ -143,3 +143,27 @@ def test_many_agents_are_shown_one_row_per_host() -> None:
     out = io.StringIO()
     Console(file=out, width=160).print(Display("plain")._table(view))
     assert "lg1-3" in out.getvalue() and "host (agents)" not in out.getvalue()
+
+
+def test_the_live_view_says_where_the_run_is() -> None:
+    from trio_bench.config import AgentAddress, parse_config
+    from trio_bench.controller import Controller
+    from trio_bench.controller._display import progress_bar
+
+    assert progress_bar(0.0, 10) == "[----------]" and progress_bar(0.5, 10) == "[#####-----]"
+    assert progress_bar(7.0, 4) == "[####]"
+    cfg = parse_config(
+        "target: null://\nduration: 10s\nwarmup: 2s\nworkload: [{op: list, path: x/}]\n"
+    )
+    controller = Controller(cfg, agents=[AgentAddress("127.0.0.1:1")], handle_signals=False)
+    now = [100 * 10**9]
+    controller.clock.now_ns = lambda: now[0]  # type: ignore[method-assign]
+    controller._stage_at_ns = 101_200_000_000
+    controller._stage = "workload"
+    assert controller._phase() == "workload starting in 1.2 s"
+    now[0] = 102 * 10**9  # 0.8 s in: warming up
+    assert controller._phase() == "warmup [#-------------------] 1/12 s, 11 s left"
+    now[0] = 107_200_000_000  # 6 s in
+    assert controller._phase() == "workload [##########----------] 6/12 s, 6 s left"
+    controller._stage = "cleanup"
+    assert controller._phase() == "cleanup"  # no progress reported yet

@@ -43,6 +43,14 @@ class RunView:
     p99_us: float
     counts: str
     hosts: list[AgentView] = attrs.field(factory=list)  # one row per load host
+    # where the run is: "workload [#####-----] 5/10 s, 5 s left", "prepare starting in 1.2 s"
+    phase: str = ""
+
+
+def progress_bar(fraction: float, width: int = 20) -> str:
+    """``[#######-------------]``: plain ASCII, so it reads the same in a log file."""
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
 MAX_AGENT_ROWS = 24
@@ -99,15 +107,19 @@ class Display:
     def _line(self, view: RunView) -> str:
         cpus = [a.cpu_cores for a in view.agents if a.cpu_cores is not None]
         cpu = f" agents' cpu {sum(cpus):.1f} cores" if cpus else ""
+        if view.stage == "done":
+            states = ", ".join(f"{a.id} {a.state}" for a in view.agents[:MAX_AGENT_ROWS])
+            return f"{view.title} done: {states} | {view.counts}"
         return (
-            f"{view.title} {view.stage:<8} all: {view.ops_per_s:,.0f} ops/s "
+            f"{view.title} {view.phase or view.stage} all: {view.ops_per_s:,.0f} ops/s "
             f"{view.mib_per_s:,.2f} MiB/s p50 {_latency(view.p50_us)} "
             f"p99 {_latency(view.p99_us)}{cpu} | {view.counts}"
         )
 
     def _table(self, view: RunView) -> Table:
+        title = f"{view.title}  {view.phase}" if view.phase else view.title
         table = Table(
-            title=view.title, title_justify="left", caption=view.counts, caption_justify="left"
+            title=title, title_justify="left", caption=view.counts, caption_justify="left"
         )
         for name, justify in [
             ("agent", "left"),

@@ -38,7 +38,7 @@ from trio_bench.protocol import (
 )
 
 from ._aggregate import Aggregator
-from ._display import AgentView, Display, RunView
+from ._display import AgentView, Display, RunView, progress_bar
 from ._link import AgentLink, Connect, LinkFailed
 from ._results import (
     AgentStageResult,
@@ -146,6 +146,7 @@ class Controller:
         self._status = "running"
         self._in_progress: tuple[str, list[AgentLink]] | None = None
         self.started = False  # a START was sent: the run is under way
+        self._stage_at_ns = 0  # the current stage's coordinated start (controller clock)
         self._last_view = float("-inf")
 
     # -- notifications and the timeline
@@ -220,6 +221,9 @@ class Controller:
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
+            if self.started:  # the final state of every agent, not the last progress
+                self.stage = "done"
+                self.display.update(self._view())
             self.display.stop()
             self._write_run_json()
             self._write(self._results.close, always=True)
@@ -390,6 +394,7 @@ class Controller:
         self.started = True
         self._in_progress = (stage, participants)
         start_at = self.clock.now_ns() + self.settings.start_delay
+        self._stage_at_ns = start_at
         for link in participants:
             at = to_agent_clock(start_at, link.offset_ns)
             link.send_reliable(functools.partial(Start, stage=stage, at_ns=at))
@@ -542,8 +547,16 @@ class Controller:
             f"{sum(link.state is PeerState.DISCONNECTED for link in self.links)} disconnected, "
             f"{sum(link.state is PeerState.FAILED for link in self.links)} failed"
         )
+        ended = [
+            f"{sum(link.state is state for link in self.links)} {state.value}"
+            for state in (PeerState.COMPLETED, PeerState.ABORTED)
+            if any(link.state is state for link in self.links)
+        ]
+        if ended:
+            counts += ", " + ", ".join(ended)
         return RunView(
             title=f"[{self._elapsed():7.1f}s] run {self.run_id}",
+            phase=self._phase(),
             stage=self.stage,
             agents=agents,
             hosts=self._host_views(agents),
@@ -553,6 +566,37 @@ class Controller:
             p99_us=total.p99_us if total else 0.0,
             counts=counts,
         )
+
+    def _phase(self) -> str:
+        """Where the run is, for people: a countdown before each coordinated start, then a
+        progress bar: time for the workload, objects for prepare and cleanup."""
+        stage = self.stage
+        if stage not in STAGES:
+            return stage
+        now = self.clock.now_ns()
+        if now < self._stage_at_ns:
+            return f"{stage} starting in {(self._stage_at_ns - now) / 1e9:.1f} s"
+        if stage == "workload":
+            warmup, duration = self.config.warmup, self.config.duration
+            elapsed = now - self._stage_at_ns
+            left = max(0, warmup + duration - elapsed)
+            where = "warmup" if elapsed < warmup else "workload"
+            return (
+                f"{where} {progress_bar(elapsed / (warmup + duration))} "
+                f"{min(elapsed, warmup + duration) / 1e9:.0f}/{(warmup + duration) / 1e9:.0f} s"
+                f", {left / 1e9:.0f} s left"
+            )
+        done = total = 0
+        for link in self.links:
+            latest = link.latest
+            summary = link.summaries.get(stage)
+            if summary is not None:
+                done, total = done + summary.done, total + summary.total
+            elif latest is not None and latest.stage == stage:
+                done, total = done + latest.done, total + latest.total
+        if not total:
+            return stage
+        return f"{stage} {progress_bar(done / total)} {done:,}/{total:,} objects"
 
     def _host_views(self, agents: list[AgentView]) -> list[AgentView]:
         """One row per load host, its agents merged (exact interval percentiles)."""
