@@ -448,16 +448,17 @@ distributed: {{start_delay: 300ms}}
         trio.run(main)
     finally:
         stop_local_agents(agents)
-    first = next((s for s in samples if s[2] > 0), samples[0])
-    last = samples[-1]
-    series = ", ".join(f"{t / 60:.1f} min {rss / 1024:.0f} MiB" for t, rss, _ in samples[::2])
+    during = [sample for sample in samples if sample[2] > 0] or samples
+    first, last = during[0], during[-1]
+    series = ", ".join(f"{t / 60:.1f} min {rss / 1024:.0f} MiB" for t, rss, _ in during[::2])
     return [
         Row(
             "soak",
             f"agent RSS over a {minutes}-minute null:// put-only run",
             f"{first[1] / 1024:.0f} -> {last[1] / 1024:.0f} MiB",
             "flat",
-            f"{last[2]:,} puts; {series}",
+            f"{last[2]:,} puts by {last[0] / 60:.1f} min; {series}; "
+            f"{samples[-1][1] / 1024:.0f} MiB after the run",
         )
     ]
 
@@ -1002,7 +1003,9 @@ def machine() -> str:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    fio_version = subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout
+    fio_version = ""
+    if shutil.which("fio"):
+        fio_version = subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout
     return (
         f"{os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}, "
         f"{fio_version.strip() or 'no fio'}, {time.strftime('%Y-%m-%d')}"
