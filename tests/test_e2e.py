@@ -708,3 +708,98 @@ def test_command_line_overrides_reach_the_plan_and_config_as_run(tmp_path: Path)
     data = yaml.safe_load(as_run)
     assert data["concurrency"] == 2
     assert parse_duration(data["distributed"]["start_delay"]) == 200_000_000
+
+
+async def test_an_aborted_run_cleans_up_what_it_created(tmp_path: Path, reliability) -> None:
+    from .test_bad_input import serving_agent
+
+    data = tmp_path / "data"
+    data.mkdir()
+    cfg = config(f"""
+target: file://{data}/
+duration: 60s
+prepare: {{ensure_objects: [{{base_uri: d/, count: 500, object_size: 1KiB}}], cleanup: true}}
+workload: [{{op: get, path: "d/*", weight: 3}}, {{op: put, path: "new/", object_size: 1KiB}}]
+""")
+    async with serving_agent() as (_server, address):
+        controller = quiet_controller(cfg, [AgentAddress(address=address)], tmp_path / "r")
+        async with trio.open_nursery() as nursery:
+            done: list[object] = []
+
+            async def run() -> None:
+                done.append(await controller.run())
+
+            nursery.start_soon(run)
+            with trio.fail_after(30):
+                await controller.wait_for(
+                    lambda: (
+                        controller.links[0].latest is not None
+                        and controller.links[0].latest.stage == "workload"
+                    )
+                )
+            controller.request_abort("interrupted by the user (test)", user=True)
+    (result,) = done
+    assert result.exit_code == 130  # type: ignore[attr-defined]
+    left = [p for p in data.rglob("*") if p.is_file()]
+    assert left == []
+    record = json.loads((result.results_dir / "run.json").read_text())  # type: ignore[attr-defined]
+    cleaned = record["abort_cleanup"]
+    assert cleaned.startswith("cleanup after the abort: ") and "may be left" not in cleaned
+    reliability(
+        "Ctrl-C during a workload of a run with cleanup: true (file://)",
+        "the agents delete what the run created (bounded, shown), then confirm the abort",
+        f"exit 130; 0 files left; {cleaned}",
+    )
+
+
+@pytest.mark.reliability
+def test_a_second_ctrl_c_skips_the_cleanup_and_triobench_cleanup_removes_the_rest(
+    tmp_path: Path, reliability
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    cfg = tmp_path / "big.yaml"
+    cfg.write_text(f"""
+target: file://{data}/
+duration: 60s
+concurrency: 2
+prepare: {{ensure_objects: [{{base_uri: d/, count: 1000000, object_size: 0}}], cleanup: true}}
+workload: [{{op: get, path: "d/*"}}]
+distributed: {{stats_interval: 200ms, start_delay: 300ms}}
+""")
+    command = [sys.executable, "-m", "trio_bench", "run", str(cfg), "--local-agents", "1"]
+    command += ["--results-dir", str(tmp_path / "results"), "--display", "plain"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:  # prepare is creating files
+        if "prepare [" in line and " 0/" not in line:
+            break
+    process.send_signal(signal.SIGINT)
+    for line in process.stdout:  # the agent is cleaning up after the abort
+        if "aborting: cleaning up" in line:
+            break
+    second = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=30)
+    took = time.monotonic() - second
+    assert process.returncode == 130, err
+    assert took < 5  # not the cleanup's bound (60 s)
+    (results,) = (tmp_path / "results").iterdir()
+    record = json.loads((results / "run.json").read_text())
+    assert any("the cleanup after the abort was skipped" in e for e in record["errors"]), record
+    time.sleep(0.5)  # the agent saw the GOODBYE (or its parent's death) and stopped
+    left = sum(1 for p in data.rglob("*") if p.is_file())
+    done = subprocess.run(
+        [sys.executable, "-m", "trio_bench", "cleanup", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [p for p in data.rglob("*") if p.is_file()] == []
+    reliability(
+        "a second Ctrl-C while the agents clean up after an abort; then `triobench cleanup`",
+        "exit 130 at once, cleanup skipped and said so; `triobench cleanup` removes the rest",
+        f"exited {took:.1f} s after the second Ctrl-C; {left:,} files left, 0 after "
+        f"`triobench cleanup` ({done.stdout.strip()[:60]})",
+    )

@@ -49,7 +49,7 @@ app = typer.Typer(
 )
 
 TOKEN_ENV = "TRIOBENCH_TOKEN"
-EXIT_CONFIG, EXIT_START = 2, 3
+EXIT_CONFIG, EXIT_START, EXIT_ABORTED = 2, 3, 130
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -338,6 +338,10 @@ def _run_controller(
         result = trio.run(controller.run)
     except ResultsUnusable as exc:
         raise _fail(str(exc), EXIT_START) from None
+    except KeyboardInterrupt:  # a second Ctrl-C just as the run was ending: it has ended
+        with contextlib.suppress(OSError):
+            typer.echo("triobench: interrupted as the run ended", err=True)
+        return EXIT_ABORTED
     # the terminal may be gone (SIGHUP): the results are written, the exit code still counts
     with contextlib.suppress(OSError):
         for line in result.errors:
@@ -350,6 +354,7 @@ def _run_controller(
         else:
             typer.echo(f"results: {result.results_dir / 'run.json'} (the run did not start)")
         message = result.message if result.message not in ("", result.status) else ""
+        message = message.removeprefix(f"{result.status}: ")
         if not result.started:  # its causes are the lines above
             message = "could not start"
         typer.echo(f"run {result.status}: {message}" if message else f"run {result.status}")
@@ -526,6 +531,81 @@ def validate(
     if overrides:
         typer.echo(f"overrides    {' '.join(overrides)}")
     typer.echo("config OK")
+
+
+# --- cleanup ----------------------------------------------------------------------------------
+
+
+@app.command()
+def cleanup(
+    results: Annotated[Path, typer.Argument(help="A run's results directory.")],
+    agent: Annotated[
+        list[str] | None,
+        typer.Option("--agent", help="Only this agent's data (repeatable; default: all)."),
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Refuse file:// paths outside this directory.")
+    ] = None,
+) -> None:
+    """Remove what a run left on the storage: its prepared objects and every object its puts
+    created (found by the run's names), for each of its agents.
+
+    Run it where the storage is reachable: anywhere for s3:// (credentials from the
+    environment, as agents read them) or shared file systems; on each load host for disks
+    local to the agents (with --agent for that host's agents).
+    """
+    import json
+
+    _setup_logging(False)
+    try:
+        record = json.loads((results / "run.json").read_text())
+        run_id, listed = str(record["run_id"]), list(record["agents"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _fail(f"{results}: not a triobench results directory ({exc})", EXIT_CONFIG) from None
+    cfg = _load(results / "config.yaml")
+    ids = [str(entry.get("id")) for entry in listed]
+    unknown = sorted(set(agent or []) - set(ids))
+    if unknown:
+        raise _fail(
+            f"--agent {', '.join(unknown)}: not in this run ({', '.join(ids)})", EXIT_CONFIG
+        )
+    chosen = [(i, name) for i, name in enumerate(ids) if not agent or name in agent]
+    try:
+        failures = trio.run(_clean_up, cfg, run_id, len(ids), chosen, str(root) if root else None)
+    except Exception as exc:  # the storage said no: one line
+        raise _fail(f"cleanup: {type(exc).__name__}: {exc}", EXIT_START) from None
+    raise typer.Exit(1 if failures else 0)
+
+
+async def _clean_up(
+    cfg: Config, run_id: str, count: int, chosen: list[tuple[int, str]], root: str | None
+) -> int:
+    from trio_bench.engine import Engine
+
+    failures = 0
+    for index, name in chosen:
+        prefix = "" if cfg.distributed.shared_storage else f"{name}/"
+        engine = Engine(
+            cfg, agent_index=index, agent_count=count, prefix=prefix, run_tag=run_id[:8], root=root
+        )
+        try:
+            leftovers = await engine.leftovers()
+            run = engine.cleanup_stage(leftovers=leftovers, force=True)
+            await run.run(engine.clock.now_ns())
+            summary = run.summary("completed")
+        finally:
+            engine.close()
+        removed = summary.ops["delete"].ops if "delete" in summary.ops else 0
+        failed = summary.ops["delete"].errors if "delete" in summary.ops else 0
+        codes = ", ".join(
+            f"{code} {n:,}" for code, n in summary.error_codes.get("delete", {}).items()
+        )
+        typer.echo(
+            f"{name}: removed {removed:,} object(s) of {summary.total:,} the run may have made"
+            + (f"; {failed:,} could not be removed ({codes})" if failed else "")
+        )
+        failures += failed
+    return failures
 
 
 def main() -> None:

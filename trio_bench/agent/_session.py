@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from trio_bench.config import ConfigError, config_from_dict
@@ -54,7 +55,7 @@ from trio_bench.protocol import (
     printable,
     unstructure,
 )
-from trio_bench.stats import snapshot_to_wire
+from trio_bench.stats import merge_snapshots, snapshot_from_wire, snapshot_to_wire
 from trio_bench.transport import Connection
 
 if TYPE_CHECKING:
@@ -98,6 +99,9 @@ class Session:
         self.orphan_timeout_s = configure.orphan_timeout_ns / 1e9
         self.resend_interval_s = 2.0
         self.internal_error: str | None = None  # set when a bug ended the run
+        self.engine: Engine | None = None
+        self.created_anything = False  # a stage that writes (prepare, workload) has begun
+        self.abort_cleanup: trio.CancelScope | None = None  # the cleanup after an abort
 
     # -- connection attachment
 
@@ -181,6 +185,8 @@ class Session:
         self.farewell = True
         if self.conn is not None:
             self.conn.close_soon(reason)
+        if self.abort_cleanup is not None:  # nobody is waiting for it any more
+            self.abort_cleanup.cancel()
         if self.machine.state is AgentState.FINISHING:
             self._finish()
         elif self.machine.can_apply(AgentEvent.ABORT) and not self.abort_reason:
@@ -229,6 +235,13 @@ class Session:
         self.run_scope.cancel()
 
     async def _lifecycle(self) -> None:
+        try:
+            await self._lifecycle_with_engine()
+        finally:
+            if self.engine is not None:
+                self.engine.close()
+
+    async def _lifecycle_with_engine(self) -> None:
         with self.run_scope:
             try:
                 await self._stages()
@@ -242,6 +255,18 @@ class Session:
                 summaries.append(self.current.summary("aborted"))
                 self.current = None
             self._discard_stats()
+            try:
+                cleaned = await self._cleanup_after_abort()
+            except Exception as exc:  # a bug: say so, with what we have
+                self._internal_error(exc)
+                self.summaries = summaries
+                self._report_internal_error(self.internal_error or "internal error")
+                return
+            if cleaned is not None:
+                earlier = [s for s in summaries if s.stage == "cleanup"]
+                if earlier:  # the abort came during cleanup: one summary for both parts
+                    cleaned = _continued(earlier[0], cleaned)
+                summaries = [s for s in summaries if s.stage != "cleanup"] + [cleaned]
             if self.machine.state is AgentState.ABORTING:
                 self.machine.apply(AgentEvent.ABORT_DONE)
             self.outcome = "aborted"
@@ -278,11 +303,40 @@ class Session:
 
         self.final = self._send_reliable(build)
 
+    async def _cleanup_after_abort(self) -> StageSummary | None:
+        """After an abort, delete what the run created (``prepare.cleanup`` only), for at most
+        ``prepare.cleanup_on_abort``; the controller's GOODBYE (it is not waiting any more: a
+        second Ctrl-C) ends it early. Its progress goes out in STATS of the cleanup stage;
+        the summary (outcome ``completed``, or ``aborted`` if cut short) goes in ABORTED."""
+        engine = self.engine
+        if engine is None or not self.created_anything or self.farewell:
+            return None
+        settings = engine.config.prepare
+        if not settings.cleanup or not settings.cleanup_on_abort:
+            return None
+        run = engine.cleanup_stage()
+        self.current = run
+        self.started_stage = "cleanup"
+        log.info(
+            "run %s: aborted; cleaning up (at most %s ns)", self.run_id, settings.cleanup_on_abort
+        )
+        with trio.move_on_after(settings.cleanup_on_abort / 1e9) as scope:
+            self.abort_cleanup = scope
+            try:
+                await run.run(self.clock.now_ns())
+            except StageFailed:
+                pass  # counted in its summary: what could not be deleted is left
+        self.abort_cleanup = None
+        self.current = None
+        self._discard_stats()
+        finished = not scope.cancelled_caught and run.summary("completed").done == run.total
+        return run.summary("completed" if finished else "aborted")
+
     async def _stages(self) -> None:
         config_data = self.configure.config
         try:
             config = config_from_dict(config_data)
-            engine = Engine(
+            engine = self.engine = Engine(
                 config,
                 agent_index=self.configure.agent_index,
                 agent_count=self.configure.agent_count,
@@ -301,33 +355,31 @@ class Session:
         await self._advance(AgentEvent.PREFLIGHT_OK)
         target = engine.backend.describe()
         self._send_reliable(lambda seq: Ready(seq=seq, target=target, checks=tuple(checks)))
-        try:
-            for stage in STAGES:
-                at_ns = await self._wait_start(stage)
-                run = getattr(engine, f"{stage}_stage")()
-                self.current = run
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._report_started, run, stage, at_ns)
-                    try:
-                        await run.run(at_ns)
-                    except StageFailed as exc:
-                        self.summaries.append(run.summary("failed"))
-                        self.current = None
-                        await self._fail("stage_failed", f"{stage}: {exc}", AgentEvent.STAGE_FAILED)
-                        return
-                summary = run.summary("completed")
-                self.summaries.append(summary)
-                self.current = None
-                if stage == "prepare":
-                    await engine.after_prepare()
-                self._discard_stats()
-                await self._advance(AgentEvent.STAGE_DONE)
-                self._send_reliable(functools.partial(StageDone, summary=summary))
-            self.outcome = "completed"
-            summaries = tuple(self.summaries)
-            self.final = self._send_reliable(lambda seq: Completed(seq=seq, summaries=summaries))
-        finally:
-            engine.close()
+        for stage in STAGES:
+            at_ns = await self._wait_start(stage)
+            self.created_anything |= stage != "cleanup"
+            run = getattr(engine, f"{stage}_stage")()
+            self.current = run
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._report_started, run, stage, at_ns)
+                try:
+                    await run.run(at_ns)
+                except StageFailed as exc:
+                    self.summaries.append(run.summary("failed"))
+                    self.current = None
+                    await self._fail("stage_failed", f"{stage}: {exc}", AgentEvent.STAGE_FAILED)
+                    return
+            summary = run.summary("completed")
+            self.summaries.append(summary)
+            self.current = None
+            if stage == "prepare":
+                await engine.after_prepare()
+            self._discard_stats()
+            await self._advance(AgentEvent.STAGE_DONE)
+            self._send_reliable(functools.partial(StageDone, summary=summary))
+        self.outcome = "completed"
+        summaries = tuple(self.summaries)
+        self.final = self._send_reliable(lambda seq: Completed(seq=seq, summaries=summaries))
 
     async def _advance(self, event: AgentEvent) -> None:
         """Apply a lifecycle event, unless an ABORT arrived meanwhile.
@@ -458,6 +510,26 @@ class Session:
             path.write_text(json.dumps(record, indent=1, default=_bytes_hex))
         except OSError as exc:
             log.warning("run %s: could not keep results locally: %s", self.run_id, exc)
+
+
+def _continued(first: StageSummary, then: StageSummary) -> StageSummary:
+    """A cleanup stage cut by an abort and the cleanup after it, as one summary: operations
+    and errors added, the second part's progress (it went over every key again)."""
+    ops = merge_snapshots([snapshot_from_wire(first.ops), snapshot_from_wire(then.ops)])
+    codes = {kind: dict(counts) for kind, counts in first.error_codes.items()}
+    for kind, counts in then.error_codes.items():
+        merged = codes.setdefault(kind, {})
+        for code, n in counts.items():
+            merged[code] = merged.get(code, 0) + n
+    return attrs.evolve(
+        then,
+        started_at_ns=first.started_at_ns,
+        measured_ns=first.measured_ns + then.measured_ns,
+        ops=snapshot_to_wire(ops),
+        error_codes=codes,
+        cpu_user_ns=first.cpu_user_ns + then.cpu_user_ns,
+        cpu_system_ns=first.cpu_system_ns + then.cpu_system_ns,
+    )
 
 
 def _bytes_hex(value: object) -> str:

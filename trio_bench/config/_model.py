@@ -216,6 +216,9 @@ class EnsureObjects:
 class Prepare:
     ensure_objects: tuple[EnsureObjects, ...] = ()
     cleanup: bool = False
+    # after an abort (Ctrl-C, a failed agent, a lost controller), an agent with cleanup: true
+    # spends at most this long deleting what the run created; 0 keeps everything
+    cleanup_on_abort: Duration = Duration(60_000_000_000)
     post_prepare_delay: Duration = Duration(0)
     prepare_strategy: str = attrs.field(
         default="parallel", validator=_choice(("sequential", "parallel"), "prepare_strategy")
@@ -912,6 +915,7 @@ def _unstructure(config: Config) -> dict[str, Any]:
                 for e in config.prepare.ensure_objects
             ],
             "cleanup": config.prepare.cleanup,
+            "cleanup_on_abort": duration(config.prepare.cleanup_on_abort),
             "post_prepare_delay": duration(config.prepare.post_prepare_delay),
             "prepare_strategy": config.prepare.prepare_strategy,
         },

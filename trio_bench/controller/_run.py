@@ -146,6 +146,7 @@ class Controller:
         self._status = "running"
         self._in_progress: tuple[str, list[AgentLink]] | None = None
         self.started = False  # a START was sent: the run is under way
+        self.abort_cleanup: str | None = None  # what the cleanup after an abort did
         self._stage_at_ns = 0  # the current stage's coordinated start (controller clock)
         self._last_view = float("-inf")
 
@@ -286,9 +287,10 @@ class Controller:
             self._exit_code, self._status = EXIT_PARTIAL, "failed"
             return "failed: results could not be written"
         states = [link.state for link in self.links]
+        cleanup = f"; {self.abort_cleanup}" if self.abort_cleanup else ""
         if self.user_abort:
             self._exit_code, self._status = EXIT_ABORTED, "aborted"
-            return f"aborted: {self.abort_reason}"
+            return f"aborted: {self.abort_reason}{cleanup}"
         if all(state is PeerState.COMPLETED for state in states):
             self._exit_code, self._status = EXIT_OK, "completed"
             return "completed"
@@ -298,7 +300,7 @@ class Controller:
             for link in self.links
             if link.state is not PeerState.COMPLETED
         ]
-        return "partial: " + "; ".join(lost)
+        return "partial: " + "; ".join(lost) + cleanup
 
     # -- start-up
 
@@ -462,11 +464,44 @@ class Controller:
             if link.state is not PeerState.CONNECTING:
                 link.send_reliable(functools.partial(Abort, reason=reason[:500]))
             link.apply(PeerEvent.ABORT_SENT, reason)
-        with trio.move_on_after(ABORT_WAIT_S):
+        wait_s = ABORT_WAIT_S + self._abort_cleanup_s()
+        with trio.move_on_after(wait_s):
             await self._wait_until(self._all_terminal)
         for link in self.links:
             if not link.machine.terminal:
-                link.give_up(f"did not confirm the abort within {ABORT_WAIT_S:g}s")
+                link.give_up(f"did not confirm the abort within {wait_s:g}s")
+        self._report_abort_cleanup()
+
+    def _abort_cleanup_s(self) -> float:
+        """How long agents may spend deleting what an aborted run created (0: they won't)."""
+        prepare = self.config.prepare
+        if not (self.started and prepare.cleanup):
+            return 0.0
+        return prepare.cleanup_on_abort / 1e9
+
+    def _report_abort_cleanup(self) -> None:
+        """Say what the cleanup after the abort removed, and whether anything was left."""
+        if not self._abort_cleanup_s():
+            return
+        done = total = 0
+        unsure = []
+        for link in self.links:
+            summary = link.summaries.get("cleanup")
+            if summary is None or link.state is not PeerState.ABORTED:
+                unsure.append(link.id)
+                continue
+            done, total = done + summary.done, total + summary.total
+            if summary.outcome != "completed":
+                unsure.append(link.id)
+        line = f"cleanup after the abort: {done:,} of {total:,} objects removed"
+        if unsure:
+            line += (
+                f"; data may be left by {', '.join(unsure)}: `triobench cleanup "
+                f"{self.results_dir}` removes it"
+            )
+        self.abort_cleanup = line
+        self._record("controller", "abort cleanup", line)
+        self.display.event(line)
 
     async def _goodbye_all(self, reason: str) -> None:
         for link in self.links:
@@ -571,6 +606,14 @@ class Controller:
         """Where the run is, for people: a countdown before each coordinated start, then a
         progress bar: time for the workload, objects for prepare and cleanup."""
         stage = self.stage
+        if stage == "aborting" and self._abort_cleanup_s():
+            done = total = 0
+            for link in self.links:
+                latest = link.latest
+                if latest is not None and latest.stage == "cleanup":
+                    done, total = done + latest.done, total + latest.total
+            progress = f" {progress_bar(done / total)} {done:,}/{total:,} objects" if total else ""
+            return f"aborting: cleaning up what the run created{progress} (Ctrl-C again skips it)"
         if stage not in STAGES:
             return stage
         now = self.clock.now_ns()
@@ -644,9 +687,24 @@ class Controller:
                     )
                     self.request_abort(f"interrupted by the user ({name})", user=True)
                 else:
+                    # Tell the agents we are gone (GOODBYE ends a cleanup after the abort at
+                    # once), give the writers a moment to send it, and exit.
+                    for link in self.links:
+                        link.say_goodbye(f"second {name}: the controller exits now")
+                    with trio.move_on_after(0.3):
+                        for link in self.links:
+                            if link.conn is not None:
+                                await link.conn.finished.wait()
                     self.display.stop()
                     self._exit_code, self._status = EXIT_ABORTED, "aborted"
-                    self.errors.append(f"second {name}: exited without waiting for the agents")
+                    self.errors.append(
+                        f"second {name}: exited without waiting for the agents"
+                        + (
+                            "; the cleanup after the abort was skipped"
+                            if self._abort_cleanup_s()
+                            else ""
+                        )
+                    )
                     self._write_run_json()
                     os._exit(EXIT_ABORTED)
 
@@ -747,6 +805,7 @@ class Controller:
             "started_at": iso(self._started_wall),
             "ended_at": iso(time.time()),
             "abort_reason": self.abort_reason,
+            "abort_cleanup": self.abort_cleanup,
             "start_skew_ms": self.skew_ms,
             "stages": self.stage_facts,
             "agents": agents,

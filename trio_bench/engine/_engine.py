@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import trio
 
@@ -169,21 +169,30 @@ class Engine:
             max_errors=self.config.max_errors,
         )
 
-    def cleanup_stage(self) -> StageRun:
+    async def leftovers(self) -> list[str]:
+        """What this agent's puts created in an earlier session of this run (by listing)."""
+        return await trio.to_thread.run_sync(
+            self.plan.leftover_puts, self.backend.scan, abandon_on_cancel=True
+        )
+
+    def cleanup_stage(self, *, leftovers: Sequence[str] = (), force: bool = False) -> StageRun:
+        """Delete the prepared objects and what the puts created (``prepare.cleanup``, or
+        ``force``), plus ``leftovers`` (keys found by ``leftovers()``)."""
         stop = StopFlag()
         count = self._worker_count()
         created = self.plan.created()
-        cleanup = self.config.prepare.cleanup
+        cleanup = self.config.prepare.cleanup or force
 
         def keys(worker: int) -> Iterator[str]:
             if not cleanup:
                 return iter(())
             prepared = (p.key(i) for p in self.plan.prepared for i in p.indices[worker::count])
             made = (key for put in created for key in put.keys(worker, count))
-            return itertools.chain(prepared, made)
+            return itertools.chain(prepared, made, leftovers[worker::count])
 
         workers = [CleanupWorker(w, stop, self.backend.worker_io(w), keys(w)) for w in range(count)]
         total = sum(len(p.indices) for p in self.plan.prepared) + sum(k.count for k in created)
+        total += len(leftovers)
         return StageRun(
             "cleanup",
             workers,

@@ -270,6 +270,21 @@ class AgentPlan:
     def created(self) -> list[PutKeys]:
         return [keys for op in self.ops for keys in op.created]
 
+    def leftover_puts(self, scan: Callable[[str], dict[str, int]]) -> list[str]:
+        """The objects this agent's puts created in an earlier session of the same run (same
+        run tag), found by listing: what ``triobench cleanup`` removes after the fact."""
+        found: list[str] = []
+        listed: set[tuple[str, str]] = set()
+        for op in self.ops:
+            if op.kind != "put":
+                continue
+            head = f"{op.pattern}{self.run_tag}-a{self.agent_index}-w"
+            if (op.directory, head) in listed:
+                continue
+            listed.add((op.directory, head))
+            found += [op.directory + name for name in scan(op.directory) if name.startswith(head)]
+        return found
+
     # -- facts the engine and preflight need
 
     def fed(self, pool: Pool) -> bool:
