@@ -84,6 +84,8 @@ _BY_NAME: dict[str, st.SearchStrategy[Any]] = {
     "orphan_timeout_ns": st.integers(*p.ORPHAN_TIMEOUT_RANGE_NS),
     "agent_count": st.integers(1, 2**32),
     "agent_index": st.just(0),
+    "run_id": st.from_regex(p.RUN_ID, fullmatch=True),
+    "path_prefix": st.from_regex(p.PATH_PREFIX, fullmatch=True),
 }
 _BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
     int: u64,

@@ -189,3 +189,27 @@ async def test_an_agent_of_another_version_is_refused_with_both_versions(tmp_pat
     assert f"controller speaks protocol {p.PROTOCOL_VERSION}" in result.message
     assert f"speaks {p.PROTOCOL_VERSION + 1} (triobench 2.0)" in result.message
     assert got and isinstance(got[0], p.Error) and got[0].code == "version_mismatch"
+
+
+async def test_a_controller_with_a_token_refuses_an_agent_that_asks_for_none(tmp_path) -> None:
+    """A downgrade: whatever answers on the agent's address without asking for the token is
+    refused, and is sent no proof (nothing derived from the token reaches it)."""
+    from .test_bad_input import serving_agent
+
+    async with serving_agent() as (_server, address), trio.open_nursery() as nursery:
+        proxy = Proxy(address)
+        await nursery.start(proxy.serve)
+        result = await run_controller(tmp_path, proxy.address, TOKEN)
+        nursery.cancel_scope.cancel()
+    assert (result.exit_code, result.status) == (3, "failed")
+    assert "does not require a token, but this controller has one: refusing it" in result.message
+    auth = [frame for frame in _frames(bytes(proxy.to_agent)) if frame.get("t") == "auth"]
+    assert auth == []  # not even an AUTH (with a proof) was sent
+
+
+def _frames(data: bytes) -> list[dict]:
+    from trio_bench import protocol as p
+
+    decoder = p.FrameDecoder()
+    decoder.feed(data)
+    return list(decoder)

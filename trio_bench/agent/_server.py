@@ -79,6 +79,8 @@ class AgentServer:
         self.session: Session | None = None
         self.runs_served = 0
         self.connections = 0
+        self._unauthenticated: list[Connection] = []  # oldest first
+        self._authenticated: set[Connection] = set()
         self._nursery: trio.Nursery | None = None
 
     async def serve(
@@ -102,8 +104,10 @@ class AgentServer:
         clock = self.clock
 
         def answer_pings(message: Message) -> bool:
-            # Timestamped and answered in the reader: t2/t3 exclude our own queueing.
-            if isinstance(message, Ping):
+            # Timestamped and answered in the reader: t2/t3 exclude our own queueing. Only
+            # once authenticated: before that a PING is not part of the handshake (and would
+            # tell anyone who can connect the agent's clock).
+            if isinstance(message, Ping) and conn in self._authenticated:
                 t2 = clock.now_ns()
                 conn.send(
                     Pong(nonce=message.nonce, t1_ns=message.t1_ns, t2_ns=t2, t3_ns=clock.now_ns())
@@ -112,9 +116,15 @@ class AgentServer:
             return False
 
         if self.connections >= self.options.max_connections:
-            log.warning("controller %s refused: %d connections open", peer, self.connections)
-            await _refuse_now(stream, f"agent {self.options.agent_id} has too many connections")
-            return
+            # At the cap, the oldest connection that has not authenticated makes way: idle
+            # peers cannot lock the real controller out (each also has the handshake bound).
+            waiting = [c for c in self._unauthenticated if not c.closed.is_set()]
+            if not waiting:
+                log.warning("controller %s refused: %d connections open", peer, self.connections)
+                await _refuse_now(stream, f"agent {self.options.agent_id} has too many connections")
+                return
+            log.warning("too many connections: dropped the oldest unauthenticated one")
+            waiting[0].abort("dropped: too many connections, and it had not authenticated")
         conn = Connection(
             stream,
             name=f"controller {peer}",
@@ -122,6 +132,7 @@ class AgentServer:
             max_frame_size=HANDSHAKE_FRAME_SIZE,
         )
         self.connections += 1
+        self._unauthenticated.append(conn)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.run)
@@ -140,6 +151,9 @@ class AgentServer:
                 conn.close_soon("done")
         finally:
             self.connections -= 1
+            self._authenticated.discard(conn)
+            if conn in self._unauthenticated:
+                self._unauthenticated.remove(conn)
 
     def _refuse(self, conn: Connection, code: str, message: str) -> None:
         conn.send(Error(seq=0, code=code, message=printable(message, 1000), summaries=()))
@@ -189,6 +203,8 @@ class AgentServer:
         else:
             proof = b""
         conn.send(Welcome(proof=proof))
+        self._unauthenticated.remove(conn)
+        self._authenticated.add(conn)
         conn.allow_frames_up_to(MAX_FRAME_SIZE)  # CONFIGURE carries the workload config
         first = await self._receive(conn, "configure or resume")
         if isinstance(first, Configure):

@@ -155,6 +155,9 @@ class Session:
             self.stats_seen = max(self.stats_seen, message.seq)
             return
         if isinstance(message, Configure):
+            if message == self.configure:  # re-sent (our ACK was late or lost): ACK again
+                self._send(Ack(seq=message.seq))
+                return
             raise ProtocolError(
                 f"configure: this connection already carries run {self.run_id} "
                 "(one run per connection; reconnect for the next run)"

@@ -270,6 +270,15 @@ class AgentLink:
             )
             conn.send(Error(seq=0, code="version_mismatch", message=text, summaries=()))
             raise LinkFailed(text, "version_mismatch")
+        if self.token is not None and not hello.auth_required:
+            # A peer that says it needs no token could be anything (an impostor answering on
+            # the agent's address); we send it no proof and refuse it.
+            raise LinkFailed(
+                f"agent {hello.agent_id} at {self.address} does not require a token, but this "
+                "controller has one: refusing it (start the agent with --token-file, or run "
+                "the controller without a token)",
+                "auth_failed",
+            )
         if hello.auth_required and self.token is None:
             raise LinkFailed(
                 f"agent {hello.agent_id} at {self.address} requires a token "

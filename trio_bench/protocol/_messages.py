@@ -110,6 +110,27 @@ def _only_escapes(text: str) -> bool:
     return all(not 0xD800 <= ord(ch) <= 0xDFFF or 0xDC80 <= ord(ch) <= 0xDCFF for ch in text)
 
 
+# A run id names the agent's local results file; a path prefix is put in front of every key
+# the agent touches. Neither may ever be a path a peer chose ("../../x", "", 300 characters).
+RUN_ID = AGENT_ID
+PATH_PREFIX = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63}/)?")
+
+
+def _run_id(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not RUN_ID.fullmatch(value):
+        raise ValueError(
+            f"run id {value[:80]!r} is not 1-64 of A-Z a-z 0-9 . _ - (first not . _ -)"
+        )
+
+
+def _path_prefix(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not PATH_PREFIX.fullmatch(value):
+        raise ValueError(
+            f"path_prefix {value[:80]!r} is neither empty nor one folder name (an agent id) "
+            "and a '/'"
+        )
+
+
 def _text(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if len(value) > MAX_TEXT:
         raise ValueError(f"text of {len(value)} characters exceeds {MAX_TEXT}")
@@ -238,11 +259,11 @@ class Configure(Message):
     TAG = "configure"
     RELIABLE = True
     seq: int
-    run_id: str
+    run_id: str = attrs.field(validator=_run_id)
     config: dict[str, Any]
     agent_index: int
     agent_count: int
-    path_prefix: str
+    path_prefix: str = attrs.field(validator=_path_prefix)
     stats_interval_ns: int = attrs.field(validator=_between(*STATS_INTERVAL_RANGE_NS))
     orphan_timeout_ns: int = attrs.field(validator=_between(*ORPHAN_TIMEOUT_RANGE_NS))
 
@@ -258,7 +279,7 @@ class Resume(Message):
     """controller -> agent: re-attach to a run the agent still holds after a lost connection."""
 
     TAG = "resume"
-    run_id: str
+    run_id: str = attrs.field(validator=_run_id)
     acked: int  # highest agent seq the controller has processed
 
 

@@ -291,6 +291,10 @@ class Connection:
         if self._cancel is not None:
             self._cancel.cancel()
 
+    def abort(self, reason: str) -> None:
+        """Close at once, without flushing what is queued (a peer we are dropping)."""
+        self._abort(reason)
+
     def close_soon(self, reason: str) -> None:
         """Flush what is queued (within ``CLOSE_TIMEOUT_S``), then close."""
         self._mark_closed(reason)
