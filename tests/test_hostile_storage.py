@@ -134,6 +134,23 @@ workload: [{{op: get, path: "data/*"}}]
 # --- stopping ------------------------------------------------------------------------------------
 
 
+async def put_workload(target: str, path: str, size: str, duration: str):  # type: ignore[no-untyped-def]
+    """A put-only workload stage of 2 workers with cleanup: (engine, stage run, summary)."""
+    cfg = parse_config(f"""
+target: {target}
+duration: {duration}
+concurrency: 2
+prepare: {{cleanup: true}}
+workload: [{{op: put, path: "{path}", object_size: {size}}}]
+""")
+    engine = Engine(cfg)
+    await engine.preflight()
+    run = engine.workload_stage()
+    with trio.fail_after(60):
+        await run.run(engine.clock.now_ns())
+    return engine, run, run.summary("completed")
+
+
 def test_a_large_put_stops_between_pieces_once_the_stage_stops(tmp_path: Path) -> None:
     backend = FileBackend(str(tmp_path))
     io = backend.worker_io(0)
@@ -159,19 +176,7 @@ def test_a_large_get_stops_between_buffers_once_the_stage_stops(tmp_path: Path) 
 async def test_puts_cut_short_by_the_end_of_the_stage_are_cleaned_up(
     tmp_path: Path, reliability
 ) -> None:
-    cfg = parse_config(f"""
-target: file://{tmp_path}/t/
-duration: 200ms
-concurrency: 2
-prepare: {{cleanup: true}}
-workload: [{{op: put, path: "big/", object_size: 4GiB}}]
-""")
-    engine = Engine(cfg)
-    await engine.preflight()
-    run = engine.workload_stage()
-    with trio.fail_after(60):
-        await run.run(engine.clock.now_ns())
-    summary = run.summary("completed")
+    engine, run, summary = await put_workload(f"file://{tmp_path}/t/", "big/", "4GiB", "200ms")
     assert run.abandoned == 0  # every thread stopped writing; none was left behind
     assert "put" not in summary.error_codes  # an interrupted put is not a storage error
     assert sum(w.interrupted for w in run.workers) == 2
@@ -210,18 +215,9 @@ def full_filesystem(tmp_path: Path):
 async def test_puts_that_fail_on_a_full_file_system_are_counted_and_cleaned_up(
     full_filesystem: Path, reliability
 ) -> None:
-    cfg = parse_config(f"""
-target: file://{full_filesystem}/
-duration: 300ms
-concurrency: 2
-prepare: {{cleanup: true}}
-workload: [{{op: put, path: "new/", object_size: 64KiB}}]
-""")
-    engine = Engine(cfg)
-    await engine.preflight()
-    run = engine.workload_stage()
-    await run.run(engine.clock.now_ns())
-    summary = run.summary("completed")
+    engine, _run, summary = await put_workload(
+        f"file://{full_filesystem}/", "new/", "64KiB", "300ms"
+    )
     failed = summary.error_codes["put"]["ENOSPC"]
     assert failed > 0 and set(summary.error_codes["put"]) == {"ENOSPC"}
     left = list((full_filesystem / "new").iterdir())

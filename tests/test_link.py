@@ -75,28 +75,34 @@ async def test_close_soon_flushes_then_half_closes_and_drains(autojump_clock) ->
     assert conn.frames_received == 1
 
 
-async def test_an_agent_that_never_answers_the_connect_is_cannot_connect_timed_out(
-    autojump_clock, tmp_path
-) -> None:
-    """An unroutable address: TCP never connects. Said as such, not as a missing handshake."""
+async def start_with(connect, address: str, agent_id: str, tmp_path):  # type: ignore[no-untyped-def]
+    """A controller run whose links reach the agent through ``connect`` (connect_timeout 7 s)."""
     from trio_bench.config import AgentAddress, parse_config
     from trio_bench.controller import Controller
-
-    async def never(host: str, port: int) -> trio.abc.Stream:
-        await trio.sleep_forever()
-        raise AssertionError("unreachable")
 
     cfg = parse_config(
         "target: null://\nworkload: [{op: list, path: x/}]\ndistributed: {connect_timeout: 7s}\n"
     )
     controller = Controller(
         cfg,
-        agents=[AgentAddress("10.255.255.1:7761", id="far")],
+        agents=[AgentAddress(address, id=agent_id)],
         results_base=tmp_path,
         handle_signals=False,
-        connect=never,
+        connect=connect,
     )
-    result = await controller.run()
+    return await controller.run()
+
+
+async def test_an_agent_that_never_answers_the_connect_is_cannot_connect_timed_out(
+    autojump_clock, tmp_path
+) -> None:
+    """An unroutable address: TCP never connects. Said as such, not as a missing handshake."""
+
+    async def never(host: str, port: int) -> trio.abc.Stream:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    result = await start_with(never, "10.255.255.1:7761", "far", tmp_path)
     assert result.exit_code == 3
     assert result.errors == ["agent far (10.255.255.1:7761): cannot connect: timed out after 7s"]
 
@@ -104,9 +110,6 @@ async def test_an_agent_that_never_answers_the_connect_is_cannot_connect_timed_o
 async def test_a_peer_that_accepts_but_never_speaks_is_no_handshake(
     autojump_clock, tmp_path
 ) -> None:
-    from trio_bench.config import AgentAddress, parse_config
-    from trio_bench.controller import Controller
-
     silent_ends = []
 
     async def silent(host: str, port: int) -> trio.abc.Stream:
@@ -114,17 +117,7 @@ async def test_a_peer_that_accepts_but_never_speaks_is_no_handshake(
         silent_ends.append(theirs)  # connected, and nothing ever comes back
         return ours
 
-    cfg = parse_config(
-        "target: null://\nworkload: [{op: list, path: x/}]\ndistributed: {connect_timeout: 7s}\n"
-    )
-    controller = Controller(
-        cfg,
-        agents=[AgentAddress("127.0.0.1:7761", id="mute")],
-        results_base=tmp_path,
-        handle_signals=False,
-        connect=silent,
-    )
-    result = await controller.run()
+    result = await start_with(silent, "127.0.0.1:7761", "mute", tmp_path)
     assert result.exit_code == 3
     assert result.errors == [
         "agent mute (127.0.0.1:7761): connected, but no handshake within 7s "
