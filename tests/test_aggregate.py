@@ -167,3 +167,25 @@ def test_the_live_view_says_where_the_run_is() -> None:
     assert controller._phase() == "workload [##########----------] 6/12 s, 6 s left"
     controller._stage = "cleanup"
     assert controller._phase() == "cleanup"  # no progress reported yet
+
+
+def test_counts_that_restart_are_a_new_epoch_never_a_negative_interval() -> None:
+    from trio_bench import protocol as p
+    from trio_bench.controller._aggregate import Aggregator
+
+    from .strategies import stats_message
+
+    def ops(count: int) -> dict[str, p.OpStats]:
+        return {
+            "delete": p.OpStats(count, 0, 0, count * 500, 500, ((500, count),) if count else ())
+        }
+
+    aggregator = Aggregator()
+    aggregator.tick(
+        1.0, [("a1", stats_message(1, stage="cleanup", elapsed_ns=10**9, ops=ops(100)))], 3
+    )
+    rows = aggregator.tick(
+        2.0, [("a1", stats_message(2, stage="cleanup", elapsed_ns=2 * 10**9, ops=ops(30)))], 3
+    )  # the counters started again from zero: 30 in this interval, not -70
+    agent = next(r for r in rows if r.agent == "a1")
+    assert agent.ops == 30

@@ -425,6 +425,13 @@ async def test_no_peer_can_make_the_agent_buffer_without_bound(reliability) -> N
 # --- a misbehaving agent, seen from the controller ---------------------------------------------
 
 
+def _ops(count: int) -> p.OpStats:
+    """``count`` operations of 1 us each."""
+    return p.OpStats(
+        ops=count, bytes=0, errors=0, sum_ns=count * 1000, max_ns=1000, hist=((1000, count),)
+    )
+
+
 async def fake_agent(listener: trio.SocketListener, behaviour: str) -> None:
     """Handshakes like an agent, then misbehaves once configured."""
     stream = await listener.accept()
@@ -455,8 +462,16 @@ async def fake_agent(listener: trio.SocketListener, behaviour: str) -> None:
             "STATS with wrong types": p.encode_frame({"t": "stats", "seq": "one"}),
             "ACK for a message never sent": p.encode_message(p.Ack(seq=7)),
             "a stage out of order": p.encode_message(p.Started(seq=2, stage="cleanup", at_ns=1)),
+            "STATS whose counts go backwards": [
+                p.encode_message(p.Started(seq=2, stage="prepare", at_ns=1))
+                + p.encode_message(stats_message(1, stage="prepare", ops={"put": _ops(10)})),
+                # a moment later (STATS conflate: the first must be seen before the second)
+                p.encode_message(stats_message(2, stage="prepare", ops={"put": _ops(3)})),
+            ],
         }[behaviour]
-        await stream.send_all(bad)
+        for frames in bad if isinstance(bad, list) else [bad]:
+            await stream.send_all(frames)
+            await trio.sleep(0.3)
         await peer.read_until_closed(limit_s=10)
 
 
@@ -467,6 +482,7 @@ async def fake_agent(listener: trio.SocketListener, behaviour: str) -> None:
         "STATS with wrong types",
         "ACK for a message never sent",
         "a stage out of order",
+        "STATS whose counts go backwards",
     ],
 )
 async def test_a_misbehaving_agent_is_failed_and_the_others_are_unaffected(

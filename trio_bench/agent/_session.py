@@ -259,7 +259,8 @@ class Session:
                 self.current = None
             self._discard_stats()
             try:
-                cleaned = await self._cleanup_after_abort()
+                continuing = any(s.stage == "cleanup" for s in summaries)
+                cleaned = await self._cleanup_after_abort(continuing)
             except Exception as exc:  # a bug: say so, with what we have
                 self._internal_error(exc)
                 self.summaries = summaries
@@ -306,11 +307,13 @@ class Session:
 
         self.final = self._send_reliable(build)
 
-    async def _cleanup_after_abort(self) -> StageSummary | None:
+    async def _cleanup_after_abort(self, continuing: bool) -> StageSummary | None:
         """After an abort, delete what the run created (``prepare.cleanup`` only), for at most
         ``prepare.cleanup_on_abort``; the controller's GOODBYE (it is not waiting any more: a
         second Ctrl-C) ends it early. Its progress goes out in STATS of the cleanup stage;
-        the summary (outcome ``completed``, or ``aborted`` if cut short) goes in ABORTED."""
+        the summary (outcome ``completed``, or ``aborted`` if cut short) goes in ABORTED.
+        When it ``continues`` a cleanup stage the abort interrupted, it sends no STATS: its
+        counters start from zero, and STATS of a stage are cumulative (they never go back)."""
         engine = self.engine
         if engine is None or not self.created_anything or self.farewell:
             return None
@@ -319,7 +322,7 @@ class Session:
             return None
         run = engine.cleanup_stage()
         self.current = run
-        self.started_stage = "cleanup"
+        self.started_stage = None if continuing else "cleanup"
         log.info(
             "run %s: aborted; cleaning up (at most %s ns)", self.run_id, settings.cleanup_on_abort
         )

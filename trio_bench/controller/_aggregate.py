@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from trio_bench.protocol import OpStats, Stats
-from trio_bench.stats import merge_ops, op_difference, percentiles
+from trio_bench.stats import merge_ops, op_difference, percentiles, went_back
 
 MIB = 1024 * 1024
 PERF_LOG_COLUMNS: tuple[str, ...] = (
@@ -181,7 +181,10 @@ class Aggregator:
                 continue
             previous = self._previous.get(agent)
             new_epoch = (
-                previous is None or previous.stage != stats.stage or previous.warmup != stats.warmup
+                previous is None
+                or previous.stage != stats.stage
+                or previous.warmup != stats.warmup
+                or went_back(stats.ops, previous.ops)  # counting restarted: never negative
             )
             if previous is not None and not new_epoch and stats.elapsed_ns <= previous.elapsed_ns:
                 continue  # nothing new from this agent since the last tick

@@ -66,6 +66,7 @@ from trio_bench.protocol import (
     make_proof,
     new_challenge,
 )
+from trio_bench.stats import went_back
 from trio_bench.transport import CLOSE_TIMEOUT_S, Connection, ConnectionClosed
 
 log = logging.getLogger("triobench.controller")
@@ -410,6 +411,17 @@ class AgentLink:
         """Apply one message from the agent. ``ProtocolError`` if it is not allowed now."""
         if isinstance(message, Stats):
             if message.seq > self._stats_handled:
+                previous = self.latest
+                if (
+                    previous is not None
+                    and previous.stage == message.stage
+                    and previous.warmup == message.warmup
+                    and went_back(message.ops, previous.ops)
+                ):
+                    raise ProtocolError(
+                        f"stats: seq {message.seq}: the cumulative counts of stage "
+                        f"{message.stage} went backwards (seq {previous.seq} had more)"
+                    )
                 self._stats_handled = message.seq
                 self.apply(STATS_EVENT[message.stage])
                 if message.stage not in self.summaries:  # a stage's summary supersedes it

@@ -27,7 +27,7 @@ from ._record import (
     snapshot_to_wire,
     to_wire,
 )
-from ._sparse import EMPTY, merge_ops, op_difference, percentiles
+from ._sparse import EMPTY, merge_ops, op_difference, percentiles, went_back
 from ._summary import SUMMARY_COLUMNS, SummaryRow, format_tsv, summarize, summary_rows
 
 __all__ = [
@@ -60,4 +60,5 @@ __all__ = [
     "summarize",
     "summary_rows",
     "to_wire",
+    "went_back",
 ]

@@ -9,7 +9,7 @@ bucket, intervals subtract cumulative snapshots, percentiles are nearest-rank bu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from trio_bench.protocol import OpStats, bucket_bounds, bucket_value
 
@@ -41,6 +41,29 @@ def op_difference(later: OpStats, earlier: OpStats | None) -> OpStats:
         max_ns=maximum,
         hist=hist,
     )
+
+
+def went_back(later: Mapping[str, OpStats], earlier: Mapping[str, OpStats]) -> bool:
+    """Whether any cumulative count of ``earlier`` is larger in ``later`` (or gone): then the
+    two are not one counter seen twice, and their difference would be negative."""
+    for kind, before in earlier.items():
+        after = later.get(kind)
+        if after is None:
+            if before.ops or before.errors:
+                return True
+            continue
+        if (
+            after.ops < before.ops
+            or after.errors < before.errors
+            or after.bytes < before.bytes
+            or after.sum_ns < before.sum_ns
+            or after.max_ns < before.max_ns
+        ):
+            return True
+        counts = dict(after.hist)
+        if any(counts.get(index, 0) < count for index, count in before.hist):
+            return True
+    return False
 
 
 def merge_ops(items: Iterable[OpStats]) -> OpStats:
