@@ -8,11 +8,13 @@ unreachable, authentication or version mismatch, preflight failed); 130 aborted 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import logging
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -706,6 +708,13 @@ class Controller:
                         )
                     )
                     self._write_run_json()
+                    left = (
+                        f"; `triobench cleanup {self.results_dir}` removes what it left"
+                        if self.started and self.config.writes
+                        else ""
+                    )
+                    with contextlib.suppress(OSError, ValueError):  # the terminal may be gone
+                        print(f"triobench: {self.errors[-1]}{left}", file=sys.stderr, flush=True)
                     os._exit(EXIT_ABORTED)
 
     # -- results
