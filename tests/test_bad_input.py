@@ -815,3 +815,40 @@ async def test_a_re_sent_configure_is_acked_again_and_changes_nothing(reliabilit
         "ACKed again and otherwise ignored (the run goes on); a different one is an error",
         "2 ACKs of seq 1, no ERROR, one run",
     )
+
+
+async def test_an_ack_and_a_goodbye_in_one_read_still_get_the_agents_goodbye() -> None:
+    """Closing order (protocol.md section 5): the agent says GOODBYE after the ACK of its final
+    message, even when the controller's GOODBYE arrives in the same read."""
+    async with serving_agent() as (_server, address):
+        peer = await Peer.connect(address)
+        await peer.handshake()
+        await peer.stream.send_all(p.encode_message(configure()))
+        next_start = {"ready": "prepare", "prepare": "workload", "workload": "cleanup"}
+        seq = 1
+        with trio.fail_after(30):
+            while True:
+                message = await peer.next_message()
+                if isinstance(message, p.Completed):
+                    await peer.stream.send_all(
+                        p.encode_message(p.Ack(seq=message.seq))
+                        + p.encode_message(p.Goodbye(reason="run over"))
+                    )
+                    break
+                if isinstance(message, p.Error):
+                    raise AssertionError(message)
+                if p.is_reliable(message):
+                    frames = p.encode_message(p.Ack(seq=message.seq))  # type: ignore[attr-defined]
+                    done = "ready" if isinstance(message, p.Ready) else None
+                    if isinstance(message, p.StageDone):
+                        done = message.summary.stage
+                    if done in next_start:
+                        seq += 1
+                        frames += p.encode_message(
+                            p.Start(seq=seq, stage=next_start[done], at_ns=1)
+                        )
+                    await peer.stream.send_all(frames)
+            received = await peer.read_until_closed()
+        await peer.aclose()
+    assert peer.closed
+    assert any(isinstance(m, p.Goodbye) for m in received), received

@@ -29,7 +29,6 @@ from trio_bench.protocol import (
     Auth,
     Configure,
     Error,
-    Goodbye,
     Hello,
     Message,
     Ping,
@@ -255,7 +254,7 @@ class AgentServer:
 
             async def finish_when_done() -> None:
                 await session.done.wait()
-                conn.send(Goodbye(reason=f"run {session.run_id} {session.outcome}"))
+                conn.send(session.goodbye())
                 conn.close_soon("run finished")
                 nursery.cancel_scope.cancel()
 

@@ -145,6 +145,10 @@ class Session:
                 self._finish()
             return
         if isinstance(message, Goodbye):
+            if self.done.is_set() and self.conn is not None:
+                # The run is over (its final message ACKed, perhaps in the same read): our
+                # GOODBYE still goes first, then the connection closes.
+                self.conn.send(self.goodbye())
             self.controller_gone(f"controller left: {message.reason}")
             return
         if isinstance(message, StatsSeen):
@@ -181,6 +185,9 @@ class Session:
                 self.run_scope.cancel()
         self.receiver.commit(message.seq)
         self._send(Ack(seq=message.seq))
+
+    def goodbye(self) -> Goodbye:
+        return Goodbye(reason=f"run {self.run_id} {self.outcome}")
 
     def controller_gone(self, reason: str) -> None:
         """The controller said GOODBYE, or sent something invalid: nobody will ACK or resume
