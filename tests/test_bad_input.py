@@ -7,6 +7,7 @@ agent failed with a clear reason and leave the others alone."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import struct
@@ -47,7 +48,8 @@ async def serving_agent(**options: object) -> AsyncIterator[tuple[AgentServer, s
         port = listeners[0].socket.getsockname()[1]
         server = AgentServer(
             AgentOptions(
-                agent_id="target", state_dir=Path(state), **{"handshake_timeout_s": 0.5, **options}
+                agent_id="target",
+                **{"state_dir": Path(state), "handshake_timeout_s": 0.5, **options},
             )
         )
         async with trio.open_nursery() as nursery:
@@ -852,3 +854,17 @@ async def test_an_ack_and_a_goodbye_in_one_read_still_get_the_agents_goodbye() -
         await peer.aclose()
     assert peer.closed
     assert any(isinstance(m, p.Goodbye) for m in received), received
+
+
+async def test_a_failure_to_keep_results_locally_reaches_the_controller(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the agent's state directory should be")
+    async with serving_agent(state_dir=blocked) as (_server, address):
+        controller = quiet_controller(config(RUN), [AgentAddress(address=address)], tmp_path / "r")
+        with trio.fail_after(30):
+            result = await controller.run()
+    assert result.exit_code == 0  # the run itself completed
+    summary = controller.links[0].summaries["cleanup"]
+    assert "results not kept locally on the agent: " in summary.message
+    record = json.loads((result.results_dir / "run.json").read_text())
+    assert "results not kept locally" in record["agents"][0]["stages"]["cleanup"]["message"]

@@ -282,7 +282,7 @@ class Session:
                 self.machine.apply(AgentEvent.ABORT_DONE)
             self.outcome = "aborted"
             self.summaries = summaries
-            reason = printable(self.abort_reason, 1000)
+            reason = printable(self.abort_reason + self._keep_locally(), 1000)
             self.final = self._send_reliable(
                 lambda seq: Aborted(seq=seq, reason=reason, summaries=tuple(summaries))
             )
@@ -303,6 +303,7 @@ class Session:
         self.summaries = summaries
         self.outcome = "failed (internal)"
         self._discard_stats()
+        message = printable(message + self._keep_locally(), 1000)
 
         def build(seq: int) -> Message:
             error = Error(seq=seq, code="internal", message=message, summaries=tuple(summaries))
@@ -391,6 +392,11 @@ class Session:
             await self._advance(AgentEvent.STAGE_DONE)
             self._send_reliable(functools.partial(StageDone, summary=summary))
         self.outcome = "completed"
+        problem = self._keep_locally()
+        if problem and self.summaries:  # COMPLETED has no text of its own: the last stage's
+            last = self.summaries[-1]
+            note = f"{last.message}{problem}" if last.message else problem[2:]
+            self.summaries[-1] = attrs.evolve(last, message=printable(note, 1000))
         summaries = tuple(self.summaries)
         self.final = self._send_reliable(lambda seq: Completed(seq=seq, summaries=summaries))
 
@@ -411,7 +417,7 @@ class Session:
         self._discard_stats()
         summaries = tuple(self.summaries)
         log.warning("run %s failed: %s", self.run_id, message)
-        text = printable(message, 1000)
+        text = printable(message + self._keep_locally(), 1000)
         self.final = self._send_reliable(
             lambda seq: Error(seq=seq, code=code, message=text, summaries=summaries)
         )
@@ -504,10 +510,18 @@ class Session:
                     self.conn.close_soon("orphan timeout")
                 self.run_scope.cancel()
 
-    def _save_locally(self) -> None:
+    def _keep_locally(self) -> str:
+        """Write the local record before the final message goes out, so that a failure to
+        keep it reaches the controller in that message ("; results not kept locally: ...");
+        "" when it was written (or there is no state directory)."""
+        problem = self._save_locally()
+        return f"; results not kept locally on the agent: {problem}" if problem else ""
+
+    def _save_locally(self) -> str:
+        """Write (or rewrite) the run's local record; the problem as one line if it failed."""
         directory = self.server.options.state_dir
         if directory is None:
-            return
+            return ""
         try:
             path = Path(directory) / self.server.options.agent_id / f"{self.run_id}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -523,6 +537,8 @@ class Session:
             path.write_text(json.dumps(record, indent=1, default=_bytes_hex))
         except OSError as exc:
             log.warning("run %s: could not keep results locally: %s", self.run_id, exc)
+            return f"{exc.strerror or exc} ({exc.filename or directory})"
+        return ""
 
 
 def _continued(first: StageSummary, then: StageSummary) -> StageSummary:

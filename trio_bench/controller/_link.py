@@ -475,10 +475,8 @@ class AgentLink:
             self.latest = None
         elif isinstance(message, Completed | Aborted | Error):
             self.final = message.summaries
-            for summary in message.summaries:
-                self.summaries.setdefault(summary.stage, summary)
-                if summary.outcome != "completed":
-                    self.summaries[summary.stage] = summary
+            for summary in message.summaries:  # the final word on every stage it carries
+                self.summaries[summary.stage] = summary
             if isinstance(message, Error):
                 self.failure = f"{message.code}: {message.message}"
                 self.failure_code = message.code
