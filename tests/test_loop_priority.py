@@ -6,6 +6,7 @@ declared lost)."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def test_the_loop_closes_the_gate_while_it_works_and_opens_it_to_sleep(monkeypat
     now = [100.0]
     monkeypatch.setattr(priority.time, "monotonic", lambda: now[0])
     gate = Gate()
+    before = sys.getswitchinterval()
     instrument = LoopPriority(gate)
     instrument.after_io_wait(0.0)  # the loop woke up: workers wait
     assert gate.closed
@@ -64,8 +66,10 @@ def test_the_loop_closes_the_gate_while_it_works_and_opens_it_to_sleep(monkeypat
     now[0] += priority.REOPEN_S
     instrument.after_io_wait(0.0)
     assert gate.closed
+    sys.setswitchinterval(0.0002)  # as a stage of many workers sets it
     instrument.after_run()
     assert not gate.closed  # a finished run never leaves workers behind a closed gate
+    assert sys.getswitchinterval() == pytest.approx(before)  # nor the process's interval
 
 
 def test_the_switch_interval_shortens_with_many_workers() -> None:

@@ -26,6 +26,7 @@ class LoopPriority(trio.abc.Instrument):
     def __init__(self, gate: Gate = GATE, token: trio.lowlevel.TrioToken | None = None) -> None:
         self.gate = gate
         self.token = token
+        self.switch_interval = sys.getswitchinterval()  # restored when the run ends
         self.closed_at = 0.0
         self.forced_open_at = -1.0  # when a busy loop last opened the gate for the workers
 
@@ -50,6 +51,7 @@ class LoopPriority(trio.abc.Instrument):
 
     def after_run(self) -> None:
         self.gate.open()  # never leave the process's workers behind a closed gate
+        sys.setswitchinterval(self.switch_interval)  # stages may have shortened it
         _installed.discard(self.token)
 
 
