@@ -74,7 +74,8 @@ class Gate:
             self.lock.release()
 
     def wait(self) -> None:
-        """Worker side: block (off the GIL) until the gate opens."""
+        """Worker side, between operations: return at once while the gate is open, else block
+        (off the GIL) until it opens. The hottest loop reads ``closed`` itself first."""
         lock = self.lock
         if self.closed:
             lock.acquire()

@@ -56,6 +56,7 @@ class Engine:
         self._existing: dict[str, dict[str, int]] = {}
         self._fills: dict[str, memoryview] = {}
         self.prepare_run: StageRun | None = None
+        self.runs: list[StageRun] = []  # every stage run made, to know if a thread was abandoned
 
     # -- preflight (CONFIGURE -> READY)
 
@@ -117,10 +118,16 @@ class Engine:
             for w in range(count)
         ]
         total = sum(len(p.indices) for p in self.plan.prepared)
-        self.prepare_run = StageRun(
-            "prepare", workers, stop, self.clock, total=total, max_errors=self.config.max_errors
+        self.prepare_run = self._made(
+            StageRun(
+                "prepare", workers, stop, self.clock, total=total, max_errors=self.config.max_errors
+            )
         )
         return self.prepare_run
+
+    def _made(self, run: StageRun) -> StageRun:
+        self.runs.append(run)
+        return run
 
     def _prepare_items(self, worker: int, count: int) -> Iterator[tuple[PreparedSet, int]]:
         """This worker's share, lazily (millions of objects must not become a list)."""
@@ -159,14 +166,16 @@ class Engine:
             )
             for w in range(count)
         ]
-        return StageRun(
-            "workload",
-            workers,
-            stop,
-            self.clock,
-            duration_ns=self.config.duration,
-            warmup_ns=self.config.warmup,
-            max_errors=self.config.max_errors,
+        return self._made(
+            StageRun(
+                "workload",
+                workers,
+                stop,
+                self.clock,
+                duration_ns=self.config.duration,
+                warmup_ns=self.config.warmup,
+                max_errors=self.config.max_errors,
+            )
         )
 
     async def leftovers(self) -> list[str]:
@@ -193,14 +202,21 @@ class Engine:
         workers = [CleanupWorker(w, stop, self.backend.worker_io(w), keys(w)) for w in range(count)]
         total = sum(len(p.indices) for p in self.plan.prepared) + sum(k.count for k in created)
         total += len(leftovers)
-        return StageRun(
-            "cleanup",
-            workers,
-            stop,
-            self.clock,
-            total=total if cleanup else 0,
-            max_errors=self.config.max_errors,
+        return self._made(
+            StageRun(
+                "cleanup",
+                workers,
+                stop,
+                self.clock,
+                total=total if cleanup else 0,
+                max_errors=self.config.max_errors,
+            )
         )
 
     def close(self) -> None:
+        """Release the backend, unless a worker thread was abandoned (its operation never
+        returned): it may still use the backend's descriptors, and a closed descriptor's
+        number can be reused by the next open, so they are left open (a few, at most)."""
+        if any(run.abandoned for run in self.runs):
+            return
         self.backend.close()

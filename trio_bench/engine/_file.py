@@ -181,8 +181,9 @@ class FileBackend(Backend):
             raise BackendError(f"target: {self.base} is not readable")
         try:
             base_fd = self.directory_fd("")
-        except OSError as exc:
-            raise BackendError(f"target: {exc.strerror or exc}") from None
+        except OSError as exc:  # EXDEV's message names the path already
+            text = exc.strerror if exc.errno == errno.EXDEV else f"{where}: {exc.strerror}"
+            raise BackendError(text if exc.strerror else f"{where}: {exc}") from None
         checks.append(f"{self.base} is a readable directory")
         if writes:
             probe = f".triobench-preflight-{secrets.token_hex(4)}"

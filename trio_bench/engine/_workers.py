@@ -272,8 +272,7 @@ class WorkloadWorker(Worker):
                 time.sleep(min(remaining, 50_000_000) / 1e9)
             if stop.stopped:
                 break
-            if GATE.closed:
-                GATE.wait()
+            GATE.wait()
             record, kind, choose, do, after = table[mix[j]]
             j = (j + 1) & mask
             target = choose(rnd())
@@ -320,8 +319,7 @@ class PrepareWorker(Worker):
         for pset, i in self.items:
             if self.stop.stopped:
                 return
-            if GATE.closed:
-                GATE.wait()
+            GATE.wait()
             key = pset.key(i)
             size = pset.size_of(i)
             if existing.get(key) != size:
@@ -374,8 +372,7 @@ class CleanupWorker(Worker):
         for key in self.keys:
             if self.stop.stopped:
                 return
-            if GATE.closed:
-                GATE.wait()
+            GATE.wait()
             t0 = perf_counter_ns()
             try:
                 self.io.delete(key)
@@ -391,8 +388,7 @@ class CleanupWorker(Worker):
         record = self.records["delete"]
         keys = iter(self.keys)
         while not self.stop.stopped:
-            if GATE.closed:
-                GATE.wait()
+            GATE.wait()
             batch = list(itertools.islice(keys, size))
             if not batch:
                 return
