@@ -402,9 +402,17 @@ workload: [{op: get, path: "data/*", weight: 3}, {op: put, path: "new/", weight:
 """,
         )
         cfg = attrs.evolve(cfg, distributed=attrs.evolve(cfg.distributed, shared_storage=True))
-        controller = quiet_controller(cfg, [a.as_target() for a in agents], tmp_path / "results")
-        with trio.fail_after(120):
-            result = await controller.run()
+        for _attempt in range(3):
+            controller = quiet_controller(
+                cfg, [a.as_target() for a in agents], tmp_path / "results"
+            )
+            with trio.fail_after(120):
+                result = await controller.run()
+            # s3rver's quirk (server_quirks): the agents' two preflight probes are deleted at
+            # once and s3rver's store races removing their emptied folder (500). Not ours.
+            if not (result.exit_code == 3 and "500 InternalError" in result.message):
+                break
+            assert "InternalError" in server_quirks(s3_env), result.message
     finally:
         stop_local_agents(agents)
     assert result.exit_code == 0, result.message
