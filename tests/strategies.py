@@ -122,5 +122,6 @@ def stats_message(seq: int = 1, **fields: Any) -> p.Stats:
         "error_codes": {},
         "cpu_user_ns": 0,
         "cpu_system_ns": 0,
+        "at_ns": 0,
     }
     return p.Stats(seq=seq, **{**defaults, **fields})

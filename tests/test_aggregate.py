@@ -1,122 +1,240 @@
-"""The controller's live aggregation: exact interval accounting, rates that do not depend on
-when frames happen to arrive relative to the controller's tick."""
+"""The controller's aggregation over time: every agent's intervals on one timeline, summed
+over aligned windows. The aggregate is always the sum of the agents that reported in the
+window; nothing stale, nothing counted twice, nothing lost."""
 
 from __future__ import annotations
 
+import hypothesis.strategies as st
+from hypothesis import given, settings
+
 from trio_bench import protocol as p
 from trio_bench import stats
-from trio_bench.controller import Aggregator
+from trio_bench.controller import Aggregator, Sample, WindowRows
 from trio_bench.engine import record_latency
 
-from .strategies import stats_message
+S = 10**9  # one second in ns
+T0 = 1_700_000_000 * S  # the stage's coordinated start (controller clock)
 
 
-def snapshot(seq: int, ops: int, latency_ns: int = 1000, stage: str = "workload") -> p.Stats:
-    record = stats.new_record()
-    for _ in range(ops):
-        record_latency(record, latency_ns, 4096)
-    return stats_message(
-        seq, stage=stage, elapsed_ns=seq * 10**9, ops={"get": stats.to_wire(record)}
+def ops_map(gets: int, latency_ns: int = 1000, puts: int = 0) -> dict[str, p.OpStats]:
+    get, put = stats.new_record(), stats.new_record()
+    for _ in range(gets):
+        record_latency(get, latency_ns, 4096)
+    for _ in range(puts):
+        record_latency(put, 1_000_000, 1024 * 1024)
+    out = {"get": stats.to_wire(get)}
+    if puts:
+        out["put"] = stats.to_wire(put)
+    return out
+
+
+def reading(at_s: float, gets: int, *, stage: str = "workload", **fields: object) -> Sample:
+    """Cumulative ``gets`` read ``at_s`` seconds after the stage start."""
+    at = T0 + int(at_s * S)
+    return Sample(
+        stage=stage,
+        warmup=bool(fields.pop("warmup", False)),
+        at_ns=at,
+        elapsed_ns=int(fields.pop("elapsed_s", at_s) * S),  # type: ignore[call-overload]
+        ops=fields.pop("ops", None) or ops_map(gets),  # type: ignore[arg-type]
+        final=bool(fields.pop("final", False)),
     )
 
 
-def test_intervals_add_up_to_the_cumulative_totals() -> None:
-    aggregator = Aggregator()
-    rows = []
-    for seq in range(1, 6):
-        rows += aggregator.tick(
-            float(seq), [("a1", snapshot(seq, 100 * seq)), ("a2", snapshot(seq, 50 * seq))]
-        )
-    assert sum(r.ops for r in rows if r.agent == "a1") == 500
-    assert sum(r.ops for r in rows if r.agent == "a2") == 250
-    assert sum(r.ops for r in rows if r.agent == "all") == 750
-    last = [r for r in rows if r.elapsed_s == 5.0]
-    assert {r.agent: r.ops_per_s for r in last} == {"a1": 100.0, "a2": 50.0, "all": 150.0}
+def aggregator(**kwargs: object) -> Aggregator:
+    a = Aggregator(S, run_start_ns=T0, **kwargs)  # type: ignore[arg-type]
+    a.begin_stage("workload", T0)
+    return a
 
 
-def test_a_frame_arriving_after_the_tick_does_not_halve_the_aggregate_rate() -> None:
-    aggregator = Aggregator()
-    aggregator.tick(1.0, [("a1", snapshot(1, 100)), ("a2", snapshot(1, 100))])
-    # a2's second frame is late for this tick: the aggregate still counts a2's current rate
-    rows = aggregator.tick(2.0, [("a1", snapshot(2, 200)), ("a2", snapshot(1, 100))])
-    (total,) = [r for r in rows if r.agent == "all"]
-    assert total.ops_per_s == 200.0
-    assert total.ops == 100  # but only the newly reported operations are counted
-    rows = aggregator.tick(3.0, [("a1", snapshot(2, 200)), ("a2", snapshot(3, 300))])
-    (total,) = [r for r in rows if r.agent == "all"]
-    assert total.ops == 200 and total.ops_per_s == 200.0
+def by_agent(window: WindowRows) -> dict[str, int]:
+    return {row.agent: row.ops for row in window.agents}
+
+
+def assert_sums(window: WindowRows) -> None:
+    rows = window.agents
+    assert window.total.ops == sum(r.ops for r in rows)
+    assert abs(window.total.ops_per_s - sum(r.ops_per_s for r in rows)) < 1e-6
+    assert abs(window.total.mib_per_s - sum(r.mib_per_s for r in rows)) < 1e-6
+    assert window.total.agents == len(rows)
+
+
+def test_each_window_is_the_sum_of_its_agents() -> None:
+    a = aggregator()
+    windows = []
+    for k in range(1, 6):
+        a.add("a1", reading(k, 100 * k))
+        a.add("a2", reading(k + 0.003, 50 * k))  # a few ms of jitter
+        windows += a.close(T0 + k * S + S // 2)
+    assert [w.index for w in windows] == [1, 2, 3, 4]  # each closed once both passed it
+    windows += a.flush()
+    assert [w.index for w in windows] == [1, 2, 3, 4, 5]
+    for w in windows:
+        assert_sums(w)
+        assert by_agent(w) == {"a1": 100, "a2": 50}
+        assert w.total.elapsed_s == w.index and w.total.at_ns == T0 + w.index * S
+    assert abs(windows[-1].total.ops_per_s - 150.0) < 0.2
+
+
+def test_an_agent_that_misses_a_window_contributes_nothing_to_it() -> None:
+    """The reported defect: a frozen agent's previous rate was added to the aggregate."""
+    a = aggregator()
+    a.add("a1", reading(1, 100))
+    a.add("a2", reading(1, 100))
+    assert by_agent(a.close(T0 + 3 * S)[0]) == {"a1": 100, "a2": 100}
+    # a2 freezes for 3 s: windows 2..4 hold only a1 and their rate is a1's alone
+    for k in (2, 3, 4):
+        a.add("a1", reading(k, 100 * k))
+        (w,) = a.close(T0 + k * S + 2 * S)  # past the grace: a2 is not waited for
+        assert by_agent(w) == {"a1": 100}
+        assert w.total.ops_per_s == w.agents[0].ops_per_s and w.total.agents == 1
+    # a2 comes back: one interval of 4 s, its rate over its own length
+    a.add("a1", reading(5, 500))
+    a.add("a2", reading(5, 140))
+    (w,) = a.flush()
+    assert_sums(w)
+    row = {r.agent: r for r in w.agents}["a2"]
+    assert row.ops == 40 and abs(row.ops_per_s - 10.0) < 0.01
+
+
+def test_a_window_waits_for_running_agents_but_not_for_finished_ones() -> None:
+    a = aggregator()
+    a.add("a1", reading(1, 10))
+    a.add("a2", reading(1, 10))
+    assert a.close(T0 + S + S // 2 - 1) == []  # nobody past the window's end yet
+    a.add("a1", reading(2, 20))
+    assert a.close(T0 + 2 * S) == []  # a2 may still report for window 1
+    a.add("a2", reading(1.9, 19, final=True))  # a2's stage is over
+    (w1,) = a.close(T0 + 2 * S)
+    assert by_agent(w1) == {"a1": 10, "a2": 10}
+    a.add("a1", reading(2.4, 24, final=True))
+    (w2,) = a.close(T0 + 2 * S)  # both finished: nothing more can come for window 2
+    assert by_agent(w2) == {"a1": 14, "a2": 9}
+    assert a.close(T0 + 100 * S) == []
+
+
+def test_a_late_reading_is_never_put_in_a_later_window() -> None:
+    a = aggregator()
+    a.add("a1", reading(1, 100))
+    a.add("a2", reading(1, 100))
+    a.close(T0 + 2 * S)
+    a.add("a1", reading(2, 200))
+    a.close(T0 + 4 * S)  # window 2 closed by the grace, without a2
+    a.add("a2", reading(2, 200))  # a2's reading of window 2 arrives now: too late for it
+    assert a.late == 1
+    a.add("a1", reading(3, 300))
+    a.add("a2", reading(3, 300))
+    (w3,) = a.flush()
+    # a2's interval runs from its last placed reading: nothing lost, nothing counted twice
+    row = {r.agent: r for r in w3.agents}["a2"]
+    assert row.ops == 200 and abs(row.ops_per_s - 100.0) < 0.01
+
+
+def test_warmup_and_the_measured_window_are_separate_epochs() -> None:
+    a = aggregator()
+    a.add("a1", reading(1, 100, warmup=True))
+    a.add("a1", reading(2, 200, warmup=True))
+    # warmup ends at 2.5 s; counting restarts; the next reading covers 0.5 s
+    a.add("a1", reading(3, 50, elapsed_s=0.5))
+    windows = a.flush()
+    assert [(w.total.warmup, w.total.ops) for w in windows] == [
+        (True, 100),
+        (True, 100),
+        (False, 50),
+    ]
+    assert abs(windows[-1].total.ops_per_s - 100.0) < 0.01
 
 
 def test_interval_percentiles_come_from_the_interval_only() -> None:
-    aggregator = Aggregator()
-    aggregator.tick(1.0, [("a1", snapshot(1, 100, latency_ns=1_000_000))])
+    a = aggregator()
+    a.add("a1", reading(1, 100, ops=ops_map(100, latency_ns=1_000_000)))
     record = stats.new_record()
-    for _ in range(100):
-        record_latency(record, 1_000_000, 4096)
-    for _ in range(100):
-        record_latency(record, 1_000, 4096)
-    later = stats_message(2, elapsed_ns=2 * 10**9, ops={"get": stats.to_wire(record)})
-    rows = aggregator.tick(2.0, [("a1", later)])
-    (row,) = [r for r in rows if r.agent == "a1"]
-    assert row.ops == 100 and row.p99_us < 1.1  # the slow ops were in the earlier interval
+    for latency in (1_000_000,) * 100 + (1_000,) * 100:
+        record_latency(record, latency, 4096)
+    a.add("a1", reading(2, 0, ops={"get": stats.to_wire(record)}))
+    w1, w2 = a.flush()
+    assert w1.total.p99_us > 900
+    assert w2.total.ops == 100 and w2.total.p99_us < 1.1  # the slow ops were in window 1
 
 
-def test_a_new_stage_starts_a_new_epoch() -> None:
-    aggregator = Aggregator()
-    aggregator.tick(1.0, [("a1", snapshot(1, 500, stage="prepare"))])
-    rows = aggregator.tick(2.0, [("a1", snapshot(2, 40, stage="workload"))])
-    (row,) = [r for r in rows if r.agent == "a1"]
-    assert (row.stage, row.ops) == ("workload", 40)
-
-
-def mixed(seq: int, gets: int, puts: int) -> p.Stats:
-    get, put = stats.new_record(), stats.new_record()
-    for _ in range(gets):
-        record_latency(get, 1_000, 4096)
-    for _ in range(puts):
-        record_latency(put, 1_000_000, 1024 * 1024)
-    return stats_message(
-        seq, elapsed_ns=seq * 10**9, ops={"get": stats.to_wire(get), "put": stats.to_wire(put)}
-    )
-
-
-def test_each_op_kind_has_its_own_interval_rows_across_agents() -> None:
-    """A get/put mix: the op rows keep get's microseconds apart from put's milliseconds, add
-    up exactly over agents and intervals, and rate each kind on its own."""
-    aggregator = Aggregator()
-    op_rows = []
-    for seq in range(1, 4):
-        aggregator.tick(
-            float(seq),
-            [("a1", mixed(seq, 100 * seq, 10 * seq)), ("a2", mixed(seq, 50 * seq, 5 * seq))],
-        )
-        op_rows += aggregator.op_rows
-    assert {r.agent for r in op_rows} == {"get", "put"}
-    assert sum(r.ops for r in op_rows if r.agent == "get") == 450
-    assert sum(r.ops for r in op_rows if r.agent == "put") == 45
-    last = {r.agent: r for r in op_rows if r.elapsed_s == 3.0}
-    assert (last["get"].ops_per_s, last["put"].ops_per_s) == (150.0, 15.0)
-    assert last["put"].mib_per_s == 15.0
-    assert last["get"].p99_us < 2 and 990 < last["put"].p50_us < 1010
-
-
-def test_hosts_merge_their_agents_live() -> None:
-    aggregator = Aggregator()
+def test_each_op_kind_and_each_host_has_rows_that_add_up() -> None:
     hosts = {"a1": "h1", "a2": "h1", "a3": "h2"}
-    for seq in (1, 2):
-        aggregator.tick(
-            float(seq),
-            [
-                ("a1", snapshot(seq, 100 * seq)),
-                ("a2", snapshot(seq, 100 * seq, latency_ns=1_000_000)),
-                ("a3", snapshot(seq, 10 * seq)),
-            ],
-            hosts=hosts,
-        )
-    h1, h2 = aggregator.host_rows["h1"], aggregator.host_rows["h2"]
-    assert (h1.ops, h1.ops_per_s, h2.ops, h2.ops_per_s) == (200, 200.0, 10, 10.0)
-    # h1's percentiles come from both agents' merged intervals: half at 1 us, half at 1 ms
-    assert h1.p50_us < 2 and 990 < h1.p99_us < 1010
+    a = aggregator(host_of=hosts.__getitem__)
+    for k in (1, 2):
+        a.add("a1", reading(k, 0, ops=ops_map(100 * k, puts=10 * k)))
+        a.add("a2", reading(k, 0, ops=ops_map(50 * k, latency_ns=1_000_000, puts=5 * k)))
+        a.add("a3", reading(k, 0, ops=ops_map(10 * k)))
+    w1, w2 = a.flush()
+    ops = {r.agent: r for r in w2.ops}
+    assert (ops["get"].ops, ops["put"].ops) == (160, 15)
+    assert abs(ops["get"].ops_per_s - 160) < 0.01 and abs(ops["put"].mib_per_s - 15) < 0.01
+    assert ops["put"].agents == 2 and ops["get"].agents == 3
+    assert 990 < ops["put"].p50_us < 1010
+    h = {r.agent: r for r in w2.hosts}
+    assert (h["h1"].ops, h["h1"].agents, h["h2"].ops) == (165, 2, 10)
+    assert h["h1"].p50_us < 2 and 990 < h["h1"].p99_us < 1010  # merged, not averaged
+
+
+def test_counts_that_restart_are_a_new_epoch_never_a_negative_interval() -> None:
+    a = Aggregator(S, run_start_ns=T0)
+    a.add("a1", reading(1, 100, stage="cleanup"))
+    a.add("a1", reading(2, 30, stage="cleanup", elapsed_s=1))  # counting started again
+    rows = [w.total.ops for w in a.flush()]
+    assert rows == [100, 30]
+
+
+def test_a_new_stage_starts_a_new_epoch_on_its_own_grid() -> None:
+    a = aggregator()
+    a.add("a1", reading(1, 500))
+    a.begin_stage("cleanup", T0 + 1_300_000_000)
+    a.add("a1", Sample("cleanup", False, T0 + 2_310_000_000, S, ops_map(40)))
+    w1, w2 = a.flush()
+    assert (w2.stage, w2.index, w2.total.ops) == ("cleanup", 1, 40)
+    assert w2.at_ns == T0 + 2_300_000_000
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 50), st.integers(-200, 200), st.booleans()),
+            min_size=1,
+            max_size=12,
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.integers(0, 3),
+)
+def test_windows_always_add_up_and_lose_nothing(
+    agents: list[list[tuple[int, int, bool]]], close_every: int
+) -> None:
+    """Agents with jitter (+-200 ms), missed readings and irregular closing: every window's
+    aggregate is the sum of its agents, and each agent's windows add up to its last count."""
+    a = aggregator()
+    totals = {}
+    windows: list[WindowRows] = []
+    events = []
+    for n, readings in enumerate(agents):
+        count = 0
+        for k, (gain, jitter_ms, missed) in enumerate(readings, start=1):
+            count += gain
+            if missed and k < len(readings):
+                continue
+            events.append((k * 1000 + jitter_ms, f"a{n}", count, k == len(readings)))
+        totals[f"a{n}"] = count
+    for i, (at_ms, agent, count, final) in enumerate(sorted(events)):
+        a.add(agent, reading(at_ms / 1000, count, final=final))
+        if close_every and i % close_every == 0:
+            windows += a.close(T0 + at_ms * 10**6)
+    windows += a.flush()
+    for w in windows:
+        assert_sums(w)
+    seen: dict[str, int] = {}
+    for w in windows:
+        for row in w.agents:
+            seen[row.agent] = seen.get(row.agent, 0) + row.ops
+    assert seen == {agent: n for agent, n in totals.items()}
 
 
 def test_many_agents_are_shown_one_row_per_host() -> None:
@@ -167,25 +285,3 @@ def test_the_live_view_says_where_the_run_is() -> None:
     assert controller._phase() == "workload [##########----------] 6/12 s, 6 s left"
     controller._stage = "cleanup"
     assert controller._phase() == "cleanup"  # no progress reported yet
-
-
-def test_counts_that_restart_are_a_new_epoch_never_a_negative_interval() -> None:
-    from trio_bench import protocol as p
-    from trio_bench.controller._aggregate import Aggregator
-
-    from .strategies import stats_message
-
-    def ops(count: int) -> dict[str, p.OpStats]:
-        return {
-            "delete": p.OpStats(count, 0, 0, count * 500, 500, ((500, count),) if count else ())
-        }
-
-    aggregator = Aggregator()
-    aggregator.tick(
-        1.0, [("a1", stats_message(1, stage="cleanup", elapsed_ns=10**9, ops=ops(100)))], 3
-    )
-    rows = aggregator.tick(
-        2.0, [("a1", stats_message(2, stage="cleanup", elapsed_ns=2 * 10**9, ops=ops(30)))], 3
-    )  # the counters started again from zero: 30 in this interval, not -70
-    agent = next(r for r in rows if r.agent == "a1")
-    assert agent.ops == 30

@@ -68,6 +68,27 @@ def run_json(result) -> dict:
     return json.loads((result.results_dir / "run.json").read_text())
 
 
+def perf_log_windows(directory: Path) -> dict[tuple[str, str], dict[str, dict[str, str]]]:
+    """perf_log.tsv by window (stage, elapsed_s): agent (or ``all``) -> row. Checks on the
+    way that every window's ``all`` row is the sum of its agents' rows (ops, errors, rates to
+    the rounding of the file) and says how many agents contributed."""
+    windows: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
+    with open(directory / "perf_log.tsv") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            windows.setdefault((row["stage"], row["elapsed_s"]), {})[row["agent"]] = row
+    for key, rows in windows.items():
+        total = rows.pop("all")
+        assert int(total["agents"]) == len(rows), key
+        for column in ("ops", "errors"):
+            assert int(total[column]) == sum(int(r[column]) for r in rows.values()), key
+        for column, rounding in (("ops_per_s", 0.05), ("mib_per_s", 0.005)):
+            parts = sum(float(r[column]) for r in rows.values())
+            assert abs(float(total[column]) - parts) <= rounding * (len(rows) + 1), key
+        assert total["time_utc"].endswith("Z") and total["time_utc"][:2] == "20", key
+        rows["all"] = total
+    return windows
+
+
 async def test_two_agents_aggregate_equals_the_sum_of_the_agents(tmp_path: Path) -> None:
     with local_agents(tmp_path, 2) as agents:
         controller = controller_for(null_run("1s"), agents, tmp_path)
@@ -102,7 +123,17 @@ async def test_two_agents_aggregate_equals_the_sum_of_the_agents(tmp_path: Path)
         assert busy > 0.1 and 0.1 < facts["cpu_cores"] < 2.5, facts
     lines = (directory / "perf_log.tsv").read_text().splitlines()
     assert lines[0].split("\t")[:3] == ["elapsed_s", "stage", "agent"]
-    assert any("\tworkload\tall\t" in line for line in lines[1:])
+    windows = perf_log_windows(directory)
+    # the time series adds up to the final numbers: each agent's measured windows hold
+    # exactly the operations of its summary
+    for agent in agents:
+        summary = tsv(directory / "agents" / agent.id / "summary.tsv")
+        logged = sum(
+            int(rows[agent.id]["ops"])
+            for (stage, _), rows in windows.items()
+            if stage == "workload" and agent.id in rows and rows[agent.id]["warmup"] == "0"
+        )
+        assert logged == int(summary["all"]["ops"]), agent.id
     # histograms.json holds the merged histograms the percentiles came from: a reader can
     # recompute summary.tsv's p99 (nearest rank, bucket midpoint clamped to the max)
     histograms = json.loads((directory / "histograms.json").read_text())["stages"]
@@ -803,3 +834,43 @@ distributed: {{stats_interval: 200ms, start_delay: 300ms}}
         f"exited {took:.1f} s after the second Ctrl-C; {left:,} files left, 0 after "
         f"`triobench cleanup` ({done.stdout.strip()[:60]})",
     )
+
+
+async def test_a_frozen_agent_contributes_nothing_to_the_windows_it_missed(
+    tmp_path: Path,
+) -> None:
+    """An agent frozen (SIGSTOP) for 2 s, shorter than dead_after: the windows it missed hold
+    only the other agent, ``all`` is exactly the sum of the agents that reported, and the
+    frozen agent's next row covers its long interval at its own (low) rate."""
+    cfg = null_run("5s", count=100)
+    cfg = attrs.evolve(
+        cfg,
+        distributed=attrs.evolve(
+            cfg.distributed, warn_after=10**9, dead_after=6 * 10**9, probe_timeout=3 * 10**9
+        ),
+    )
+    with local_agents(tmp_path, 2) as agents:
+        controller = controller_for(cfg, agents, tmp_path)
+
+        async def freeze() -> None:
+            await controller.wait_for(
+                lambda: all(link.state is PeerState.RUNNING for link in controller.links)
+            )
+            await trio.sleep(1.0)
+            agents[1].signal(signal.SIGSTOP)
+            await trio.sleep(2.0)
+            agents[1].signal(signal.SIGCONT)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(freeze)
+                result = await controller.run()
+    assert result.exit_code == 0, result.message
+    windows = perf_log_windows(result.results_dir)  # asserts all == sum in every window
+    workload = [rows for (stage, _), rows in sorted(windows.items()) if stage == "workload"]
+    frozen = agents[1].id
+    missed = [rows for rows in workload if frozen not in rows]
+    assert len(missed) >= 6, [sorted(rows) for rows in workload]  # ~10 windows of 200 ms
+    for rows in missed:
+        assert int(rows["all"]["agents"]) == 1
+        assert rows["all"]["ops_per_s"] == rows[agents[0].id]["ops_per_s"]

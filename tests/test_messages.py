@@ -77,6 +77,7 @@ def test_each_missing_field_is_named(message: p.Message) -> None:
                 "error_codes": {},
                 "cpu_user_ns": 0,
                 "cpu_system_ns": 0,
+                "at_ns": 0,
             },
             "unknown op kind 'gett'",
         ),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -447,9 +448,23 @@ class Session:
 
     # -- background duties
 
+    def _next_stats_in(self) -> float:
+        """Seconds to the next stats instant: the stage's start plus a whole number of
+        intervals, so every agent reads its numbers at the same instants and each reading lands
+        in its own window of the controller's timeline (protocol.md, STATS)."""
+        interval = self.stats_interval_s
+        run = self.current
+        if run is None or not run.start_perf_ns:
+            return interval
+        origin = self.starts.get(run.name, run.clock.wall_from_perf(run.start_perf_ns))
+        since = (self.clock.now_ns() - origin) / 1e9
+        if since < 0:
+            return -since + interval
+        return (math.floor(since / interval) + 1) * interval - since
+
     async def _stats_loop(self) -> None:
         while True:
-            await trio.sleep(self.stats_interval_s)
+            await trio.sleep(self._next_stats_in())
             run, conn = self.current, self.conn
             if run is None or conn is None or self.started_stage != run.name:
                 continue
@@ -472,6 +487,7 @@ class Session:
                     error_codes=progress.error_codes,
                     cpu_user_ns=progress.cpu_user_ns,
                     cpu_system_ns=progress.cpu_system_ns,
+                    at_ns=progress.at_ns,
                 )
             )
 

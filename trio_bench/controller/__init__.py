@@ -1,6 +1,13 @@
 """The controller: coordinates agents through a run, aggregates, writes the results."""
 
-from ._aggregate import PERF_LOG_COLUMNS, Aggregator, IntervalRow
+from ._aggregate import (
+    OP_LOG_COLUMNS,
+    PERF_LOG_COLUMNS,
+    Aggregator,
+    IntervalRow,
+    Sample,
+    WindowRows,
+)
 from ._display import Display
 from ._link import AgentLink, LinkFailed
 from ._results import STAGE_FILES, ResultsUnusable, ResultsWriter, new_results_dir
@@ -20,6 +27,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_PARTIAL",
     "EXIT_START",
+    "OP_LOG_COLUMNS",
     "PERF_LOG_COLUMNS",
     "STAGE_FILES",
     "AgentLink",
@@ -31,5 +39,7 @@ __all__ = [
     "ResultsUnusable",
     "ResultsWriter",
     "RunResult",
+    "Sample",
+    "WindowRows",
     "new_results_dir",
 ]

@@ -1,23 +1,42 @@
-"""Live aggregation: per-interval rates and exact percentiles, per agent and in aggregate.
+"""Aggregation over time: every agent's intervals placed on the controller's timeline and
+summed over aligned windows.
 
-One caller (the controller's tick) owns the state here: the reference tool's two callers of a
-windowed aggregation corrupted each other's deltas. Each agent's interval is the difference of
-two of its cumulative snapshots; its rate uses the agent's own elapsed time between them (so
-controller jitter cannot distort it). The aggregate adds the agents' rates and merges their
-interval histograms bin by bin: percentiles are never averaged.
+Each STATS carries an agent's cumulative numbers and the instant it read them (its own clock,
+moved onto the controller's with the measured offset). The difference of two consecutive
+readings is one *interval* of that agent; it belongs to the window holding its end. Windows
+are a grid of the stats interval anchored at the stage's coordinated start: window ``k`` is
+centred on ``start + k * interval``, the instant every agent reads its numbers, so jitter of
+either sign keeps a reading in its own window.
+
+Rules a reader can check in perf_log.tsv:
+
+- An agent's row covers exactly its intervals that ended in the window; its rate is their
+  operations over their own length (a frozen agent's next interval is long, its rate low).
+- An agent that did not report in a window has no row there and contributes nothing to the
+  aggregate rows: no rate is ever carried over from an earlier window.
+- The ``all`` row (and each host's row) is the sum of its agents' rows: ops, bytes, errors and
+  rates add, histograms merge bin by bin (percentiles are never averaged); ``agents`` says how
+  many contributed.
+- A window closes when every agent still running the stage has reported past its end, or a
+  grace period after its end. A reading that arrives after its window closed is not placed
+  elsewhere: the agent's next interval starts from its previous reading and carries those
+  operations (cumulative numbers lose nothing).
+
+Pure: no Trio, no I/O. One caller (the controller) owns the state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import datetime
+from collections.abc import Callable, Mapping
 
 import attrs
 
-from trio_bench.protocol import OpStats, Stats
+from trio_bench.protocol import OpStats
 from trio_bench.stats import merge_ops, op_difference, percentiles, went_back
 
 MIB = 1024 * 1024
-PERF_LOG_COLUMNS: tuple[str, ...] = (
+_BASE_COLUMNS: tuple[str, ...] = (
     "elapsed_s",
     "stage",
     "agent",
@@ -31,19 +50,28 @@ PERF_LOG_COLUMNS: tuple[str, ...] = (
     "p99_us",
     "p999_us",
     "max_us",
-    "done",
-    "total",
+)
+# perf_log.tsv: one row per window per agent, then the window's ``all`` row
+PERF_LOG_COLUMNS: tuple[str, ...] = (*_BASE_COLUMNS, "done", "total", "agents", "time_utc")
+# op_log.tsv: the same window numbers per op kind, all agents merged (no progress columns)
+OP_LOG_COLUMNS: tuple[str, ...] = (
+    *("op" if c == "agent" else c for c in _BASE_COLUMNS),
+    "agents",
+    "time_utc",
 )
 
-# op_log.tsv: the same interval numbers per op kind, all agents merged (no progress columns)
-OP_LOG_COLUMNS = tuple("op" if c == "agent" else c for c in PERF_LOG_COLUMNS[:-2])
+
+def utc_text(at_ns: int) -> str:
+    """An instant of the controller's clock as ISO 8601 UTC with milliseconds."""
+    moment = datetime.datetime.fromtimestamp(at_ns / 1e9, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 @attrs.frozen
 class IntervalRow:
     elapsed_s: float
     stage: str
-    agent: str
+    agent: str  # an agent id, ``all``, a host name, or (op_log) an op kind
     warmup: bool
     ops: int
     ops_per_s: float
@@ -56,8 +84,18 @@ class IntervalRow:
     max_us: float
     done: int
     total: int
+    agents: int = 1  # how many agents contributed
+    at_ns: int = 0  # the window's centre (controller clock, ns since the epoch)
 
     def cells(self) -> list[str]:
+        """The perf_log.tsv row."""
+        return [*self._base(), str(self.done), str(self.total), *self._tail()]
+
+    def op_cells(self) -> list[str]:
+        """The op_log.tsv row (``agent`` holds the op kind)."""
+        return [*self._base(), *self._tail()]
+
+    def _base(self) -> list[str]:
         return [
             f"{self.elapsed_s:.3f}",
             self.stage,
@@ -72,9 +110,10 @@ class IntervalRow:
             f"{self.p99_us:.1f}",
             f"{self.p999_us:.1f}",
             f"{self.max_us:.1f}",
-            str(self.done),
-            str(self.total),
         ]
+
+    def _tail(self) -> list[str]:
+        return [str(self.agents), utc_text(self.at_ns) if self.at_ns else ""]
 
 
 def interval_row(
@@ -84,13 +123,15 @@ def interval_row(
     warmup: bool,
     delta: OpStats,
     seconds: float,
-    done: int,
-    total: int,
+    done: int = 0,
+    total: int = 0,
     *,
     ops_per_s: float | None = None,
     mib_per_s: float | None = None,
+    agents: int = 1,
+    at_ns: int = 0,
 ) -> IntervalRow:
-    """One perf_log row from an interval's merged statistics (all op kinds together)."""
+    """One row from an interval's merged statistics; rates over ``seconds`` unless given."""
     rate = 1 / seconds if seconds > 0 else 0.0
     p50, p90, p99, p999 = percentiles(delta, (0.50, 0.90, 0.99, 0.999))
     return IntervalRow(
@@ -109,138 +150,253 @@ def interval_row(
         max_us=delta.max_ns / 1000,
         done=done,
         total=total,
+        agents=agents,
+        at_ns=at_ns,
     )
 
 
-def _merged_row(
-    elapsed_s: float, stage: str, name: str, deltas: list[OpStats], recent: list[IntervalRow]
-) -> IntervalRow:
-    """Several agents as one: the newly reported operations merged exactly, rates summed over
-    the agents' current rates (see ``Aggregator.tick``)."""
-    return interval_row(
-        elapsed_s,
-        stage,
-        name,
-        any(r.warmup for r in recent),
-        merge_ops(deltas),
-        1.0,
-        sum(r.done for r in recent),
-        sum(r.total for r in recent),
-        ops_per_s=sum(r.ops_per_s for r in recent),
-        mib_per_s=sum(r.mib_per_s for r in recent),
-    )
+@attrs.frozen
+class Sample:
+    """One agent's cumulative numbers of one stage at one instant of the controller's clock."""
+
+    stage: str
+    warmup: bool
+    at_ns: int  # controller clock
+    elapsed_ns: int  # since its counting began (the stage's start, or the end of warmup)
+    ops: Mapping[str, OpStats]
+    done: int = 0
+    total: int = 0
+    final: bool = False  # the stage's summary: nothing more will come for this stage
+
+
+@attrs.frozen
+class WindowRows:
+    """Everything one closed window says."""
+
+    stage: str
+    index: int
+    at_ns: int
+    agents: tuple[IntervalRow, ...]  # one per agent that reported in the window
+    total: IntervalRow  # ``all``: the sum of ``agents``
+    hosts: tuple[IntervalRow, ...]  # per load host: the sum of its agents' rows
+    ops: tuple[IntervalRow, ...]  # per op kind, all agents
+
+
+@attrs.define
+class _Interval:
+    agent: str
+    warmup: bool
+    seconds: float
+    kinds: dict[str, OpStats]
+    done: int
+    total: int
 
 
 @attrs.define
 class _Previous:
     stage: str
     warmup: bool
-    elapsed_ns: int
-    ops: dict[str, OpStats]
+    at_ns: int
+    ops: Mapping[str, OpStats]
+
+
+@attrs.define
+class _Stage:
+    origin_ns: int
+    closed_through: int | None = None  # the highest closed window index
+    windows: dict[int, list[_Interval]] = attrs.Factory(dict)
+    latest: dict[str, int] = attrs.Factory(dict)  # agent -> its newest reading (ns)
+    finished: set[str] = attrs.Factory(set)  # agents whose final reading arrived
 
 
 class Aggregator:
-    """Turns the latest cumulative STATS of every agent into interval rows, once per tick.
+    """Aligned windows of ``interval_ns`` on the controller's clock; see the module text.
 
-    Works on the sparse wire form, so a tick costs in proportion to the buckets the agents
-    actually filled, not agents x op kinds x 2368.
+    ``host_of(agent)`` names an agent's load host (for the host rows); ``run_start_ns`` is the
+    instant ``elapsed_s`` counts from.
     """
 
-    def __init__(self) -> None:
-        self._previous: dict[str, _Previous] = {}
-        self.last_rows: dict[str, IntervalRow] = {}  # agent id (or "all") -> newest row
-        # per agent: its newest interval's rates by op kind (ops/s, MiB/s)
-        self._kind_rates: dict[str, dict[str, tuple[float, float]]] = {}
-        # the last tick's rows per op kind, all agents merged (``agent`` holds the op kind)
-        self.op_rows: list[IntervalRow] = []
-        # per load host: its agents merged like ``all`` (``agent`` holds the host name)
-        self.host_rows: dict[str, IntervalRow] = {}
-
-    def tick(
+    def __init__(
         self,
-        elapsed_s: float,
-        latest: Iterable[tuple[str, Stats | None]],
-        stale_after_s: float = 3.0,
-        hosts: Mapping[str, str] | None = None,
-    ) -> list[IntervalRow]:
-        """Rows for every agent with new numbers, plus one ``all`` row per stage.
+        interval_ns: int,
+        *,
+        run_start_ns: int = 0,
+        grace_ns: int | None = None,
+        host_of: Callable[[str], str] = lambda agent: "?",
+    ) -> None:
+        if interval_ns <= 0:
+            raise ValueError("the window must be longer than 0 ns")
+        self.interval_ns = interval_ns
+        self.grace_ns = max(interval_ns, 1_000_000_000) if grace_ns is None else grace_ns
+        self.run_start_ns = run_start_ns
+        self.host_of = host_of
+        self._stages: dict[str, _Stage] = {}
+        self._previous: dict[str, _Previous] = {}
+        self.late = 0  # readings that arrived after their window had closed
+        self.latest: WindowRows | None = None  # the newest closed window
 
-        The ``all`` row's ops and percentiles cover exactly the data newly reported since the
-        last tick (nothing counted twice, nothing lost); its rates are the sum of every agent's
-        current rate, including agents whose next frame has not arrived yet (not older than
-        ``stale_after_s``), so a frame arriving just after a tick cannot halve the aggregate.
-        With ``hosts`` (agent id -> host), ``host_rows`` get the same treatment per host.
-        """
-        rows: list[IntervalRow] = []
-        fresh: dict[str, list[OpStats]] = {}
-        fresh_kinds: dict[str, dict[str, list[OpStats]]] = {}
-        fresh_hosts: dict[str, dict[str, list[OpStats]]] = {}  # stage -> host -> deltas
-        self.op_rows = []
-        for agent, stats in latest:
-            if stats is None:
-                continue
-            previous = self._previous.get(agent)
-            new_epoch = (
-                previous is None
-                or previous.stage != stats.stage
-                or previous.warmup != stats.warmup
-                or went_back(stats.ops, previous.ops)  # counting restarted: never negative
+    # -- input
+
+    def begin_stage(self, stage: str, origin_ns: int) -> None:
+        """The stage's coordinated start (controller clock): the windows' anchor."""
+        if stage not in self._stages:
+            self._stages[stage] = _Stage(origin_ns)
+
+    def add(self, agent: str, sample: Sample) -> None:
+        """One reading of ``agent``. Readings that add nothing new are ignored."""
+        previous = self._previous.get(agent)
+        new_epoch = (
+            previous is None
+            or previous.stage != sample.stage
+            or previous.warmup != sample.warmup
+            or went_back(sample.ops, previous.ops)  # counting restarted: never negative
+        )
+        if previous is not None and not new_epoch and sample.at_ns <= previous.at_ns:
+            return
+        start_ns = sample.at_ns - sample.elapsed_ns if new_epoch else previous.at_ns  # type: ignore[union-attr]
+        stage = self._stages.get(sample.stage)
+        if stage is None:  # no START seen (a cleanup after an abort): anchor on the reading
+            stage = self._stages[sample.stage] = _Stage(start_ns)
+        index = self._index(stage, sample.at_ns)
+        if stage.closed_through is not None and index <= stage.closed_through:
+            self.late += 1
+            return
+        base: Mapping[str, OpStats] = {} if new_epoch else previous.ops  # type: ignore[union-attr]
+        kinds = {kind: op_difference(ops, base.get(kind)) for kind, ops in sample.ops.items()}
+        stage.windows.setdefault(index, []).append(
+            _Interval(
+                agent=agent,
+                warmup=sample.warmup,
+                seconds=max(0, sample.at_ns - start_ns) / 1e9,
+                kinds=kinds,
+                done=sample.done,
+                total=sample.total,
             )
-            if previous is not None and not new_epoch and stats.elapsed_ns <= previous.elapsed_ns:
-                continue  # nothing new from this agent since the last tick
-            base = {} if new_epoch or previous is None else previous.ops
-            since = 0 if new_epoch or previous is None else previous.elapsed_ns
-            kinds = {kind: op_difference(ops, base.get(kind)) for kind, ops in stats.ops.items()}
-            delta = merge_ops(kinds.values())
-            seconds = (stats.elapsed_ns - since) / 1e9
-            row = interval_row(
-                elapsed_s, stats.stage, agent, stats.warmup, delta, seconds, stats.done, stats.total
+        )
+        self._previous[agent] = _Previous(sample.stage, sample.warmup, sample.at_ns, sample.ops)
+        stage.latest[agent] = sample.at_ns
+        if sample.final:
+            stage.finished.add(agent)
+
+    # -- output
+
+    def close(self, now_ns: int) -> list[WindowRows]:
+        """The windows that are complete at ``now_ns``, oldest first."""
+        return self._close(lambda stage, end_ns: self._complete(stage, end_ns, now_ns))
+
+    def flush(self) -> list[WindowRows]:
+        """Every window still open (the run is over)."""
+        return self._close(lambda stage, end_ns: True)
+
+    def _complete(self, stage: _Stage, end_ns: int, now_ns: int) -> bool:
+        if now_ns >= end_ns + self.grace_ns:
+            return True
+        running = [at for agent, at in stage.latest.items() if agent not in stage.finished]
+        return all(at >= end_ns for at in running)
+
+    def _close(self, ready: Callable[[_Stage, int], bool]) -> list[WindowRows]:
+        pending = sorted(
+            (self._end_ns(stage, index), name, index)
+            for name, stage in self._stages.items()
+            for index in stage.windows
+        )
+        out = []
+        for end_ns, name, index in pending:
+            stage = self._stages[name]
+            if not ready(stage, end_ns):
+                break  # windows close in order
+            intervals = stage.windows.pop(index)
+            if stage.closed_through is None or index > stage.closed_through:
+                stage.closed_through = index
+            out.append(
+                self._rows(name, index, stage.origin_ns + index * self.interval_ns, intervals)
             )
+        if out:
+            self.latest = out[-1]
+        return out
+
+    def _index(self, stage: _Stage, at_ns: int) -> int:
+        return (at_ns - stage.origin_ns + self.interval_ns // 2) // self.interval_ns
+
+    def _end_ns(self, stage: _Stage, index: int) -> int:
+        return stage.origin_ns + index * self.interval_ns + self.interval_ns // 2
+
+    def _rows(self, stage: str, index: int, at_ns: int, intervals: list[_Interval]) -> WindowRows:
+        elapsed_s = (at_ns - self.run_start_ns) / 1e9
+        by_agent: dict[str, list[_Interval]] = {}
+        for interval in intervals:
+            by_agent.setdefault(interval.agent, []).append(interval)
+        agent_rows: list[tuple[IntervalRow, OpStats]] = []
+        # per op kind: each agent's operations in the window and its rates
+        kind_rates: dict[str, list[tuple[OpStats, float, float]]] = {}
+        for agent, own in by_agent.items():
+            seconds = sum(i.seconds for i in own)
             rate = 1 / seconds if seconds > 0 else 0.0
-            self._kind_rates[agent] = {
-                kind: (d.ops * rate, d.bytes / MIB * rate) for kind, d in kinds.items()
-            }
-            for kind, d in kinds.items():
-                fresh_kinds.setdefault(stats.stage, {}).setdefault(kind, []).append(d)
-            self._previous[agent] = _Previous(
-                stats.stage, stats.warmup, stats.elapsed_ns, stats.ops
-            )
-            self.last_rows[agent] = row
-            rows.append(row)
-            fresh.setdefault(stats.stage, []).append(delta)
-            if hosts is not None:
-                host = hosts.get(agent, "?")
-                fresh_hosts.setdefault(stats.stage, {}).setdefault(host, []).append(delta)
-        for stage, deltas in fresh.items():
-            recent = [
-                r
-                for agent, r in self.last_rows.items()
-                if agent != "all" and r.stage == stage and elapsed_s - r.elapsed_s <= stale_after_s
-            ]
-            total = _merged_row(elapsed_s, stage, "all", deltas, recent)
-            self.last_rows["all"] = total
-            if hosts is not None:
-                recent_by_host: dict[str, list[IntervalRow]] = {}
-                for r in recent:
-                    recent_by_host.setdefault(hosts.get(r.agent, "?"), []).append(r)
-                for host, host_deltas in fresh_hosts.get(stage, {}).items():
-                    on_host = recent_by_host.get(host, [])
-                    self.host_rows[host] = _merged_row(elapsed_s, stage, host, host_deltas, on_host)
-            rows.append(total)
-            for kind, kind_deltas in sorted(fresh_kinds.get(stage, {}).items()):
-                rates = [self._kind_rates.get(r.agent, {}).get(kind, (0.0, 0.0)) for r in recent]
-                self.op_rows.append(
-                    interval_row(
-                        elapsed_s,
-                        stage,
-                        kind,
-                        total.warmup,
-                        merge_ops(kind_deltas),
-                        1.0,
-                        0,
-                        0,
-                        ops_per_s=sum(ops for ops, _ in rates),
-                        mib_per_s=sum(mib for _, mib in rates),
-                    )
+            kinds: dict[str, OpStats] = {}
+            for interval in own:
+                for kind, delta in interval.kinds.items():
+                    kinds[kind] = merge_ops((kinds[kind], delta)) if kind in kinds else delta
+            for kind, delta in kinds.items():
+                kind_rates.setdefault(kind, []).append(
+                    (delta, delta.ops * rate, delta.bytes / MIB * rate)
                 )
-        return rows
+            merged = merge_ops(kinds.values())
+            row = interval_row(
+                elapsed_s,
+                stage,
+                agent,
+                any(i.warmup for i in own),
+                merged,
+                seconds,
+                own[-1].done,
+                own[-1].total,
+                at_ns=at_ns,
+            )
+            agent_rows.append((row, merged))
+        total = _sum_rows(elapsed_s, stage, "all", agent_rows, at_ns)
+        by_host: dict[str, list[tuple[IntervalRow, OpStats]]] = {}
+        for row, merged in agent_rows:
+            by_host.setdefault(self.host_of(row.agent), []).append((row, merged))
+        hosts = tuple(
+            _sum_rows(elapsed_s, stage, host, members, at_ns)
+            for host, members in sorted(by_host.items())
+        )
+        op_rows = tuple(
+            interval_row(
+                elapsed_s,
+                stage,
+                kind,
+                total.warmup,
+                merge_ops(delta for delta, _, _ in entries),
+                0.0,
+                ops_per_s=sum(ops for _, ops, _ in entries),
+                mib_per_s=sum(mib for _, _, mib in entries),
+                agents=len(entries),
+                at_ns=at_ns,
+            )
+            for kind, entries in sorted(kind_rates.items())
+        )
+        rows = tuple(row for row, _ in agent_rows)
+        return WindowRows(stage, index, at_ns, rows, total, hosts, op_rows)
+
+
+def _sum_rows(
+    elapsed_s: float,
+    stage: str,
+    name: str,
+    members: list[tuple[IntervalRow, OpStats]],
+    at_ns: int,
+) -> IntervalRow:
+    """Several agents' rows of one window as one: counts and rates add, histograms merge bin
+    by bin."""
+    rows = [row for row, _ in members]
+    merged = merge_ops(delta for _, delta in members)
+    return attrs.evolve(
+        interval_row(elapsed_s, stage, name, any(r.warmup for r in rows), merged, 0.0),
+        ops_per_s=sum(r.ops_per_s for r in rows),
+        mib_per_s=sum(r.mib_per_s for r in rows),
+        done=sum(r.done for r in rows),
+        total=sum(r.total for r in rows),
+        agents=len(rows),
+        at_ns=at_ns,
+    )

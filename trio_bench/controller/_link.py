@@ -65,9 +65,12 @@ from trio_bench.protocol import (
     check_proof,
     make_proof,
     new_challenge,
+    to_controller_clock,
 )
 from trio_bench.stats import went_back
 from trio_bench.transport import CLOSE_TIMEOUT_S, Connection, ConnectionClosed
+
+from ._aggregate import Sample
 
 log = logging.getLogger("triobench.controller")
 
@@ -118,7 +121,10 @@ class AgentLink:
         notify: Callable[[], None],
         record: Callable[[str, str, str], None],
         connect: Connect = trio.open_tcp_stream,
+        on_sample: Callable[[str, Sample], None] = lambda agent, sample: None,
     ) -> None:
+        """``on_sample(agent_id, sample)`` receives every new reading of the agent's numbers
+        (each STATS and each stage summary), on the controller's clock."""
         self.index = index
         self.address = address
         self.host, self.port = split_address(address)
@@ -129,6 +135,7 @@ class AgentLink:
         self._notify = notify
         self._record = record
         self.connect = connect
+        self._on_sample = on_sample
         self.machine = PeerMachine()
         self.conn: Connection | None = None
         self.hello: Hello | None = None
@@ -426,6 +433,18 @@ class AgentLink:
                 self.apply(STATS_EVENT[message.stage])
                 if message.stage not in self.summaries:  # a stage's summary supersedes it
                     self.latest = message
+                    self._on_sample(
+                        self.id,
+                        Sample(
+                            stage=message.stage,
+                            warmup=message.warmup,
+                            at_ns=to_controller_clock(message.at_ns, self.offset_ns),
+                            elapsed_ns=message.elapsed_ns,
+                            ops=message.ops,
+                            done=message.done,
+                            total=message.total,
+                        ),
+                    )
             return
         if isinstance(message, Ack):
             self.sender.ack(message.seq)
@@ -471,16 +490,33 @@ class AgentLink:
         elif isinstance(message, Started):
             self.started_at[message.stage] = message.at_ns
         elif isinstance(message, StageDone):
-            self.summaries[message.summary.stage] = message.summary
+            self._summary(message.summary)
             self.latest = None
         elif isinstance(message, Completed | Aborted | Error):
             self.final = message.summaries
             for summary in message.summaries:  # the final word on every stage it carries
-                self.summaries[summary.stage] = summary
+                self._summary(summary)
             if isinstance(message, Error):
                 self.failure = f"{message.code}: {message.message}"
                 self.failure_code = message.code
             self.latest = None
+
+    def _summary(self, summary: StageSummary) -> None:
+        self.summaries[summary.stage] = summary
+        if summary.ended_at_ns:  # a stage that never began has no place on the timeline
+            self._on_sample(
+                self.id,
+                Sample(
+                    stage=summary.stage,
+                    warmup=False,
+                    at_ns=to_controller_clock(summary.ended_at_ns, self.offset_ns),
+                    elapsed_ns=summary.measured_ns,
+                    ops=summary.ops,
+                    done=summary.done,
+                    total=summary.total,
+                    final=True,
+                ),
+            )
 
     # -- outbound
 

@@ -41,7 +41,7 @@ from trio_bench.stats import (
     summary_rows,
 )
 
-from ._aggregate import OP_LOG_COLUMNS, PERF_LOG_COLUMNS, IntervalRow
+from ._aggregate import OP_LOG_COLUMNS, PERF_LOG_COLUMNS, WindowRows
 
 STAGE_FILES = {"workload": "summary.tsv", "prepare": "prepare.tsv", "cleanup": "cleanup.tsv"}
 
@@ -190,13 +190,14 @@ class ResultsWriter:
             self.directory / "config.yaml", header + yaml.safe_dump(data, sort_keys=False)
         )
 
-    def log_intervals(
-        self, rows: Iterable[IntervalRow], op_rows: Iterable[IntervalRow] = ()
-    ) -> None:
-        for row in rows:
-            self._perf_log.write("\t".join(row.cells()) + "\n")
-        for row in op_rows:
-            self._op_log.write("\t".join(row.cells()[: len(OP_LOG_COLUMNS)]) + "\n")
+    def log_windows(self, windows: Iterable[WindowRows]) -> None:
+        """perf_log.tsv: each agent's row of the window, then ``all``; op_log.tsv: one row
+        per op kind."""
+        for window in windows:
+            for row in (*window.agents, window.total):
+                self._perf_log.write("\t".join(row.cells()) + "\n")
+            for row in window.ops:
+                self._op_log.write("\t".join(row.op_cells()) + "\n")
 
     def write_stage(self, stage: str, results: Sequence[AgentStageResult]) -> dict[str, Any]:
         """Write the stage's aggregate and per-agent TSVs; return facts for run.json."""

@@ -39,7 +39,7 @@ from trio_bench.protocol import (
     to_controller_clock,
 )
 
-from ._aggregate import Aggregator
+from ._aggregate import Aggregator, Sample, WindowRows
 from ._display import AgentView, Display, RunView, progress_bar
 from ._link import AgentLink, Connect, LinkFailed
 from ._results import (
@@ -126,6 +126,7 @@ class Controller:
                 notify=self._changed,
                 record=self._record,
                 connect=connect,
+                on_sample=self._sample,
             )
             for i, agent in enumerate(agents)
         ]
@@ -137,7 +138,7 @@ class Controller:
         self.user_abort = False
         self.skew_ms: dict[str, float] = {}
         self.stage_facts: dict[str, dict[str, Any]] = {}
-        self.aggregator = Aggregator()
+        self.aggregator = Aggregator(self.settings.stats_interval, host_of=self._host_of)
         self.errors: list[str] = []
         self._t0 = 0.0
         self._main_scope: trio.CancelScope | None = None
@@ -206,6 +207,7 @@ class Controller:
         """The whole run. ``ResultsUnusable`` (before any agent is contacted) if the results
         directory cannot be created and written."""
         self._t0 = trio.current_time()
+        self.aggregator.run_start_ns = self.clock.now_ns()
         if self.results_dir is None:
             self.results_dir = new_results_dir(self.results_base, self.config.name or "run")
         self._results = ResultsWriter(self.results_dir)
@@ -281,7 +283,7 @@ class Controller:
             if self._in_progress is not None:
                 self._write_stage(*self._in_progress)
         await self._goodbye_all("run finished")
-        self._tick()  # a last interval row with whatever arrived at the end
+        self._tick(final=True)  # every window still open, with whatever arrived at the end
         return self._decide()
 
     def _decide(self) -> str:
@@ -399,6 +401,7 @@ class Controller:
         self._in_progress = (stage, participants)
         start_at = self.clock.now_ns() + self.settings.start_delay
         self._stage_at_ns = start_at
+        self.aggregator.begin_stage(stage, start_at)
         for link in participants:
             at = to_agent_clock(start_at, link.offset_ns)
             link.send_reliable(functools.partial(Start, stage=stage, at_ns=at))
@@ -521,26 +524,36 @@ class Controller:
             await trio.sleep(interval)
             self._tick()
 
-    def _tick(self) -> None:
-        interval = self.settings.stats_interval / 1e9
-        rows = self.aggregator.tick(
-            self._elapsed(),
-            [(link.id, link.latest) for link in self.links],
-            3 * interval,
-            hosts={link.id: link.load_host for link in self.links},
-        )
-        if self._results is not None:
-            self._write(self._results.log_intervals, rows, self.aggregator.op_rows)
-        # perf_log keeps every interval; people need at most a few redraws a second
+    def _sample(self, agent: str, sample: Sample) -> None:
+        self.aggregator.add(agent, sample)
+
+    def _host_of(self, agent: str) -> str:
+        for link in self.links:
+            if link.id == agent:
+                return link.load_host
+        return "?"
+
+    def _tick(self, *, final: bool = False) -> None:
+        windows = self.aggregator.flush() if final else self.aggregator.close(self.clock.now_ns())
+        if self._results is not None and windows:
+            self._write(self._results.log_windows, windows)
+        # perf_log keeps every window; people need at most a few redraws a second
         now = trio.current_time()
         if now - self._last_view >= DISPLAY_EVERY_S:
             self._last_view = now
             self.display.update(self._view())
 
+    def _current_window(self) -> WindowRows | None:
+        """The newest closed window, if it belongs to the stage running now."""
+        latest = self.aggregator.latest
+        return latest if latest is not None and latest.stage == self.stage else None
+
     def _view(self) -> RunView:
+        window = self._current_window()
+        rows = {row.agent: row for row in window.agents} if window is not None else {}
         agents = []
         for link in self.links:
-            row = self.aggregator.last_rows.get(link.id)
+            row = rows.get(link.id)  # none: it did not report in that window
             latest = link.latest
             progress = f"{latest.done}/{latest.total}" if latest and latest.total else ""
             notes = []
@@ -557,17 +570,16 @@ class Controller:
                 notes.append("errors: " + ", ".join(f"{code} {n:,}" for code, n in top))
             if link.failure:
                 notes.append(link.failure[:60])
-            current = row is not None and row.stage == (latest.stage if latest else "")
             agents.append(
                 AgentView(
                     id=link.id,
                     state=link.state.value,
                     stage=latest.stage if latest else "",
                     progress=progress,
-                    ops_per_s=row.ops_per_s if row and current else 0.0,
-                    mib_per_s=row.mib_per_s if row and current else 0.0,
-                    p50_us=row.p50_us if row and current else 0.0,
-                    p99_us=row.p99_us if row and current else 0.0,
+                    ops_per_s=row.ops_per_s if row else 0.0,
+                    mib_per_s=row.mib_per_s if row else 0.0,
+                    p50_us=row.p50_us if row else 0.0,
+                    p99_us=row.p99_us if row else 0.0,
                     silent_s=link.seconds_since_frame(),
                     note=", ".join(notes),
                     cpu_cores=(latest.cpu_user_ns + latest.cpu_system_ns) / latest.elapsed_ns
@@ -575,9 +587,8 @@ class Controller:
                     else None,
                 )
             )
-        total = self.aggregator.last_rows.get("all")
-        if total is not None and total.stage != self.stage:
-            total = None  # numbers of a finished stage are not the current throughput
+        # numbers of a finished stage are not the current throughput
+        total = window.total if window is not None else None
         live = [link for link in self.links if link.machine.live]
         counts = (
             f"{len(live)} live, {sum(link.stalled for link in self.links)} stalled, "
@@ -645,13 +656,14 @@ class Controller:
 
     def _host_views(self, agents: list[AgentView]) -> list[AgentView]:
         """One row per load host, its agents merged (exact interval percentiles)."""
+        window = self._current_window()
+        host_rows = {row.agent: row for row in window.hosts} if window is not None else {}
         by_host: dict[str, list[tuple[AgentLink, AgentView]]] = {}
         for link, view in zip(self.links, agents):
             by_host.setdefault(link.load_host, []).append((link, view))
         out = []
         for host, members in by_host.items():
-            row = self.aggregator.host_rows.get(host)
-            current = row is not None and row.stage == self.stage
+            row = host_rows.get(host)
             states: dict[str, int] = {}
             for link, _view in members:
                 states[link.state.value] = states.get(link.state.value, 0) + 1
@@ -664,10 +676,10 @@ class Controller:
                     state=", ".join(f"{n} {state}" for state, n in sorted(states.items())),
                     stage=self.stage,
                     progress="",
-                    ops_per_s=row.ops_per_s if row and current else 0.0,
-                    mib_per_s=row.mib_per_s if row and current else 0.0,
-                    p50_us=row.p50_us if row and current else 0.0,
-                    p99_us=row.p99_us if row and current else 0.0,
+                    ops_per_s=row.ops_per_s if row else 0.0,
+                    mib_per_s=row.mib_per_s if row else 0.0,
+                    p50_us=row.p50_us if row else 0.0,
+                    p99_us=row.p99_us if row else 0.0,
                     silent_s=max(silent) if silent else None,
                     note=f"{len(notes)} agent(s): {notes[0]}" if notes else "",
                     cpu_cores=sum(cpus) if cpus else None,

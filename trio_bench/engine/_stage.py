@@ -52,6 +52,7 @@ class Progress:
     error_codes: dict[str, dict[str, int]]
     cpu_user_ns: int
     cpu_system_ns: int
+    at_ns: int  # when these numbers were read (agent clock)
 
 
 def _cpu_now() -> tuple[int, int]:
@@ -115,6 +116,7 @@ class StageRun:
             error_codes=self._codes(),
             cpu_user_ns=max(0, user - self._cpu_from[0]) if self.start_perf_ns else 0,
             cpu_system_ns=max(0, system - self._cpu_from[1]) if self.start_perf_ns else 0,
+            at_ns=self.clock.wall_from_perf(now),
         )
 
     def _codes(self) -> dict[str, dict[str, int]]:

@@ -24,7 +24,7 @@ from ._errors import ProtocolError
 from ._frames import MAX_FRAME_SIZE, encode_frame
 from ._histogram import NBINS
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 STAGES = ("prepare", "workload", "cleanup")
 OP_KINDS = ("get", "put", "stat", "list", "delete")
@@ -380,6 +380,7 @@ class Stats(Message):
     error_codes: dict[str, dict[str, int]] = attrs.field(validator=_op_keys)
     cpu_user_ns: int  # the agent process's CPU time in the same window as ``ops``
     cpu_system_ns: int
+    at_ns: int  # when the numbers were read (agent clock): places them on the timeline
 
 
 @attrs.frozen
