@@ -77,6 +77,7 @@ _BY_NAME: dict[str, st.SearchStrategy[Any]] = {
     "summaries": st.lists(stage_summaries, max_size=3).map(tuple),
     "config": st.dictionaries(st.text(max_size=10), json_like, max_size=5),
     "checks": st.lists(text, max_size=3).map(tuple),
+    "environment": st.dictionaries(st.text(max_size=10), text, max_size=3),
     "session": st.none()
     | st.builds(p.SessionInfo, run_id=text, state=text, attached=st.booleans()),
     # CONFIGURE's bounded fields (agent_index must also be below agent_count: see message_of)

@@ -776,6 +776,13 @@ workload: [{{op: get, path: "d/*", weight: 3}}, {{op: put, path: "new/", object_
     record = json.loads((result.results_dir / "run.json").read_text())  # type: ignore[attr-defined]
     cleaned = record["abort_cleanup"]
     assert cleaned.startswith("cleanup after the abort: ") and "may be left" not in cleaned
+    # the environment a reader needs: the agent's host and the file system under the target
+    (agent,) = record["agents"]
+    env = agent["environment"]
+    assert {"hostname", "cpus", "kernel", "python", "triobench", "fs_type"} <= set(env), env
+    assert str(data).startswith(env["mount_point"]) and env["mount_options"]
+    assert record["controller"]["hostname"] == socket.gethostname()
+    assert record["controller"]["command_line"]
     reliability(
         "Ctrl-C during a workload of a run with cleanup: true (file://)",
         "the agents delete what the run created (bounded, shown), then confirm the abort",

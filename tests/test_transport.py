@@ -166,7 +166,7 @@ async def test_pongs_never_crowd_out_control_messages(autojump_clock) -> None:
             await trio.sleep(0.1)
             for nonce in range(5000):  # the peer does not read: its PING flood backs up
                 conn.send(p.Pong(nonce=nonce, t1_ns=0, t2_ns=0, t3_ns=0))
-            conn.send(p.Ready(seq=1, target="x", checks=()))  # still accepted
+            conn.send(p.Ready(seq=1, target="x", checks=(), environment={}))  # still accepted
             assert not conn.closed.is_set()
             assert conn.pongs_dropped >= 5000 - 64 - 1
             got = await read_messages(b_stream, 1)

@@ -369,7 +369,10 @@ class Session:
             return
         await self._advance(AgentEvent.PREFLIGHT_OK)
         target = engine.backend.describe()
-        self._send_reliable(lambda seq: Ready(seq=seq, target=target, checks=tuple(checks)))
+        facts = engine.environment
+        self._send_reliable(
+            lambda seq: Ready(seq=seq, target=target, checks=tuple(checks), environment=facts)
+        )
         for stage in STAGES:
             at_ns = await self._wait_start(stage)
             self.created_anything |= stage != "cleanup"

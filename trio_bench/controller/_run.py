@@ -13,6 +13,7 @@ import datetime
 import functools
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -27,6 +28,7 @@ import trio
 from trio_bench import __version__
 from trio_bench.clock import RunClock
 from trio_bench.config import AgentAddress, Config, config_to_dict
+from trio_bench.environment import host_facts
 from trio_bench.protocol import (
     PROTOCOL_VERSION,
     STAGES,
@@ -792,6 +794,7 @@ class Controller:
                     "failure": link.failure,
                     "not_started": link.not_started,
                     "target": link.ready.target if link.ready else None,
+                    "environment": dict(link.ready.environment) if link.ready else {},
                     "preflight": list(link.ready.checks) if link.ready else [],
                     "clock_offset_ms": best.offset_ns / 1e6 if best else None,
                     "clock_rtt_ms": best.rtt_ns / 1e6 if best else None,
@@ -823,6 +826,7 @@ class Controller:
             "name": self.config.name,
             "software": __version__,
             "protocol": PROTOCOL_VERSION,
+            "controller": {**host_facts(), "command_line": shlex.join(sys.argv)},
             "started_at": iso(self._started_wall),
             "ended_at": iso(time.time()),
             "abort_reason": self.abort_reason,

@@ -105,6 +105,11 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         """Where the data lives, for READY and the results."""
 
+    def environment(self) -> dict[str, str]:
+        """Facts about the storage for the results (file system type and mount options, the
+        endpoints); see ``trio_bench.environment.TARGET_KEYS``."""
+        return {}
+
     @abc.abstractmethod
     def preflight(self, *, writes: bool) -> list[str]:
         """Check the target is usable; return what was checked. ``BackendError`` if not."""

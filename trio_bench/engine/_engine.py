@@ -15,6 +15,7 @@ import trio
 
 from trio_bench.clock import RunClock
 from trio_bench.config import Config, ConfigError, prepared_name
+from trio_bench.environment import host_facts
 from trio_bench.stopping import StopFlag
 
 from ._backend import Backend, open_backend
@@ -54,6 +55,7 @@ class Engine:
             for directory in self.plan.directories():
                 self.backend.check_confined(directory)
         self._existing: dict[str, dict[str, int]] = {}
+        self.environment: dict[str, str] = {}  # host and target facts, read by preflight
         self._fills: dict[str, memoryview] = {}
         self.prepare_run: StageRun | None = None
         self.runs: list[StageRun] = []  # every stage run made, to know if a thread was abandoned
@@ -66,6 +68,8 @@ class Engine:
 
     def _preflight(self) -> list[str]:
         checks = self.backend.preflight(writes=self.config.writes)
+        # read here, in a thread: resolving a path on a hung mount may block
+        self.environment = {**host_facts(), **self.backend.environment()}
         unmatched = self.plan.unmatched(self.backend.scan)
         if unmatched:
             raise ConfigError(unmatched)

@@ -25,6 +25,7 @@ import stat as stat_module
 import threading
 from pathlib import Path
 
+from trio_bench.environment import mount_of
 from trio_bench.stopping import Interrupted
 
 from ._backend import Backend, BackendError, ObjectMissing, WorkerIO
@@ -71,6 +72,9 @@ class FileBackend(Backend):
 
     def describe(self) -> str:
         return f"file://{self.base}"
+
+    def environment(self) -> dict[str, str]:
+        return mount_of(self.base)
 
     def _outside(self, resolved: str) -> bool:
         root = self.root

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from trio_bench.config import Config
+from trio_bench.environment import MAX_FACT
 from trio_bench.s3 import (
     DELETE_BATCH,
     ConnectionFailed,
@@ -60,6 +61,9 @@ class S3Backend(Backend):
         endpoints = self.settings.endpoints
         more = f" (+{len(endpoints) - 1} more endpoints)" if len(endpoints) > 1 else ""
         return f"s3://{self.bucket}/{self.prefix} at {endpoints[0].url}{more}"
+
+    def environment(self) -> dict[str, str]:
+        return {"s3_endpoints": ",".join(e.url for e in self.settings.endpoints)[:MAX_FACT]}
 
     def client(self, index: int = 0) -> S3Client:
         endpoints = self.settings.endpoints

@@ -136,6 +136,19 @@ def _text(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         raise ValueError(f"text of {len(value)} characters exceeds {MAX_TEXT}")
 
 
+MAX_FACTS = 32  # READY's environment: at most this many entries, each key and value text
+
+
+def _facts(_inst: Any, attribute: attrs.Attribute[Any], value: dict[str, str]) -> None:
+    if len(value) > MAX_FACTS:
+        raise ValueError(f"{len(value)} entries exceed {MAX_FACTS}")
+    for key, fact in value.items():
+        if len(key) > 64 or len(fact) > MAX_TEXT:
+            raise ValueError(
+                f"entry {key[:64]!r} is longer than allowed (key 64, value {MAX_TEXT})"
+            )
+
+
 # --- payload records -------------------------------------------------------------------------
 
 
@@ -302,6 +315,8 @@ class Ready(Message):
     seq: int
     target: str
     checks: tuple[str, ...]
+    # facts about the agent's host and target for the results (protocol.md §3, READY)
+    environment: dict[str, str] = attrs.field(validator=_facts)
 
 
 @attrs.frozen
