@@ -164,7 +164,7 @@ def test_each_op_kind_and_each_host_has_rows_that_add_up() -> None:
         a.add("a1", reading(k, 0, ops=ops_map(100 * k, puts=10 * k)))
         a.add("a2", reading(k, 0, ops=ops_map(50 * k, latency_ns=1_000_000, puts=5 * k)))
         a.add("a3", reading(k, 0, ops=ops_map(10 * k)))
-    w1, w2 = a.flush()
+    _w1, w2 = a.flush()
     ops = {r.agent: r for r in w2.ops}
     assert (ops["get"].ops, ops["put"].ops) == (160, 15)
     assert abs(ops["get"].ops_per_s - 160) < 0.01 and abs(ops["put"].mib_per_s - 15) < 0.01
@@ -188,7 +188,7 @@ def test_a_new_stage_starts_a_new_epoch_on_its_own_grid() -> None:
     a.add("a1", reading(1, 500))
     a.begin_stage("cleanup", T0 + 1_300_000_000)
     a.add("a1", Sample("cleanup", False, T0 + 2_310_000_000, S, ops_map(40)))
-    w1, w2 = a.flush()
+    _w1, w2 = a.flush()
     assert (w2.stage, w2.index, w2.total.ops) == ("cleanup", 1, 40)
     assert w2.at_ns == T0 + 2_300_000_000
 

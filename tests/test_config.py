@@ -402,3 +402,42 @@ def test_the_plan_shows_the_s3_section() -> None:
     plan = describe(cfg)
     assert "s3           endpoint http://gw:9000; region eu-1; path addressing" in plan
     assert "multipart above 64MiB in parts of 8MiB; payload unsigned; TLS NOT verified" in plan
+
+
+def _round_trips_as_written(config) -> str:
+    import yaml
+
+    text = yaml.safe_dump(config_to_dict(config, human=True), sort_keys=False)
+    assert parse_config(text) == config, text
+    return text
+
+
+def test_config_as_run_reads_back_equal_in_human_units() -> None:
+    """config.yaml as run: every example and the README reference read back to the same
+    config, written with units people use (no nanosecond strings, no raw byte counts)."""
+    import re
+
+    sources = [path.read_text() for path in sorted((ROOT / "examples").glob("*.yaml"))]
+    sources += re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    for source in sources:
+        text = _round_trips_as_written(parse_config(source))
+        assert not re.search(r"\d+ns\b", text), text
+        assert "size_spec: 4096" not in text and "1048576" not in text
+
+
+@given(
+    st.integers(1, 10**14),
+    st.integers(1, 2**40),
+    st.integers(1, 2**20),
+    st.floats(0.001, 1000, allow_nan=False),
+)
+def test_any_duration_size_and_weight_reads_back_exactly(
+    duration: int, size: int, block: int, weight: float
+) -> None:
+    cfg = parse_config(
+        f"target: file:///tmp/x/\nduration: {duration}ns\n"
+        f"workload: [{{op: put, path: n/, object_size: {size}, weight: {weight!r}}},"
+        f" {{op: get, path: 'n/*', block_size: {block}}}]\n"
+        f"distributed: {{stats_interval: {max(duration, 10**7) // 10**6}ms}}\n"
+    )
+    _round_trips_as_written(cfg)

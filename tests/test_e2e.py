@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -739,6 +740,17 @@ def test_command_line_overrides_reach_the_plan_and_config_as_run(tmp_path: Path)
     data = yaml.safe_load(as_run)
     assert data["concurrency"] == 2
     assert parse_duration(data["distributed"]["start_delay"]) == 200_000_000
+    # in the units people write, and runnable as is: the header says how to repeat the run
+    assert (data["duration"], data["distributed"]["start_delay"]) == ("300ms", "200ms")
+    assert not re.search(r"\d+ns\b", as_run) and "agents:" not in as_run
+    repeat = as_run.splitlines()[1]
+    assert repeat == "# to repeat the run: triobench run config.yaml --local-agents 1"
+    command = [sys.executable, "-m", "trio_bench", "run", str(results / "config.yaml")]
+    command += ["--local-agents", "1", "--results-dir", str(tmp_path / "again")]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    (second,) = (tmp_path / "again").iterdir()
+    assert yaml.safe_load((second / "config.yaml").read_text()) == data
 
 
 async def test_an_aborted_run_cleans_up_what_it_created(tmp_path: Path, reliability) -> None:

@@ -317,6 +317,7 @@ def _run_controller(
     source: str,
     display_mode: str,
     results_path: Path | None = None,
+    local_agents: int | None = None,
 ) -> int:
     from trio_bench.controller import Controller, Display, ResultsUnusable
 
@@ -333,6 +334,7 @@ def _run_controller(
         results_dir=results_path,
         display=display,
         source=source,
+        local_agents=local_agents,
     )
     try:
         result = trio.run(controller.run)
@@ -507,6 +509,7 @@ def run(
             source=_source(config, overrides),
             display_mode=display,
             results_path=path,
+            local_agents=count,
         )
     finally:
         stop_local_agents(local)

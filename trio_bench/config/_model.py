@@ -32,7 +32,15 @@ from trio_bench.protocol import (
     STATS_INTERVAL_RANGE_NS,
 )
 
-from ._units import format_duration, format_size, parse_duration, parse_size, show
+from ._units import (
+    exact_duration,
+    exact_size,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+    show,
+)
 
 OPS = ("get", "put", "stat", "list", "delete")
 SCHEMES = ("file", "null", "s3")
@@ -850,7 +858,7 @@ def config_from_dict(raw: Any) -> Config:
         config = _converter.structure(raw, Config)
     except Exception as exc:
         raise ConfigError(_flatten(exc, "")) from None
-    wire = _unstructure(config)
+    wire = _unstructure(config, human=False)
     lines = validate(config) + wire_problems(wire)
     if not lines:
         size = len(msgpack.packb(wire))
@@ -867,27 +875,42 @@ def config_from_dict(raw: Any) -> Config:
     return config
 
 
-def config_to_dict(config: Config) -> dict[str, Any]:
-    """The config as plain data that ``config_from_dict`` reads back (for CONFIGURE)."""
-    return _unstructure(config)
+def config_to_dict(config: Config, *, human: bool = False) -> dict[str, Any]:
+    """The config as plain data that ``config_from_dict`` reads back to an equal config.
+
+    The wire form (CONFIGURE) writes sizes as integers and durations as ``"<n>ns"``; with
+    ``human`` (config.yaml as run) both are in the units people write (16KiB, 1m30s), fixed
+    sizes as ``object_size`` and whole weights as integers, still exact."""
+    return _unstructure(config, human)
 
 
-def _unstructure(config: Config) -> dict[str, Any]:
+def _unstructure(config: Config, human: bool) -> dict[str, Any]:
+    def size(n: int) -> Any:
+        return exact_size(n) if human else n
+
     def size_spec(spec: SizeSpec) -> Any:
         if spec.kind == "fixed":
-            return spec.size
+            return size(spec.size)
         if spec.kind == "uniform":
-            return {"type": "uniform", "min": spec.min, "max": spec.max}
+            return {"type": "uniform", "min": size(spec.min), "max": size(spec.max)}
         return {
             "type": "lognormal",
-            "mean": spec.mean,
-            "std_dev": spec.std_dev,
-            "min": spec.min,
-            "max": spec.max,
+            "mean": size(spec.mean),
+            "std_dev": size(spec.std_dev),
+            "min": size(spec.min),
+            "max": size(spec.max),
         }
 
+    def sized(spec: SizeSpec) -> dict[str, Any]:
+        if human and spec.kind == "fixed":
+            return {"object_size": size_spec(spec)}
+        return {"size_spec": size_spec(spec)}
+
     def duration(ns: int) -> str:
-        return f"{ns}ns"
+        return exact_duration(ns) if human else f"{ns}ns"
+
+    def weight(w: float) -> float | int:
+        return int(w) if human and w == int(w) else w
 
     out: dict[str, Any] = {
         "target": config.target,
@@ -898,9 +921,9 @@ def _unstructure(config: Config) -> dict[str, Any]:
             {
                 "op": op.op,
                 "path": op.path,
-                "weight": op.weight,
-                **({"size_spec": size_spec(op.size)} if op.size else {}),
-                **({"block_size": op.block_size} if op.block_size is not None else {}),
+                "weight": weight(op.weight),
+                **(sized(op.size) if op.size else {}),
+                **({"block_size": size(op.block_size)} if op.block_size is not None else {}),
             }
             for op in config.workload
         ],
@@ -909,7 +932,7 @@ def _unstructure(config: Config) -> dict[str, Any]:
                 {
                     "base_uri": e.base_uri,
                     "count": e.count,
-                    "size_spec": size_spec(e.size),
+                    **sized(e.size),
                     "fill": e.fill,
                 }
                 for e in config.prepare.ensure_objects
@@ -933,15 +956,15 @@ def _unstructure(config: Config) -> dict[str, Any]:
             },
         },
         "page_cache_mode": config.page_cache_mode,
-        "file": {"fsync": config.file.fsync, "buffer_size": config.file.buffer_size},
+        "file": {"fsync": config.file.fsync, "buffer_size": size(config.file.buffer_size)},
         "s3": {
             **({"endpoint": config.s3.endpoint} if config.s3.endpoint else {}),
             **({"endpoints": list(config.s3.endpoints)} if config.s3.endpoints else {}),
             **({"region": config.s3.region} if config.s3.region else {}),
             **({"profile": config.s3.profile} if config.s3.profile else {}),
             "addressing": config.s3.addressing,
-            "multipart_threshold": config.s3.multipart_threshold,
-            "part_size": config.s3.part_size,
+            "multipart_threshold": size(config.s3.multipart_threshold),
+            "part_size": size(config.s3.part_size),
             "verify_tls": config.s3.verify_tls,
             **({"ca_bundle": config.s3.ca_bundle} if config.s3.ca_bundle else {}),
             "timeout": duration(config.s3.timeout),

@@ -106,8 +106,38 @@ def format_size(size: int) -> str:
     for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if size >= factor:
             scaled = size / factor
-            return f"{scaled:.0f}{unit}" if scaled == int(scaled) else f"{scaled:.2f}{unit}"
+            if scaled == int(scaled):
+                return f"{scaled:.0f}{unit}"
+            shown = f"{scaled:.2f}"
+            # 1.00MiB for 1 MiB + 1 byte would read as equal to 1MiB: say the bytes then
+            return f"{size:,}B" if float(shown) == int(float(shown)) else f"{shown}{unit}"
     return f"{size}B"
+
+
+def exact_size(size: int) -> str:
+    """A size in the largest binary unit that holds it exactly (``parse_size`` reads it back
+    to the same number): 16KiB, 1536B, 3GiB."""
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
+def exact_duration(ns: int) -> str:
+    """A duration in units people write, exact (``parse_duration`` reads it back to the same
+    number): 90s -> 1m30s, 1500ms, 250us, 7ns."""
+    if ns == 0:
+        return "0s"
+    if ns % _DURATION_UNITS["s"] == 0:
+        seconds = ns // _DURATION_UNITS["s"]
+        hours, rest = divmod(seconds, 3600)
+        minutes, seconds = divmod(rest, 60)
+        parts = [(hours, "h"), (minutes, "m"), (seconds, "s")]
+        return "".join(f"{n}{unit}" for n, unit in parts if n)
+    for unit in ("ms", "us", "ns"):
+        if ns % _DURATION_UNITS[unit] == 0:
+            return f"{ns // _DURATION_UNITS[unit]}{unit}"
+    raise AssertionError("unreachable: every duration is a whole number of ns")
 
 
 def format_duration(ns: int) -> str:

@@ -184,8 +184,8 @@ class ResultsWriter:
             raise ResultsUnusable(unusable(directory, exc)) from None
         self._histograms: dict[str, Any] = {}
 
-    def write_config(self, data: dict[str, Any], source: str) -> None:
-        header = f"# as run by triobench (from {source})\n"
+    def write_config(self, data: dict[str, Any], repeat: str, source: str) -> None:
+        header = f"# as run by triobench (from {source})\n# to repeat the run: {repeat}\n"
         _atomic_write(
             self.directory / "config.yaml", header + yaml.safe_dump(data, sort_keys=False)
         )

@@ -104,12 +104,15 @@ class Controller:
         run_id: str | None = None,
         results_dir: Path | None = None,
         connect: Connect = trio.open_tcp_stream,
+        local_agents: int | None = None,
     ) -> None:
         """``connect(host, port)`` opens a stream to an agent (TCP by default; tests pass one
-        that returns in-memory streams)."""
+        that returns in-memory streams). ``local_agents``: the agents are the throwaway local
+        ones of ``triobench run`` (config.yaml as run then names no agents)."""
         self.config = config
         self.settings = config.distributed
         self.source = source
+        self.local_agents = local_agents
         self.display = display or Display("quiet")
         self.handle_signals = handle_signals
         self.clock = RunClock()
@@ -214,7 +217,7 @@ class Controller:
             self.results_dir = new_results_dir(self.results_base, self.config.name or "run")
         self._results = ResultsWriter(self.results_dir)
         try:
-            self._results.write_config(self._config_as_run(), self.source)
+            self._results.write_config(*self._config_as_run(), self.source)
         except OSError as exc:
             raise ResultsUnusable(unusable(self.results_dir, exc)) from None
         self.display.start()
@@ -733,13 +736,19 @@ class Controller:
 
     # -- results
 
-    def _config_as_run(self) -> dict[str, Any]:
-        data = config_to_dict(self.config)
+    def _config_as_run(self) -> tuple[dict[str, Any], str]:
+        """config.yaml as run (human units, every setting, overrides applied) and the
+        command that repeats the run with it."""
+        data = config_to_dict(self.config, human=True)
+        if self.local_agents is not None:
+            data["distributed"].pop("agents", None)
+            return data, f"triobench run config.yaml --local-agents {self.local_agents}"
         data["distributed"]["agents"] = [
             {"address": link.address, **({"id": link.configured_id} if link.configured_id else {})}
             for link in self.links
         ]
-        return data
+        token = " (with the same --token-file)" if self.links and self.links[0].token else ""
+        return data, f"triobench controller config.yaml{token}"
 
     def _write_run_json(self) -> None:
         if self._results is None:
