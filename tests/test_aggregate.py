@@ -43,7 +43,7 @@ def reading(at_s: float, gets: int, *, stage: str = "workload", **fields: object
 
 def aggregator(**kwargs: object) -> Aggregator:
     a = Aggregator(S, run_start_ns=T0, **kwargs)  # type: ignore[arg-type]
-    a.begin_stage("workload", T0)
+    a.begin_stage("workload", T0, ["a1", "a2"])
     return a
 
 
@@ -211,7 +211,8 @@ def test_windows_always_add_up_and_lose_nothing(
 ) -> None:
     """Agents with jitter (+-200 ms), missed readings and irregular closing: every window's
     aggregate is the sum of its agents, and each agent's windows add up to its last count."""
-    a = aggregator()
+    a = Aggregator(S, run_start_ns=T0)
+    a.begin_stage("workload", T0, [f"a{n}" for n in range(len(agents))])
     totals = {}
     windows: list[WindowRows] = []
     events = []

@@ -456,7 +456,9 @@ async def fake_agent(listener: trio.SocketListener, behaviour: str) -> None:
         assert isinstance(await peer.next_message(), p.Auth)
         await stream.send_all(p.encode_message(p.Welcome(proof=b"")))
         assert isinstance(await peer.next_message(), p.Configure)
-        await stream.send_all(p.encode_message(p.Ready(seq=1, target="null://", checks=(), environment={})))
+        await stream.send_all(
+            p.encode_message(p.Ready(seq=1, target="null://", checks=(), environment={}))
+        )
         while not isinstance(await peer.next_message(), p.Start):
             pass  # ACK, PINGs ... until the run is underway
         bad = {

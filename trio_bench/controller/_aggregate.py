@@ -28,7 +28,7 @@ Pure: no Trio, no I/O. One caller (the controller) owns the state.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
@@ -207,6 +207,7 @@ class _Stage:
     windows: dict[int, list[_Interval]] = attrs.Factory(dict)
     latest: dict[str, int] = attrs.Factory(dict)  # agent -> its newest reading (ns)
     finished: set[str] = attrs.Factory(set)  # agents whose final reading arrived
+    expected: frozenset[str] = frozenset()  # the agents taking part (they may not have reported)
 
 
 class Aggregator:
@@ -237,10 +238,12 @@ class Aggregator:
 
     # -- input
 
-    def begin_stage(self, stage: str, origin_ns: int) -> None:
-        """The stage's coordinated start (controller clock): the windows' anchor."""
+    def begin_stage(self, stage: str, origin_ns: int, agents: Iterable[str] = ()) -> None:
+        """The stage's coordinated start (controller clock), the windows' anchor, and the
+        agents taking part: a window waits for them (up to the grace) even before their first
+        reading."""
         if stage not in self._stages:
-            self._stages[stage] = _Stage(origin_ns)
+            self._stages[stage] = _Stage(origin_ns, expected=frozenset(agents))
 
     def add(self, agent: str, sample: Sample) -> None:
         """One reading of ``agent``. Readings that add nothing new are ignored."""
@@ -291,8 +294,8 @@ class Aggregator:
     def _complete(self, stage: _Stage, end_ns: int, now_ns: int) -> bool:
         if now_ns >= end_ns + self.grace_ns:
             return True
-        running = [at for agent, at in stage.latest.items() if agent not in stage.finished]
-        return all(at >= end_ns for at in running)
+        running = (stage.expected | stage.latest.keys()) - stage.finished
+        return all(stage.latest.get(agent, end_ns - 1) >= end_ns for agent in running)
 
     def _close(self, ready: Callable[[_Stage, int], bool]) -> list[WindowRows]:
         pending = sorted(

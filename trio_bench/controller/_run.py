@@ -406,7 +406,7 @@ class Controller:
         self._in_progress = (stage, participants)
         start_at = self.clock.now_ns() + self.settings.start_delay
         self._stage_at_ns = start_at
-        self.aggregator.begin_stage(stage, start_at)
+        self.aggregator.begin_stage(stage, start_at, [link.id for link in participants])
         for link in participants:
             at = to_agent_clock(start_at, link.offset_ns)
             link.send_reliable(functools.partial(Start, stage=stage, at_ns=at))
