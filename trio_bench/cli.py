@@ -318,14 +318,18 @@ def _run_controller(
     display_mode: str,
     results_path: Path | None = None,
     local_agents: int | None = None,
+    json_output: bool = False,
 ) -> int:
     from trio_bench.controller import Controller, Display, ResultsUnusable
 
-    display = Display(display_mode)
+    def say(line: str) -> None:  # people's output: stderr when stdout carries the JSON
+        typer.echo(line, err=json_output)
+
+    display = Display(display_mode, stream=sys.stderr if json_output else None)
     if display_mode != "quiet":
-        typer.echo(describe(config))
+        say(describe(config))
         if " with --set " in source:
-            typer.echo(f"overrides    {source.split(' with ', 1)[1]}")
+            say(f"overrides    {source.split(' with ', 1)[1]}")
     controller = Controller(
         config,
         agents=agents,
@@ -344,23 +348,63 @@ def _run_controller(
         with contextlib.suppress(OSError):
             typer.echo("triobench: interrupted as the run ended", err=True)
         return EXIT_ABORTED
+    report = _report_after_run(result.results_dir) if result.started else None
     # the terminal may be gone (SIGHUP): the results are written, the exit code still counts
     with contextlib.suppress(OSError):
         for line in result.errors:
             typer.echo(f"triobench: {line}", err=True)
         summary = result.results_dir / "summary.tsv"
         if summary.exists():
-            typer.echo(f"results: {result.results_dir}")
+            say(f"results: {result.results_dir}")
+            if report is not None:
+                say(f"report: {report}")
             if display_mode != "quiet":
-                typer.echo(_table(summary.read_text()))
+                say(_table(summary.read_text()))
         else:
-            typer.echo(f"results: {result.results_dir / 'run.json'} (the run did not start)")
+            say(f"results: {result.results_dir / 'run.json'} (the run did not start)")
         message = result.message if result.message not in ("", result.status) else ""
         message = message.removeprefix(f"{result.status}: ")
         if not result.started:  # its causes are the lines above
             message = "could not start"
-        typer.echo(f"run {result.status}: {message}" if message else f"run {result.status}")
+        say(f"run {result.status}: {message}" if message else f"run {result.status}")
+        if json_output:
+            typer.echo(_json_summary(result, report, message))
     return result.exit_code
+
+
+def _report_after_run(directory: Path) -> Path | None:
+    """report.html, written at the end of every run that started. A failure to write it is
+    one line; the results themselves are already complete."""
+    from trio_bench.analysis import ResultsError, read_results, write_report
+
+    try:
+        return write_report(read_results(directory))
+    except (ResultsError, OSError) as exc:
+        with contextlib.suppress(OSError):
+            typer.echo(f"triobench: report not written: {exc}", err=True)
+        return None
+
+
+def _json_summary(result: object, report: Path | None, message: str) -> str:
+    """--json: the run's outcome and final numbers as one JSON document."""
+    import json
+
+    from trio_bench.analysis import ResultsError, read_results
+
+    directory: Path = result.results_dir  # type: ignore[attr-defined]
+    document: dict[str, object] = {
+        "status": result.status,  # type: ignore[attr-defined]
+        "exit_code": result.exit_code,  # type: ignore[attr-defined]
+        "message": message,
+        "results_dir": str(directory),
+        "report": str(report) if report else None,
+        "errors": list(result.errors),  # type: ignore[attr-defined]
+    }
+    try:
+        document.update(read_results(directory).as_json())
+    except ResultsError as exc:
+        document["errors"] = [*document["errors"], str(exc)]  # type: ignore[misc]
+    return json.dumps(document, indent=2)
 
 
 def _check_display(mode: str) -> None:
@@ -411,6 +455,15 @@ def _source(config: Path, overrides: Sequence[str]) -> str:
     )
 
 
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print the outcome and final numbers as one JSON document on stdout "
+        "(everything for people goes to stderr).",
+    ),
+]
+
 DISPLAY_MODES = ("auto", "live", "plain", "quiet")
 DisplayOption = Annotated[
     str,
@@ -438,6 +491,7 @@ def controller(
     concurrency: ConcurrencyOption = None,
     target: TargetOption = None,
     set_: SetOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Coordinate agents through a run and write the results directory."""
     _setup_logging(False)
@@ -453,6 +507,7 @@ def controller(
         results_dir=results_dir,
         source=_source(config, overrides),
         display_mode=display,
+        json_output=json_output,
     )
     raise typer.Exit(code)
 
@@ -477,6 +532,7 @@ def run(
     concurrency: ConcurrencyOption = None,
     target: TargetOption = None,
     set_: SetOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """One-machine run: start local agents on loopback, run the controller against them.
 
@@ -510,10 +566,87 @@ def run(
             display_mode=display,
             results_path=path,
             local_agents=count,
+            json_output=json_output,
         )
     finally:
         stop_local_agents(local)
     raise typer.Exit(code)
+
+
+# --- report, compare, merge -------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="A run's results directory.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="The HTML file (default: RESULTS/report.html)."),
+    ] = None,
+) -> None:
+    """Write a run's report: one self-contained HTML file (opens offline) with throughput and
+    latency over time per op kind and per host, the latency distributions, every timeline
+    event, per-host and per-agent tables, the configuration and the environment."""
+    from trio_bench.analysis import ResultsError, read_results, write_report
+
+    try:
+        path = write_report(read_results(results), output)
+    except ResultsError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    except OSError as exc:
+        raise _fail(f"report: cannot write {exc.filename or output}: {exc.strerror}", 1) from None
+    typer.echo(f"report: {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+@app.command()
+def compare(
+    base: Annotated[Path, typer.Argument(help="The reference run's results directory.")],
+    new: Annotated[Path, typer.Argument(help="The run to judge against it.")],
+    fail_if_worse: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Exit 1 if any workload throughput drops, or any of its p50/p90/p99/p99.9 "
+            "rises, by more than this many percent.",
+        ),
+    ] = None,
+    html_file: Annotated[
+        Path | None, typer.Option("--html", help="Also write the table as an HTML file.")
+    ] = None,
+) -> None:
+    """Two runs side by side: per stage and op kind, ops/s, MiB/s, p50/p90/p99/p99.9, the
+    change in percent and which way is worse. Exit 2 if they cannot be compared."""
+    from trio_bench.analysis import ResultsError, read_results
+    from trio_bench.analysis._compare import (
+        NotComparable,
+        format_html,
+        format_table,
+        regressions,
+    )
+    from trio_bench.analysis._compare import compare as compare_runs
+
+    try:
+        before, after = read_results(base), read_results(new)
+        changes = compare_runs(before, after)
+    except (ResultsError, NotComparable) as exc:
+        raise _fail(f"cannot compare: {exc}", EXIT_CONFIG) from None
+    typer.echo(format_table(before, after, changes))
+    if html_file is not None:
+        try:
+            html_file.write_text(format_html(before, after, changes), encoding="utf-8")
+        except OSError as exc:
+            raise _fail(f"--html: cannot write {html_file}: {exc.strerror}", 1) from None
+    if fail_if_worse is not None:
+        worse = regressions(changes, fail_if_worse)
+        if worse:
+            for c in worse:
+                typer.echo(
+                    f"worse by {c.worse_by:.1f}% (> {fail_if_worse:g}%): {c.stage} {c.op} "
+                    f"{c.metric} {c.base:,.1f} -> {c.new:,.1f}",
+                    err=True,
+                )
+            raise typer.Exit(1)
+        typer.echo(f"nothing worse by more than {fail_if_worse:g}%")
 
 
 # --- validate ---------------------------------------------------------------------------------
