@@ -649,6 +649,31 @@ def compare(
         typer.echo(f"nothing worse by more than {fail_if_worse:g}%")
 
 
+@app.command()
+def merge(
+    runs: Annotated[list[Path], typer.Argument(help="Results directories of one workload.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The new results directory.")],
+) -> None:
+    """Merge runs of the same workload that ran at the same time (two controllers driving two
+    clusters, say) into one results directory: counts add, percentiles come from the merged
+    histograms, throughput is over the span of all the runs' windows. report and compare
+    accept the result."""
+    from trio_bench.analysis import ResultsError, read_results
+    from trio_bench.analysis._compare import NotComparable
+    from trio_bench.analysis._merge import merge_runs
+
+    try:
+        merged = merge_runs([read_results(run) for run in runs], output)
+    except (ResultsError, NotComparable) as exc:
+        raise _fail(f"cannot merge: {exc}", EXIT_CONFIG) from None
+    except OSError as exc:
+        raise _fail(f"merge: cannot write {exc.filename or output}: {exc.strerror}", 1) from None
+    typer.echo(f"merged {len(runs)} runs into {merged}")
+    summary = merged / "summary.tsv"
+    if summary.exists():
+        typer.echo(_table(summary.read_text()))
+
+
 # --- validate ---------------------------------------------------------------------------------
 
 

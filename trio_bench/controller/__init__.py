@@ -10,7 +10,14 @@ from ._aggregate import (
 )
 from ._display import Display
 from ._link import AgentLink, LinkFailed
-from ._results import STAGE_FILES, ResultsUnusable, ResultsWriter, new_results_dir
+from ._results import (
+    HISTOGRAM_FORMAT,
+    STAGE_FILES,
+    ResultsUnusable,
+    ResultsWriter,
+    histograms_json,
+    new_results_dir,
+)
 from ._run import (
     EXIT_ABORTED,
     EXIT_CONFIG,
@@ -27,6 +34,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_PARTIAL",
     "EXIT_START",
+    "HISTOGRAM_FORMAT",
     "OP_LOG_COLUMNS",
     "PERF_LOG_COLUMNS",
     "STAGE_FILES",
@@ -41,5 +49,6 @@ __all__ = [
     "RunResult",
     "Sample",
     "WindowRows",
+    "histograms_json",
     "new_results_dir",
 ]

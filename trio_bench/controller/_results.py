@@ -117,17 +117,29 @@ class AgentStageResult:
             self.window = None
 
 
-def _merged_tsv(path: Path, results: Sequence[AgentStageResult]) -> tuple[float, Snapshot]:
-    """Write the merged numbers of ``results``; the window runs from the earliest agent start
-    to the latest agent end. Returns its length in seconds and the merged snapshot."""
+def _window(results: Sequence[AgentStageResult]) -> tuple[int, int] | None:
+    """From the earliest agent start to the latest agent end (controller clock, ns)."""
     windows = [r.window for r in results if r.window is not None]
-    if windows:
-        span = (max(end for _, end in windows) - min(start for start, _ in windows)) / 1e9
+    if not windows:
+        return None
+    return min(start for start, _ in windows), max(end for _, end in windows)
+
+
+def _merged_tsv(path: Path, results: Sequence[AgentStageResult]) -> tuple[float, Snapshot]:
+    """Write the merged numbers of ``results`` over their window (``_window``). Returns its
+    length in seconds and the merged snapshot."""
+    window = _window(results)
+    if window is not None:
+        span = (window[1] - window[0]) / 1e9
     else:
         span = max((r.seconds for r in results), default=0.0)
     total = merge_snapshots(r.snapshot for r in results)
     _atomic_write(path, format_tsv(summary_rows(total, span)))
     return span, total
+
+
+def utc_iso(ns: int) -> str:
+    return datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC).isoformat()
 
 
 HISTOGRAM_FORMAT = (
@@ -137,7 +149,8 @@ HISTOGRAM_FORMAT = (
 )
 
 
-def _histograms(snapshot: Snapshot) -> dict[str, Any]:
+def histograms_json(snapshot: Snapshot) -> dict[str, Any]:
+    """One stage's histograms.json entry (``HISTOGRAM_FORMAT``) for a merged snapshot."""
     out = {}
     for kind, stats in snapshot_to_wire(snapshot).items():
         out[kind] = {**_totals(stats), "hist": [_bucket(i, n) for i, n in stats.hist]}
@@ -210,10 +223,10 @@ class ResultsWriter:
         for result in results:
             by_host.setdefault(_folder_name(result.host or "unknown"), []).append(result)
         # per host rather than per agent: bounded by the hosts, however many agents each runs
-        self._histograms[stage] = {"all": _histograms(total), "hosts": {}}
+        self._histograms[stage] = {"all": histograms_json(total), "hosts": {}}
         for host, on_host in by_host.items():
             _span, host_total = _merged_tsv(self.directory / "hosts" / host / name, on_host)
-            self._histograms[stage]["hosts"][host] = _histograms(host_total)
+            self._histograms[stage]["hosts"][host] = histograms_json(host_total)
         _atomic_write(
             self.directory / "histograms.json",
             json.dumps({"format": HISTOGRAM_FORMAT, "stages": self._histograms}) + "\n",
@@ -222,8 +235,11 @@ class ResultsWriter:
             for op, codes in sorted(result.error_codes.items()):
                 for code, count in sorted(codes.items(), key=lambda item: -item[1]):
                     self._errors.write(f"{stage}\t{result.agent}\t{op}\t{code}\t{count}\n")
+        window = _window(results)
         return {
             "seconds": round(span, 6),
+            # the measured window on the controller's clock (UTC), for merge and the report
+            "window_utc": [utc_iso(window[0]), utc_iso(window[1])] if window else None,
             "agents": [r.agent for r in results],
             "partial_agents": [r.agent for r in results if r.partial],
         }
