@@ -145,6 +145,19 @@ def test_warmup_and_the_measured_window_are_separate_epochs() -> None:
     assert abs(windows[-1].total.ops_per_s - 100.0) < 0.01
 
 
+def test_a_reading_on_the_end_of_warmup_is_not_an_interval_of_its_own() -> None:
+    a = aggregator()
+    a.add("a1", reading(1, 100, warmup=True))
+    a.add("a1", reading(2, 0, elapsed_s=0.0001))  # warmup ended 100 us ago: rate meaningless
+    a.add("a1", reading(3, 100, elapsed_s=1.0001))
+    windows = a.flush()
+    assert [(w.index, w.total.warmup, w.total.ops) for w in windows] == [
+        (1, True, 100),
+        (3, False, 100),
+    ]
+    assert abs(windows[-1].total.ops_per_s - 100.0) < 0.1
+
+
 def test_interval_percentiles_come_from_the_interval_only() -> None:
     a = aggregator()
     a.add("a1", reading(1, 100, ops=ops_map(100, latency_ns=1_000_000)))

@@ -80,19 +80,21 @@ def _by_time(rows: Table, key: str, column: str, where: dict[str, str]) -> dict[
 
 
 def _stages(results: Results) -> list[dict[str, Any]]:
-    """Each stage's span on the time axis and its warmup, from the windows."""
-    spans: dict[str, dict[str, Any]] = {}
-    for row in results.perf_log:
-        if row.get("agent") != "all":
+    """Each stage's start and warmup on the time axis (run.json's stage facts)."""
+    out = []
+    for stage, facts in results.run.get("stages", {}).items():
+        if not isinstance(facts, dict) or not isinstance(facts.get("start_s"), int | float):
             continue
-        t = _float(row, "elapsed_s")
-        if t is None:
-            continue
-        span = spans.setdefault(row.get("stage", "?"), {"start": t, "end": t, "warmup_end": None})
-        span["start"], span["end"] = min(span["start"], t), max(span["end"], t)
-        if row.get("warmup") == "1":
-            span["warmup_end"] = max(span["warmup_end"] or t, t)
-    return [{"stage": stage, **span} for stage, span in spans.items()]
+        warmup = facts.get("warmup_s") or 0.0
+        start = float(facts["start_s"])
+        out.append(
+            {
+                "stage": stage,
+                "start": start,
+                "warmup_end": start + float(warmup) if warmup else None,
+            }
+        )
+    return out
 
 
 def _events(results: Results) -> list[dict[str, Any]]:
@@ -105,9 +107,7 @@ def _events(results: Results) -> list[dict[str, Any]]:
         t = entry.get("t_s")
         if not isinstance(t, int | float):
             continue
-        if agent == "controller" and event.startswith("start "):
-            kind = "stage"
-        elif event in TIMELINE_EVENTS:
+        if event in TIMELINE_EVENTS:
             kind = TIMELINE_EVENTS[event]
         else:
             continue
@@ -119,9 +119,7 @@ def _events(results: Results) -> list[dict[str, Any]]:
         marker["detail"] = str(entry.get("detail", ""))[:200]
         seen[key] = marker
         out.append(marker)
-    if len(out) > MAX_EVENTS:  # keep every stage boundary, then the earliest of the rest
-        stages = [m for m in out if m["kind"] == "stage"]
-        out = stages + [m for m in out if m["kind"] != "stage"][: MAX_EVENTS - len(stages)]
+    del out[MAX_EVENTS:]  # the earliest; the timeline in run.json has them all
     return out
 
 

@@ -65,27 +65,33 @@
           const ctx = u.ctx, top = u.bbox.top, height = u.bbox.height;
           const x = (t) => u.valToPos(t, "x", true);
           ctx.save();
+          ctx.font = `${10 * devicePixelRatio}px sans-serif`;
           for (const s of data.stages) {
+            const a = x(s.start);
             if (s.warmup_end !== null && s.warmup_end !== undefined) {
-              const a = x(s.start - 0.5), b = x(s.warmup_end + 0.5);
-              ctx.fillStyle = "rgba(255, 200, 0, 0.12)";
+              const b = x(s.warmup_end);
+              ctx.fillStyle = "rgba(255, 200, 0, 0.15)";
               ctx.fillRect(a, top, b - a, height);
               ctx.fillStyle = "#a07000";
-              ctx.font = `${10 * devicePixelRatio}px sans-serif`;
               ctx.fillText("warmup", a + 3, top + 24 * devicePixelRatio);
             }
+            if (a < u.bbox.left || a > u.bbox.left + u.bbox.width) continue;
+            ctx.strokeStyle = ctx.fillStyle = EVENT_COLOURS.stage;
+            ctx.setLineDash([]);
+            ctx.lineWidth = devicePixelRatio;
+            ctx.beginPath(); ctx.moveTo(a, top); ctx.lineTo(a, top + height); ctx.stroke();
+            ctx.fillText(s.stage, a + 3, top + 12 * devicePixelRatio);
           }
           for (const e of data.events) {
             const px = x(e.t);
             if (px < u.bbox.left || px > u.bbox.left + u.bbox.width) continue;
             ctx.strokeStyle = EVENT_COLOURS[e.kind] || "#999";
-            ctx.setLineDash(e.kind === "stage" ? [] : [4, 3]);
+            ctx.setLineDash([4, 3]);
             ctx.lineWidth = devicePixelRatio;
             ctx.beginPath(); ctx.moveTo(px, top); ctx.lineTo(px, top + height); ctx.stroke();
             ctx.fillStyle = ctx.strokeStyle;
             ctx.font = `${10 * devicePixelRatio}px sans-serif`;
-            const label = e.kind === "stage" ? e.label.replace("controller: start ", "")
-              : e.kind + (e.count > 1 ? " x" + e.count : "");
+            const label = e.kind + (e.count > 1 ? " x" + e.count : "");
             ctx.fillText(label, px + 3, top + 12 * devicePixelRatio);
           }
           ctx.restore();
@@ -214,8 +220,11 @@
   s5.appendChild(table(["agent", "host", "state", "ops_per_s", "mib_per_s", "p50_us", "p99_us",
                         "errors", "clock_offset_ms", "disconnects", "failure"], data.agents));
 
-  const s6 = section("Timeline", "Stage starts and every stall, disconnect, recovery and failure (seconds since the run started).");
-  s6.appendChild(table(["t", "kind", "label", "count", "detail"], data.events));
+  const s6 = section("Timeline", "Stage starts, and every stall, disconnect, recovery and failure (seconds since the run started).");
+  const timeline = data.stages.map((s) => ({t: s.start, kind: "stage", label: s.stage + " starts", count: 1,
+    detail: s.warmup_end ? `warmup until ${fmt(s.warmup_end)} s` : ""})).concat(data.events)
+    .sort((a, b) => a.t - b.t);
+  s6.appendChild(table(["t", "kind", "label", "count", "detail"], timeline));
 
   const s7 = section("Environment", "Each agent's host and target as it reported them, and the controller's.");
   const envKeys = Array.from(new Set(Object.values(data.environment).flatMap((e) => Object.keys(e))));

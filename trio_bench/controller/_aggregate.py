@@ -17,6 +17,8 @@ Rules a reader can check in perf_log.tsv:
 - The ``all`` row (and each host's row) is the sum of its agents' rows: ops, bytes, errors and
   rates add, histograms merge bin by bin (percentiles are never averaged); ``agents`` says how
   many contributed.
+- A reading taken less than a tenth of an interval after its counting (re)started (the end
+  of warmup, say) is not an interval of its own: the agent's next reading covers that time.
 - A window closes when every agent still running the stage has reported past its end, or a
   grace period after its end. A reading that arrives after its window closed is not placed
   elsewhere: the agent's next interval starts from its previous reading and carries those
@@ -255,6 +257,10 @@ class Aggregator:
             or went_back(sample.ops, previous.ops)  # counting restarted: never negative
         )
         if previous is not None and not new_epoch and sample.at_ns <= previous.at_ns:
+            return
+        if new_epoch and not sample.final and sample.elapsed_ns * 10 < self.interval_ns:
+            # counting (re)started just now, as when a reading falls on the end of warmup: an
+            # interval this short would show a meaningless rate; the next reading covers it
             return
         start_ns = sample.at_ns - sample.elapsed_ns if new_epoch else previous.at_ns  # type: ignore[union-attr]
         stage = self._stages.get(sample.stage)

@@ -442,6 +442,10 @@ class Controller:
         ]
         facts = self._write(self._results.write_stage, stage, results)
         if facts is not None:
+            # where the stage sits on the run's time axis (perf_log's elapsed_s), for people
+            # and the report: its coordinated start, and the warmup before the measured window
+            facts["start_s"] = round((self._stage_at_ns - self.aggregator.run_start_ns) / 1e9, 3)
+            facts["warmup_s"] = self.config.warmup / 1e9 if stage == "workload" else 0.0
             self.stage_facts[stage] = facts
         self._write_run_json()
 
