@@ -972,6 +972,90 @@ class SimpleOptions:
         self.endpoint = endpoint
 
 
+def _frame_costs(message, key: bytes | None, rounds: int) -> tuple[float, float, int]:
+    """ns per frame to encode (+ sign) and to decode (+ verify) ``message``; its size."""
+    from trio_bench import protocol as p
+
+    mac = p.FrameMac(key) if key is not None else None
+    frame = p.encode_message(message)
+    if mac is not None:
+        frame = p.sign_frame(frame, mac, 0)
+    started = time.perf_counter_ns()
+    for i in range(rounds):
+        out = p.encode_message(message)
+        if mac is not None:
+            out = p.sign_frame(out, mac, i)
+    send_ns = (time.perf_counter_ns() - started) / rounds
+    frames = (
+        [p.sign_frame(p.encode_message(message), key, i) for i in range(rounds)]
+        if key
+        else [frame] * rounds
+    )
+    decoder = p.FrameDecoder()
+    if key is not None:
+        decoder.authenticate(key)
+    started = time.perf_counter_ns()
+    for data in frames:
+        decoder.feed(data)
+        p.decode_message(decoder.next_frame())
+    receive_ns = (time.perf_counter_ns() - started) / rounds
+    return send_ns, receive_ns, len(frame)
+
+
+def bench_frames(quick: bool, work: Path) -> list[Row]:
+    """What authenticating every frame after the handshake costs (protocol.md §3): encode +
+    sign and decode + verify, for a PING and for a STATS of a busy agent (five op kinds, ~150
+    occupied histogram buckets each), with and without a key, alternating, medians of 5."""
+    import random
+
+    from trio_bench import protocol as p
+
+    rng = random.Random(1)
+    ops = {}
+    for kind in ("get", "put", "stat", "list", "delete"):
+        hist = tuple((i, rng.randint(1, 10**6)) for i in sorted(rng.sample(range(400, 1400), 150)))
+        ops[kind] = p.OpStats(sum(c for _, c in hist), 10**12, 3, 10**15, 10**9, hist)
+    stats = p.Stats(
+        seq=1000,
+        stage="workload",
+        warmup=False,
+        elapsed_ns=10**11,
+        done=0,
+        total=0,
+        ops=ops,
+        error_codes={"get": {"NoSuchKey": 3}},
+        cpu_user_ns=10**10,
+        cpu_system_ns=10**9,
+        at_ns=1_800_000_000 * 10**9,
+    )
+    ping = p.Ping(t1_ns=1_800_000_000 * 10**9, nonce=12345)
+    key = bytes(range(32))
+    rounds = 2000 if quick else 10000
+    rows = []
+    for name, message in (("PING", ping), ("STATS, 5 kinds x 150 buckets", stats)):
+        plain: list[tuple[float, float]] = []
+        signed: list[tuple[float, float]] = []
+        size = signed_size = 0
+        for _ in range(5):
+            send, receive, size = _frame_costs(message, None, rounds)
+            plain.append((send, receive))
+            send, receive, signed_size = _frame_costs(message, key, rounds)
+            signed.append((send, receive))
+        base = median([a + b for a, b in plain])
+        auth = median([a + b for a, b in signed])
+        rows.append(
+            Row(
+                "frames",
+                f"{name}: send + receive, plain / authenticated",
+                f"{base / 1000:.1f} / {auth / 1000:.1f} us",
+                "",
+                f"+{(auth - base) / 1000:.1f} us per frame ({(auth / base - 1) * 100:.0f}%); "
+                f"{size} -> {signed_size} bytes",
+            )
+        )
+    return rows
+
+
 BENCHES: dict[str, Callable[..., list[Row]]] = {
     "null": lambda quick, work: bench_null(quick),
     "get4k": bench_get4k,
@@ -985,6 +1069,7 @@ BENCHES: dict[str, Callable[..., list[Row]]] = {
     "scale": bench_scale,
     "s3": bench_s3,
     "soak": bench_soak,
+    "frames": bench_frames,
 }
 DEFAULT = [name for name in BENCHES if name != "soak"]  # soak takes 10 minutes: --only soak
 

@@ -23,6 +23,7 @@ class Faults:
     stall_to_controller: bool = False
     corrupt_next_header: bool = False  # controller -> agent
     hold_to_agent_after: str | None = None  # forward up to this message tag, then stall
+    inject_to_agent: bytes | None = None  # sent to the agent once, between two frames
 
 
 class _FrameCursor:
@@ -164,6 +165,17 @@ class Proxy:
                     continue
                 if stall == "stall_to_agent" and self.faults.hold_to_agent_after:
                     await self._forward_until(data, sink, log)
+                    continue
+                if stall == "stall_to_agent" and self.faults.inject_to_agent is not None:
+                    # between two frames: after what this read completed, if it ends on a
+                    # frame boundary (the test waits for a quiet moment)
+                    cursor.feed(data)
+                    log += data
+                    await sink.send_all(data)
+                    if cursor.body_left == 0 and not cursor.header:
+                        injected, self.faults.inject_to_agent = self.faults.inject_to_agent, None
+                        await sink.send_all(injected)
+                        self.injected = injected
                     continue
                 if stall == "stall_to_agent" and self.faults.corrupt_next_header:
                     data, done = cursor.corrupt(data)

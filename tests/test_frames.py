@@ -181,3 +181,57 @@ def test_encoding_refuses_out_of_range_integers_clearly() -> None:
         p.encode_frame({"t": "ack", "seq": 2**64})
     with pytest.raises(ValueError, match="exceeds the maximum"):
         p.encode_frame({"t": "goodbye", "reason": "x" * 100}, max_frame_size=50)
+
+
+# --- authenticated frames (after the handshake, protocol.md §3)
+
+KEY = bytes(range(32))
+
+
+def _signed_stream(messages: list[dict], key: bytes = KEY) -> list[bytes]:
+    return [p.sign_frame(p.encode_frame(m), key, i) for i, m in enumerate(messages)]
+
+
+def test_authenticated_frames_decode_in_order_in_any_chunking() -> None:
+    messages = [{"t": "ping", "n": i, "pad": "x" * (i * 37)} for i in range(20)]
+    data = b"".join(_signed_stream(messages))
+    for chunk in (1, 7, 4096):
+        decoder = p.FrameDecoder()
+        decoder.authenticate(KEY)
+        out = []
+        for i in range(0, len(data), chunk):
+            decoder.feed(data[i : i + chunk])
+            out += list(decoder)
+        assert out == messages
+
+
+@pytest.mark.parametrize(
+    "tamper, why",
+    [
+        (lambda f: [f[0], f[0]], "replayed"),
+        (lambda f: [f[1], f[0]], "reordered"),
+        (lambda f: [f[0], f[2]], "one dropped"),
+        (lambda f: [f[0][:-1] + bytes([f[0][-1] ^ 1])], "tag altered"),
+        (lambda f: [f[0][:6] + bytes([f[0][6] ^ 0x20]) + f[0][7:]], "body altered"),
+        (lambda f: [p.encode_frame({"t": "abort", "seq": 9, "reason": "x"})], "unsigned"),
+        (lambda f: _signed_stream([{"t": "ping"}], key=bytes(32)), "another key"),
+        (lambda f: [struct.pack(">I", 3) + b"\x80ab"], "too short for a tag"),
+    ],
+)
+def test_a_frame_that_fails_authentication_ends_the_stream(tamper, why) -> None:
+    frames = _signed_stream([{"t": "ping", "n": i} for i in range(3)])
+    decoder = p.FrameDecoder()
+    decoder.authenticate(KEY)
+    decoder.feed(b"".join(tamper(frames)))
+    with pytest.raises(p.ProtocolError, match=r"authenticat|too short"):
+        list(decoder)
+    with pytest.raises(p.ProtocolError):  # sticky: nothing after it is trusted
+        decoder.feed(frames[0])
+
+
+def test_each_direction_has_its_own_key() -> None:
+    a, c = bytes(32), bytes([1]) * 32
+    args = ("agent-1", a, c)
+    assert p.frame_key(b"t", "agent", *args) != p.frame_key(b"t", "controller", *args)
+    assert p.frame_key(b"t", "agent", *args) != p.frame_key(b"u", "agent", *args)
+    assert p.frame_key(b"t", "agent", *args) != p.frame_key(b"t", "agent", "agent-1", c, a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -213,3 +214,52 @@ def _frames(data: bytes) -> list[dict]:
     decoder = p.FrameDecoder()
     decoder.feed(data)
     return list(decoder)
+
+
+@pytest.mark.parametrize("how", ["an injected ABORT", "a replayed frame"])
+async def test_a_frame_injected_after_the_handshake_ends_the_connection(
+    tmp_path, token_agent, how
+) -> None:
+    """A party on the path relays a good handshake, then slips in a frame of its own: an
+    ABORT it made up, or a copy of a frame the controller sent earlier. The agent refuses
+    it (frames after the handshake are authenticated) and says why; the forged ABORT never
+    takes effect."""
+    cfg = config(RUN.replace("duration: 300ms", "duration: 4s"))
+    async with trio.open_nursery() as nursery:
+        proxy = Proxy(token_agent.address)
+        await nursery.start(proxy.serve)
+        controller = quiet_controller(
+            cfg, [AgentAddress(address=proxy.address)], tmp_path / "results", token=TOKEN.encode()
+        )
+
+        async def attack() -> None:
+            link = controller.links[0]
+            await controller.wait_for(lambda: link.state is p.PeerState.RUNNING)
+            if how == "an injected ABORT":
+                frame = p.encode_message(p.Abort(seq=1000, reason="forged"))
+            else:  # the controller's last frame, exactly as it went over the wire
+                frame = _last_whole_frame(bytes(proxy.to_agent))
+            proxy.set(inject_to_agent=frame)
+
+        nursery.start_soon(attack)
+        with trio.fail_after(60):
+            result = await controller.run()
+        nursery.cancel_scope.cancel()
+    record = json.loads((result.results_dir / "run.json").read_text())
+    assert (result.exit_code, result.status) == (1, "partial")  # refused loudly, not obeyed
+    assert "authentication failed on frame" in record["agents"][0]["failure"]
+    assert "forged" not in json.dumps(record)
+
+
+def _last_whole_frame(data: bytes) -> bytes:
+    """The last complete frame of a recorded byte stream."""
+    import struct
+
+    frames, i = [], 0
+    while i + 4 <= len(data):
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        if i + 4 + length > len(data):
+            break
+        frames.append(data[i : i + 4 + length])
+        i += 4 + length
+    return frames[-1]

@@ -39,6 +39,7 @@ from trio_bench.protocol import (
     Welcome,
     check_proof,
     encode_message,
+    frame_key,
     make_proof,
     new_challenge,
     printable,
@@ -166,6 +167,18 @@ class AgentServer:
     async def _converse(self, conn: Connection, peer: str) -> None:
         opts = self.options
         challenge = new_challenge()
+        if opts.token is not None:
+            token = opts.token
+
+            def key_after(message: Message) -> bytes | None:
+                # the controller's frames after its AUTH are authenticated (§3)
+                if isinstance(message, Auth) and len(message.challenge) == CHALLENGE_SIZE:
+                    return frame_key(
+                        token, "controller", opts.agent_id, challenge, message.challenge
+                    )
+                return None
+
+            conn.verify_after(key_after)
         conn.send(
             Hello(
                 protocol=PROTOCOL_VERSION,
@@ -202,6 +215,10 @@ class AgentServer:
         else:
             proof = b""
         conn.send(Welcome(proof=proof))
+        if opts.token is not None:  # everything we send after WELCOME is authenticated
+            conn.sign_from_now(
+                frame_key(opts.token, "agent", opts.agent_id, challenge, auth.challenge)
+            )
         self._unauthenticated.remove(conn)
         self._authenticated.add(conn)
         conn.allow_frames_up_to(MAX_FRAME_SIZE)  # CONFIGURE carries the workload config

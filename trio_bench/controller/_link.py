@@ -63,6 +63,7 @@ from trio_bench.protocol import (
     TransitionError,
     Welcome,
     check_proof,
+    frame_key,
     make_proof,
     new_challenge,
     to_controller_clock,
@@ -297,6 +298,9 @@ class AgentLink:
         proof = b""
         if self.token is not None:
             proof = make_proof(self.token, "controller", hello.agent_id, hello.challenge, challenge)
+            # the agent's frames after its WELCOME are authenticated (§3)
+            agent_key = frame_key(self.token, "agent", hello.agent_id, hello.challenge, challenge)
+            conn.verify_after(lambda m: agent_key if isinstance(m, Welcome) else None)
         conn.send(
             Auth(
                 protocol=PROTOCOL_VERSION,
@@ -316,6 +320,10 @@ class AgentLink:
         ):
             raise LinkFailed(
                 f"agent at {self.address} could not prove it knows the token", "auth_failed"
+            )
+        if self.token is not None:  # everything we send from now on is authenticated
+            conn.sign_from_now(
+                frame_key(self.token, "controller", hello.agent_id, hello.challenge, challenge)
             )
         self.hello = hello
         if self.configured_id is None:

@@ -6,7 +6,16 @@ holds both state machines as tables, does the clock-offset math, tracks sequence
 computes authentication proofs. Everything a peer can get wrong ends in ``ProtocolError``.
 """
 
-from ._auth import CHALLENGE_SIZE, check_proof, make_proof, new_challenge
+from ._auth import (
+    CHALLENGE_SIZE,
+    TAG_SIZE,
+    FrameMac,
+    check_proof,
+    frame_key,
+    frame_tag,
+    make_proof,
+    new_challenge,
+)
 from ._clock import (
     ClockEstimator,
     ClockSample,
@@ -22,6 +31,7 @@ from ._frames import (
     FrameDecoder,
     decode_body,
     encode_frame,
+    sign_frame,
 )
 from ._histogram import (
     CLAMP_NS,
@@ -132,6 +142,7 @@ __all__ = [
     "STATS_INTERVAL_RANGE_NS",
     "STATS_IN_FLIGHT",
     "SUB_BUCKETS",
+    "TAG_SIZE",
     "TERMINAL_TYPES",
     "Abort",
     "Aborted",
@@ -146,6 +157,7 @@ __all__ = [
     "Configure",
     "Error",
     "FrameDecoder",
+    "FrameMac",
     "Goodbye",
     "Hello",
     "Machine",
@@ -181,10 +193,13 @@ __all__ = [
     "decode_message",
     "encode_frame",
     "encode_message",
+    "frame_key",
+    "frame_tag",
     "is_reliable",
     "make_proof",
     "new_challenge",
     "printable",
+    "sign_frame",
     "structure_as",
     "to_agent_clock",
     "to_controller_clock",

@@ -9,12 +9,14 @@ lost its framing cannot be trusted again.
 
 from __future__ import annotations
 
+import hmac
 import struct
 from collections.abc import Iterator
 from typing import Any
 
 import msgpack
 
+from ._auth import TAG_SIZE, FrameMac
 from ._errors import ProtocolError
 
 HEADER = struct.Struct(">I")
@@ -51,6 +53,14 @@ def encode_frame(payload: dict[str, Any], *, max_frame_size: int = MAX_FRAME_SIZ
     return HEADER.pack(len(body)) + body
 
 
+def sign_frame(frame: bytes, key: bytes | FrameMac, counter: int) -> bytes:
+    """An encoded frame made authenticated: the same body followed by its 16-byte tag, the
+    length covering both (protocol.md §3)."""
+    mac = key if isinstance(key, FrameMac) else FrameMac(key)
+    body = memoryview(frame)[HEADER_SIZE:]
+    return HEADER.pack(len(body) + TAG_SIZE) + body + mac.tag(counter, body)
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
     """Decode one frame body into a map; every failure is a ``ProtocolError``."""
     try:
@@ -85,6 +95,12 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._need: int | None = None  # body length of the frame being read, once known
         self._error: ProtocolError | None = None
+        self._key: FrameMac | None = None  # once set, every frame carries a tag
+        self._counter = 0
+
+    def authenticate(self, key: bytes) -> None:
+        """From the next frame on, every frame must end in its tag under ``key``."""
+        self._key, self._counter = FrameMac(key), 0
 
     @property
     def buffered(self) -> int:
@@ -118,7 +134,7 @@ class FrameDecoder:
             (length,) = HEADER.unpack_from(self._buffer)
             if length == 0:
                 raise ProtocolError("frame: declared length is 0 (a frame holds one msgpack map)")
-            if length > self.max_frame_size:
+            if length > self.max_frame_size + (TAG_SIZE if self._key is not None else 0):
                 raise ProtocolError(
                     f"frame: declared length {length} exceeds the maximum "
                     f"of {self.max_frame_size} bytes"
@@ -130,7 +146,26 @@ class FrameDecoder:
         body = bytes(self._buffer[: self._need])
         del self._buffer[: self._need]
         self._need = None
+        if self._key is not None:
+            body = self._verified(body)
         return decode_body(body)
+
+    def _verified(self, body: bytes) -> bytes:
+        counter = self._counter
+        if len(body) <= TAG_SIZE:
+            raise ProtocolError(
+                f"frame: authenticated frame {counter} has {len(body)} bytes, too short to "
+                "hold a message and its tag"
+            )
+        payload, tag = body[:-TAG_SIZE], body[-TAG_SIZE:]
+        assert self._key is not None
+        if not hmac.compare_digest(self._key.tag(counter, payload), tag):
+            raise ProtocolError(
+                f"frame: authentication failed on frame {counter} after the handshake "
+                "(altered, injected, replayed or reordered on the way)"
+            )
+        self._counter += 1
+        return payload
 
     def check_eof(self) -> None:
         """Call when the peer closed: raises if the stream ended inside a frame."""

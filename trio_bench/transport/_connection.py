@@ -37,12 +37,14 @@ from trio_bench.protocol import (
     MAX_FRAME_SIZE,
     Error,
     FrameDecoder,
+    FrameMac,
     Message,
     Pong,
     ProtocolError,
     Stats,
     decode_message,
     encode_message,
+    sign_frame,
 )
 
 log = logging.getLogger("triobench.transport")
@@ -63,6 +65,7 @@ CLOSE_TIMEOUT_S = 2.0  # how long a graceful close waits for queued frames to be
 # this much instead of seconds of stale statistics on a slow link. Our traffic is small, so
 # this costs no throughput.
 UNSENT_LIMIT = 16 * 1024
+_SIGN_FROM_HERE = object()  # in the outbox: frames after it are authenticated
 
 
 class ConnectionClosed(Exception):
@@ -100,7 +103,13 @@ class Connection:
         self._inbox_changed = trio.Event()
         self._frame_arrived = trio.Event()
         self.latest_stats: Stats | None = None
-        self._control_out: deque[bytes] = deque()
+        self._control_out: deque[Any] = deque()  # encoded frames and _SIGN_FROM_HERE
+        self._send_key: FrameMac | None = None  # authenticates what we send (once set)
+        self._next_send_key: FrameMac | None = None
+        self._send_counter = 0
+        # called with each inbound message until it returns the key that authenticates the
+        # frames after that message
+        self._verify_after: Callable[[Message], bytes | None] | None = None
         self._queued_pongs = 0
         self._stats_out: bytes | None = None
         self._stats_out_seq = 0
@@ -142,6 +151,27 @@ class Connection:
 
     def _wake(self) -> None:
         self._wake_writer.set()
+
+    # -- frame authentication (protocol.md §3)
+
+    def sign_from_now(self, key: bytes) -> None:
+        """Authenticate every frame queued after this call with ``key``."""
+        self._next_send_key = FrameMac(key)
+        self._control_out.append(_SIGN_FROM_HERE)
+        self._wake()
+
+    def verify_after(self, key_for: Callable[[Message], bytes | None]) -> None:
+        """The reader calls ``key_for`` with each message as it is decoded; once it returns a
+        key, every later frame must carry its tag under that key. Switching in the reader,
+        before the next frame is decoded, means a frame that arrives right behind the
+        handshake in the same read is checked too."""
+        self._verify_after = key_for
+
+    def _signed(self, frame: bytes) -> bytes:
+        if self._send_key is None:
+            return frame
+        counter, self._send_counter = self._send_counter, self._send_counter + 1
+        return sign_frame(frame, self._send_key, counter)
 
     # -- receiving
 
@@ -205,7 +235,13 @@ class Connection:
                 self.last_received = trio.current_time()
                 self._decoder.feed(data)
                 for frame in self._decoder:
-                    self._dispatch(decode_message(frame))
+                    message = decode_message(frame)
+                    if self._verify_after is not None:
+                        key = self._verify_after(message)
+                        if key is not None:
+                            self._verify_after = None
+                            self._decoder.authenticate(key)
+                    self._dispatch(message)
         except ProtocolError as exc:
             self._protocol_error(str(exc))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -249,11 +285,16 @@ class Connection:
                 await self._wake_writer.wait()
                 self._wake_writer = trio.Event()
                 while self._control_out or self._stats_out is not None:
-                    batch = list(self._control_out)
+                    batch = []
+                    for item in self._control_out:
+                        if item is _SIGN_FROM_HERE:
+                            self._send_key, self._send_counter = self._next_send_key, 0
+                        else:
+                            batch.append(self._signed(item))
                     self._control_out.clear()
                     self._queued_pongs = 0
                     if self._stats_out is not None:
-                        batch.append(self._stats_out)  # control first, then stats
+                        batch.append(self._signed(self._stats_out))  # control first, then stats
                         self._stats_out = None
                         self.stats_written = self._stats_out_seq
                     await self.stream.send_all(b"".join(batch))
