@@ -94,11 +94,79 @@ def peer_table() -> str:
     return transition_table(p.PEER_TABLE, list(p.PeerState), list(p.PeerEvent))
 
 
+# configs whose wire forms together use every CONFIGURE config key and form
+_CONFIG_SAMPLES = (
+    None,  # the README's reference configuration
+    "target: s3://bucket/p/\nduration: 10s\nseed: 7\nname: n\nmax_errors: 5\n"
+    "io_rate: {iops: 100, distribution: uniform}\ns3: {endpoints: [http://a:9000], "
+    "profile: p}\nworkload: [{op: put, path: x/, object_size: 4KiB}, "
+    "{op: put, path: y/, size_spec: {type: uniform, min: 1, max: 9}}]\n",
+)
+_SIZE_KEYS = {
+    "size",
+    "size_spec",
+    "min",
+    "max",
+    "mean",
+    "std_dev",
+    "block_size",
+    "buffer_size",
+    "multipart_threshold",
+    "part_size",
+}
+
+
+def _wire_type(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "uint (bytes)" if key in _SIZE_KEYS else "uint"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return 'str "<n>ns" (duration)' if value.endswith("ns") and value[:-2].isdigit() else "str"
+    if isinstance(value, list):
+        return "array of map" if value and isinstance(value[0], dict) else "array of str"
+    return "map"
+
+
+def config_table() -> str:
+    """Every key of CONFIGURE's ``config`` as a same-version controller sends it."""
+    import re
+    from pathlib import Path
+
+    from trio_bench.config import config_to_dict, parse_config
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (reference,) = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    rows: dict[str, set[str]] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                path = f"{prefix}.{key}" if prefix else key
+                kinds = rows.setdefault(path, set())
+                if item != []:  # an empty array says nothing about its items
+                    kinds.add(_wire_type(key, item))
+                walk(path, item)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                walk(f"{prefix}[]", item)
+
+    for sample in _CONFIG_SAMPLES:
+        walk("", config_to_dict(parse_config(sample or reference)))
+    lines = ["| key | wire form |", "|---|---|"]
+    for path, kinds in rows.items():
+        lines.append(f"| `{path}` | {' or '.join(sorted(kinds))} |")
+    return "\n".join(lines)
+
+
 ALL = {
     "messages": message_table,
     "records": record_table,
     "agent machine": agent_table,
     "controller view": peer_table,
+    "config": config_table,
 }
 
 
