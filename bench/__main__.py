@@ -21,6 +21,7 @@ s3:// (a minimal local server answering S3 requests, in its own process):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -787,6 +788,150 @@ def bench_scale(quick: bool, work: Path) -> list[Row]:
     return rows
 
 
+REPLAY_PER_PROCESS = 2500
+
+
+@contextlib.contextmanager
+def _replayers(count: int):
+    """``count`` protocol-level agents (bench/replay.py) in as few processes as will do."""
+    processes: list[subprocess.Popen[str]] = []
+    targets: list[AgentAddress] = []
+    try:
+        for first in range(0, count, REPLAY_PER_PROCESS):
+            size = min(REPLAY_PER_PROCESS, count - first)
+            command = [sys.executable, "-m", "bench.replay", str(size), str(first)]
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            processes.append(process)
+            assert process.stdout is not None
+            for line in process.stdout:
+                if line.strip() == "ready":
+                    break
+                agent_id, address = line.split()
+                targets.append(AgentAddress(address=address, id=agent_id))
+        yield targets
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _rss_mib() -> tuple[float, float]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.split()[0] if value.split() else "0"
+    return int(fields.get("VmRSS", 0)) / 1024, int(fields.get("VmHWM", 0)) / 1024
+
+
+def _replay_run(count: int, work: Path) -> dict[str, float]:
+    """One run of a real in-process controller against ``count`` replayed agents: its CPU
+    share and RSS in the middle of the workload, PING RTTs and stats-to-display delays during
+    it, then Ctrl-C (an abort by the user) and the time until the run returned, and how long
+    writing the results took."""
+    from trio_bench.controller import ResultsWriter
+
+    cfg = parse_config(
+        "target: null://\nduration: 30s\nworkload: [{op: get, path: 'd/*'}]\n"
+        "prepare: {ensure_objects: [{base_uri: d/, count: 1, object_size: 1KiB}]}\n"
+        "distributed: {stats_interval: 1s, ping_interval: 1s, warn_after: 10s, "
+        "dead_after: 30s, probe_timeout: 10s, start_delay: 3s, connect_timeout: 60s, "
+        "configure_timeout: 120s, give_up_after: 120s}\n"
+    )
+    out: dict[str, float] = {}
+    writing = [0.0]
+    originals = (ResultsWriter.write_stage, ResultsWriter.write_run)
+
+    def timed(method):
+        def wrapper(self, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                writing[0] += time.perf_counter() - started
+
+        return wrapper
+
+    ResultsWriter.write_stage = timed(originals[0])  # type: ignore[method-assign]
+    ResultsWriter.write_run = timed(originals[1])  # type: ignore[method-assign]
+    try:
+        with _replayers(count) as targets, open(os.devnull, "w") as devnull:
+            controller = Controller(
+                cfg,
+                agents=targets,
+                results_base=work / "results",
+                display=Display("plain", stream=devnull),
+                handle_signals=False,
+            )
+            rtts = _collect_rtts(controller)
+            delays: list[float] = []
+            close = controller.aggregator.close
+            half = controller.aggregator.interval_ns // 2
+
+            def closing(now_ns: int):
+                windows = close(now_ns)
+                for window in windows:
+                    if window.stage == "workload":
+                        delays.append((now_ns - window.at_ns - half) / 1e6)
+                return windows
+
+            controller.aggregator.close = closing  # type: ignore[method-assign]
+
+            async def measure() -> None:
+                await controller.wait_for(lambda: controller.stage == "workload")
+                await trio.sleep(8)
+                t0, c0 = time.perf_counter(), _cpu_seconds()
+                await trio.sleep(10)
+                out["cpu"] = (_cpu_seconds() - c0) / (time.perf_counter() - t0)
+                out["rss"], _ = _rss_mib()
+                writing[0] = 0.0
+                out["abort_at"] = time.perf_counter()
+                controller.request_abort("interrupted by the user (bench)", user=True)
+
+            async def main() -> None:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(measure)
+                    await controller.run()
+                    out["exit"] = time.perf_counter() - out.get("abort_at", time.perf_counter())
+                    nursery.cancel_scope.cancel()
+
+            trio.run(main)
+            out["writing"] = writing[0]
+            out["rtt_p99"] = _percentile(rtts, 0.99) if rtts else float("nan")
+            out["delay_p50"] = _percentile(delays, 0.5) if delays else float("nan")
+            out["delay_p99"] = _percentile(delays, 0.99) if delays else float("nan")
+            out["frames"] = sum(link.stats_sequence.last for link in controller.links)
+            out["aborted"] = sum(link.state.value == "aborted" for link in controller.links)
+            out["hwm"] = _rss_mib()[1]
+    finally:
+        ResultsWriter.write_stage, ResultsWriter.write_run = originals  # type: ignore[method-assign]
+    return out
+
+
+def bench_replay(quick: bool, work: Path) -> list[Row]:
+    """The controller against 500 to 5,000 agents played at the protocol level (bench/replay.py)
+    at 1 stats frame/s each."""
+    rows = []
+    for count in [500, 1000] if quick else [500, 1000, 2000, 5000]:
+        got = _replay_run(count, work)
+        rows.append(
+            Row(
+                "replay",
+                f"{count} agents at 1 frame/s: controller CPU, RSS",
+                f"{got['cpu']:.0%} of a core, {got['rss']:.0f} MiB",
+                "< 50% at 2,000" if count == 2000 else "",
+                f"PING RTT p99 {got['rtt_p99']:.0f} ms; stats-to-display p50/p99 "
+                f"{got['delay_p50']:.0f}/{got['delay_p99']:.0f} ms; Ctrl-C to exit "
+                f"{got['exit']:.1f} s ({got['aborted']:.0f} aborted); results written in "
+                f"{got['writing']:.2f} s; {got['frames']:.0f} STATS",
+            )
+        )
+    return rows
+
+
 S3_CONCURRENCY = 16
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "AKIDBENCH",
@@ -1070,6 +1215,7 @@ BENCHES: dict[str, Callable[..., list[Row]]] = {
     "s3": bench_s3,
     "soak": bench_soak,
     "frames": bench_frames,
+    "replay": bench_replay,
 }
 DEFAULT = [name for name in BENCHES if name != "soak"]  # soak takes 10 minutes: --only soak
 

@@ -151,7 +151,7 @@ def histogram_from_json(entry: Mapping[str, Any], where: str) -> OpStats:
             index = bucket_index(int(low))
             counts[index] = counts.get(index, 0) + int(count)
         hist = tuple(sorted(counts.items()))
-        return OpStats(
+        stats = OpStats(
             ops=int(entry["ops"]),
             bytes=int(entry["bytes"]),
             errors=int(entry["errors"]),
@@ -159,6 +159,8 @@ def histogram_from_json(entry: Mapping[str, Any], where: str) -> OpStats:
             max_ns=int(entry["max_ns"]),
             hist=hist,
         )
+        stats.check()
+        return stats
     except (KeyError, TypeError, ValueError) as exc:
         raise ResultsError(f"histograms.json: {where}: not a histogram ({exc})") from None
 

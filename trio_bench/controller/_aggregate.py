@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 import attrs
 
 from trio_bench.protocol import OpStats
-from trio_bench.stats import merge_ops, op_difference, percentiles, went_back
+from trio_bench.stats import merge_ops, ops_difference, percentiles
 
 MIB = 1024 * 1024
 _BASE_COLUMNS: tuple[str, ...] = (
@@ -250,19 +250,21 @@ class Aggregator:
     def add(self, agent: str, sample: Sample) -> None:
         """One reading of ``agent``. Readings that add nothing new are ignored."""
         previous = self._previous.get(agent)
-        new_epoch = (
-            previous is None
-            or previous.stage != sample.stage
-            or previous.warmup != sample.warmup
-            or went_back(sample.ops, previous.ops)  # counting restarted: never negative
-        )
-        if previous is not None and not new_epoch and sample.at_ns <= previous.at_ns:
-            return
+        kinds: dict[str, OpStats] | None = None
+        if (
+            previous is not None
+            and previous.stage == sample.stage
+            and previous.warmup == sample.warmup
+        ):
+            if sample.at_ns <= previous.at_ns:
+                return  # nothing new
+            kinds = ops_difference(sample.ops, previous.ops)  # None: counting restarted
+        new_epoch = kinds is None
         if new_epoch and not sample.final and sample.elapsed_ns * 10 < self.interval_ns:
             # counting (re)started just now, as when a reading falls on the end of warmup: an
             # interval this short would show a meaningless rate; the next reading covers it
             return
-        start_ns = sample.at_ns - sample.elapsed_ns if new_epoch else previous.at_ns  # type: ignore[union-attr]
+        start_ns = sample.at_ns - sample.elapsed_ns if kinds is None else previous.at_ns  # type: ignore[union-attr]
         stage = self._stages.get(sample.stage)
         if stage is None:  # no START seen (a cleanup after an abort): anchor on the reading
             stage = self._stages[sample.stage] = _Stage(start_ns)
@@ -270,8 +272,8 @@ class Aggregator:
         if stage.closed_through is not None and index <= stage.closed_through:
             self.late += 1
             return
-        base: Mapping[str, OpStats] = {} if new_epoch else previous.ops  # type: ignore[union-attr]
-        kinds = {kind: op_difference(ops, base.get(kind)) for kind, ops in sample.ops.items()}
+        if kinds is None:
+            kinds = dict(sample.ops)
         stage.windows.setdefault(index, []).append(
             _Interval(
                 agent=agent,
@@ -362,7 +364,15 @@ class Aggregator:
                 at_ns=at_ns,
             )
             agent_rows.append((row, merged))
-        total = _sum_rows(elapsed_s, stage, "all", agent_rows, at_ns)
+        # each op kind merged over the agents once; ``all`` merges those few histograms
+        # rather than every agent's again
+        kind_merged = {
+            kind: merge_ops(delta for delta, _, _ in entries)
+            for kind, entries in kind_rates.items()
+        }
+        total = _sum_rows(
+            elapsed_s, stage, "all", agent_rows, at_ns, merged=merge_ops(kind_merged.values())
+        )
         by_host: dict[str, list[tuple[IntervalRow, OpStats]]] = {}
         for row, merged in agent_rows:
             by_host.setdefault(self.host_of(row.agent), []).append((row, merged))
@@ -376,7 +386,7 @@ class Aggregator:
                 stage,
                 kind,
                 total.warmup,
-                merge_ops(delta for delta, _, _ in entries),
+                kind_merged[kind],
                 0.0,
                 ops_per_s=sum(ops for _, ops, _ in entries),
                 mib_per_s=sum(mib for _, _, mib in entries),
@@ -395,11 +405,13 @@ def _sum_rows(
     name: str,
     members: list[tuple[IntervalRow, OpStats]],
     at_ns: int,
+    merged: OpStats | None = None,
 ) -> IntervalRow:
     """Several agents' rows of one window as one: counts and rates add, histograms merge bin
-    by bin."""
+    by bin (``merged``: that merge, when the caller has it already)."""
     rows = [row for row, _ in members]
-    merged = merge_ops(delta for _, delta in members)
+    if merged is None:
+        merged = merge_ops(delta for _, delta in members)
     return attrs.evolve(
         interval_row(elapsed_s, stage, name, any(r.warmup for r in rows), merged, 0.0),
         ops_per_s=sum(r.ops_per_s for r in rows),

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 import cattrs
 from cattrs.errors import BaseValidationError, ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn
 
 from ._errors import ProtocolError
 from ._frames import MAX_FRAME_SIZE, encode_frame
@@ -167,18 +168,63 @@ class OpStats:
     max_ns: int
     hist: tuple[tuple[int, int], ...]
 
-    def __attrs_post_init__(self) -> None:
-        previous = -1
-        total = 0
-        for index, count in self.hist:
-            if not previous < index < NBINS:  # also rejects negative indices
-                raise ValueError(f"hist: bucket index {index} out of order or outside [0, {NBINS})")
-            if count < 1:
-                raise ValueError(f"hist: bucket {index} has count {count} (must be >= 1)")
-            previous = index
-            total += count
+    def check(self) -> None:
+        """The rules of the wire form (decoding checks them; values built here are trusted):
+        bucket indices strictly increasing within [0, NBINS), counts >= 1 adding up to ops."""
+        _check_hist(self.hist)
+        total = sum(count for _, count in self.hist)
         if total != self.ops:
             raise ValueError(f"hist: counts add up to {total}, but ops is {self.ops}")
+
+
+def _check_hist(hist: Any) -> tuple[tuple[int, int], ...]:
+    """A decoded histogram as pairs, checked (see ``OpStats.check``). Histograms are the bulk
+    of every STATS frame, hundreds of pairs per op kind: the checks run as whole-list
+    operations, and only a histogram that fails them is walked pair by pair to say where."""
+    if type(hist) not in (list, tuple):
+        raise TypeError(f"expected array, got {type(hist).__name__}")
+    if not hist:
+        return ()
+    try:
+        if not set(map(type, hist)) <= _SEQUENCES or set(map(len, hist)) != {2}:
+            raise ValueError
+        indices = [pair[0] for pair in hist]
+        counts = [pair[1] for pair in hist]
+        if (
+            set(map(type, indices)) != _INT
+            or set(map(type, counts)) != _INT
+            or indices[0] < 0
+            or indices[-1] >= NBINS
+            or min(counts) < 1
+            or max(counts) >= _U64
+            or indices != sorted(set(indices))  # strictly increasing
+        ):
+            raise ValueError
+    except (TypeError, ValueError):
+        _explain_hist(hist)
+        raise AssertionError("unreachable: _explain_hist raises") from None
+    return tuple(map(tuple, hist))
+
+
+_SEQUENCES = {list, tuple}
+_INT = {int}
+
+
+def _explain_hist(hist: Any) -> None:
+    """Raise ``ValueError`` naming the first bucket of ``hist`` that breaks the rules."""
+    previous = -1
+    for pair in hist:
+        if type(pair) not in (list, tuple) or len(pair) != 2:
+            raise ValueError(f"bucket {pair!r:.40} is not an [index, count] pair")
+        index, count = pair
+        if type(index) is not int or type(count) is not int or not 0 <= count < _U64:
+            raise ValueError(f"bucket {pair!r:.40} is not a pair of unsigned integers")
+        if count < 1:
+            raise ValueError(f"bucket {index} has count {count} (must be >= 1)")
+        if not previous < index < NBINS:  # also rejects negative indices
+            raise ValueError(f"bucket index {index} out of order or outside [0, {NBINS})")
+        previous = index
+    raise ValueError("histogram rejected")  # not reached for a histogram the fast checks fail
 
 
 @attrs.frozen
@@ -579,21 +625,21 @@ def _make_converter() -> cattrs.Converter:
     # OpStats checks order, range and totals after this.
     hist_type = tuple[tuple[int, int], ...]
     converter.register_structure_hook_func(lambda t: t == hist_type, _structure_hist)
+    fields = make_dict_structure_fn(OpStats, converter, _cattrs_forbid_extra_keys=True)
+
+    def op_stats(value: Any, _type: Any) -> OpStats:
+        stats = fields(value, OpStats)
+        total = sum(count for _, count in stats.hist)  # order and counts: _structure_hist
+        if total != stats.ops:
+            raise ValueError(f"hist: counts add up to {total}, but ops is {stats.ops}")
+        return stats
+
+    converter.register_structure_hook(OpStats, op_stats)
     return converter
 
 
 def _structure_hist(value: Any, _type: Any) -> tuple[tuple[int, int], ...]:
-    if type(value) not in (list, tuple):
-        raise TypeError(f"expected array, got {type(value).__name__}")
-    out = []
-    for pair in value:
-        if type(pair) not in (list, tuple) or len(pair) != 2:
-            raise ValueError(f"bucket {pair!r:.40} is not an [index, count] pair")
-        index, count = pair
-        if type(index) is not int or type(count) is not int or not 0 <= count < _U64:
-            raise ValueError(f"bucket {pair!r:.40} is not a pair of unsigned integers")
-        out.append((index, count))
-    return tuple(out)
+    return _check_hist(value)
 
 
 _converter = _make_converter()

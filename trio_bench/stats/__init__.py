@@ -27,7 +27,7 @@ from ._record import (
     snapshot_to_wire,
     to_wire,
 )
-from ._sparse import EMPTY, merge_ops, op_difference, percentiles, went_back
+from ._sparse import EMPTY, merge_ops, op_difference, ops_difference, percentiles, went_back
 from ._summary import SUMMARY_COLUMNS, SummaryRow, format_tsv, summarize, summary_rows
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "merged",
     "new_record",
     "op_difference",
+    "ops_difference",
     "ops_of",
     "percentile_ns",
     "percentiles",

@@ -43,6 +43,58 @@ def op_difference(later: OpStats, earlier: OpStats | None) -> OpStats:
     )
 
 
+def ops_difference(
+    later: Mapping[str, OpStats], earlier: Mapping[str, OpStats]
+) -> dict[str, OpStats] | None:
+    """``op_difference`` for every op kind, in one pass per kind; None if any count of
+    ``earlier`` is larger in ``later`` (``went_back``): then there is no interval."""
+    for kind, before in earlier.items():
+        if kind not in later and (before.ops or before.errors):
+            return None
+    out = {}
+    for kind, after in later.items():
+        found = earlier.get(kind)
+        if found is None or (found.ops == 0 and found.errors == 0 and not found.hist):
+            out[kind] = after
+            continue
+        before = found
+        if (
+            after.ops < before.ops
+            or after.errors < before.errors
+            or after.bytes < before.bytes
+            or after.sum_ns < before.sum_ns
+            or after.max_ns < before.max_ns
+        ):
+            return None
+        remaining = dict(before.hist)
+        pop = remaining.pop
+        hist = []
+        for index, count in after.hist:
+            gained = count - pop(index, 0)
+            if gained < 0:
+                return None
+            if gained:
+                hist.append((index, gained))
+        if remaining:  # a bucket that had counts is gone
+            return None
+        if after.max_ns > before.max_ns:
+            maximum = after.max_ns
+        elif hist:
+            lowest, width = bucket_bounds(hist[-1][0])
+            maximum = min(lowest + width - 1, after.max_ns)
+        else:
+            maximum = 0
+        out[kind] = OpStats(
+            ops=after.ops - before.ops,
+            bytes=after.bytes - before.bytes,
+            errors=after.errors - before.errors,
+            sum_ns=after.sum_ns - before.sum_ns,
+            max_ns=maximum,
+            hist=tuple(hist),
+        )
+    return out
+
+
 def went_back(later: Mapping[str, OpStats], earlier: Mapping[str, OpStats]) -> bool:
     """Whether any cumulative count of ``earlier`` is larger in ``later`` (or gone): then the
     two are not one counter seen twice, and their difference would be negative."""
@@ -69,14 +121,16 @@ def went_back(later: Mapping[str, OpStats], earlier: Mapping[str, OpStats]) -> b
 def merge_ops(items: Iterable[OpStats]) -> OpStats:
     counts: dict[int, int] = {}
     ops = nbytes = errors = total = maximum = 0
+    get = counts.get
     for item in items:
         ops += item.ops
         nbytes += item.bytes
         errors += item.errors
         total += item.sum_ns
-        maximum = max(maximum, item.max_ns)
+        if item.max_ns > maximum:
+            maximum = item.max_ns
         for index, count in item.hist:
-            counts[index] = counts.get(index, 0) + count
+            counts[index] = get(index, 0) + count
     return OpStats(
         ops=ops,
         bytes=nbytes,
