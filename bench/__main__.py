@@ -654,7 +654,8 @@ def bench_ping(quick: bool, work: Path) -> list[Row]:
 
 
 def _percentile(values: list[float], fraction: float) -> float:
-    return values[min(len(values) - 1, int(len(values) * fraction))] if values else float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else float("nan")
 
 
 def bench_workers(quick: bool, work: Path) -> list[Row]:

@@ -100,7 +100,9 @@ _CONFIG_SAMPLES = (
     "target: s3://bucket/p/\nduration: 10s\nseed: 7\nname: n\nmax_errors: 5\n"
     "io_rate: {iops: 100, distribution: uniform}\ns3: {endpoints: [http://a:9000], "
     "profile: p}\nworkload: [{op: put, path: x/, object_size: 4KiB}, "
-    "{op: put, path: y/, size_spec: {type: uniform, min: 1, max: 9}}]\n",
+    "{op: put, path: y/, size_spec: {type: uniform, min: 1, max: 9}}]\n"
+    "distributed: {agents: [{ssh: u@h, processes: 2, id: x}], ssh: {user: u, key: k, "
+    "port: 22, options: [-v], command: triobench}}\n",
 )
 _SIZE_KEYS = {
     "size",
@@ -138,7 +140,11 @@ def config_table() -> str:
     from trio_bench.config import config_to_dict, parse_config
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    (reference,) = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    (reference,) = [
+        block
+        for block in re.findall(r"```yaml\n(.*?)```", readme, re.S)
+        if block.startswith("target:")  # the configuration reference; others are excerpts
+    ]
     rows: dict[str, set[str]] = {}
 
     def walk(prefix: str, value: object) -> None:

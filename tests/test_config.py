@@ -343,10 +343,29 @@ def test_agents_with_several_processes_are_one_entry_each() -> None:
     assert config_from_dict(config_to_dict(config)) == config
 
 
+def readme_configs() -> list[str]:
+    """The README's whole configurations (its other yaml blocks are excerpts)."""
+    import re
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [block for block in blocks if block.startswith("target:")]
+
+
+def test_the_readme_ssh_excerpt_is_valid() -> None:
+    import re
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    (excerpt,) = [block for block in blocks if "ssh:" in block and not block.startswith("target:")]
+    config = parse_config("target: null://\nworkload: [{op: list, path: x/}]\n" + excerpt)
+    assert len(config.distributed.ssh_agents) == 17
+    assert config.distributed.ssh_agents[15].ssh == "ubuntu@lg16"
+    assert config.distributed.ssh.options == ("-o", "ProxyJump=bastion")
+
+
 def test_the_readme_configuration_reference_is_valid() -> None:
     import re
 
-    (block,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    (block,) = readme_configs()
     config = parse_config(block)
     assert any(op.block_size for op in config.workload)  # the reference shows every field
     assert config.s3.ca_bundle and config.file.buffer_size
@@ -418,7 +437,7 @@ def test_config_as_run_reads_back_equal_in_human_units() -> None:
     import re
 
     sources = [path.read_text() for path in sorted((ROOT / "examples").glob("*.yaml"))]
-    sources += re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    sources += readme_configs()
     for source in sources:
         text = _round_trips_as_written(parse_config(source))
         assert not re.search(r"\d+ns\b", text), text
@@ -441,3 +460,43 @@ def test_any_duration_size_and_weight_reads_back_exactly(
         f"distributed: {{stats_interval: {max(duration, 10**7) // 10**6}ms}}\n"
     )
     _round_trips_as_written(cfg)
+
+
+def test_host_ranges_and_ssh_destinations() -> None:
+    from trio_bench.config import expand_hosts, parse_destination
+
+    assert expand_hosts("lg{1...3}") == ["lg1", "lg2", "lg3"]
+    assert expand_hosts("n{08...10}.lab") == ["n08.lab", "n09.lab", "n10.lab"]
+    assert expand_hosts("r{1...2}n{1...2}") == ["r1n1", "r1n2", "r2n1", "r2n2"]
+    with pytest.raises(ValueError, match="backwards"):
+        expand_hosts("lg{3...1}")
+    with pytest.raises(ValueError, match="more than 10,000"):
+        expand_hosts("lg{1...20000}")
+    assert parse_destination("lg1") == (None, "lg1", None)
+    assert parse_destination("ubuntu@lg1") == ("ubuntu", "lg1", None)
+    assert parse_destination("ssh://ubuntu@lg1:2222") == ("ubuntu", "lg1", 2222)
+    assert parse_destination("ssh://[fd00::5]:22") == (None, "fd00::5", 22)
+    for bad in ("-oProxyCommand=x", "u@", "a b", "ssh://h:99999"):
+        with pytest.raises(ValueError, match="not an SSH destination"):
+            parse_destination(bad)
+
+
+def test_ssh_agents_read_back_from_config_as_run_and_errors_name_the_entry() -> None:
+    import yaml
+
+    config = parse_config(
+        "target: null://\nworkload: [{op: list, path: x/}]\n"
+        "distributed: {agents: [{ssh: 'u@lg{1...2}', processes: 4, id: lg}, "
+        "{address: '10.0.0.1:7761'}], ssh: {key: k, timeout: 1m}}\n"
+    )
+    assert [a.ssh for a in config.distributed.ssh_agents] == ["u@lg1", "u@lg2"]
+    text = yaml.safe_dump(config_to_dict(config, human=True))
+    assert parse_config(text) == config and "1m" in text
+    lines = errors_of(
+        "target: null://\nworkload: [{op: list, path: x/}]\n"
+        "distributed: {agents: [{ssh: '-oProxyCommand=evil'}, {ssh: h, processes: 0}], "
+        "ssh: {port: 70000}}\n"
+    )
+    assert any("ssh 0].ssh" in line and "not an SSH destination" in line for line in lines)
+    assert any("ssh 1].processes" in line for line in lines)
+    assert "distributed.ssh.port: must be 1 to 65535" in lines

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
+import attrs
 import trio
 import typer
 
@@ -67,6 +68,11 @@ def _load(path: Path, overrides: Sequence[str] = ()) -> Config:
 
 
 def _read_token(token_file: Path | None) -> bytes | None:
+    if token_file == Path("-"):  # one line on stdin: how a controller hands it over SSH
+        token = sys.stdin.buffer.readline().strip()
+        if not token:
+            raise _fail("--token-file -: no token on stdin", EXIT_CONFIG)
+        return token
     if token_file is not None:
         try:
             token = token_file.read_bytes().strip()
@@ -130,8 +136,18 @@ def agent(
     ] = None,
     token_file: Annotated[
         Path | None,
-        typer.Option(help=f"Shared secret for controllers (or set {TOKEN_ENV})."),
+        typer.Option(
+            help=f"Shared secret for controllers (or set {TOKEN_ENV}); '-': the first line of "
+            "stdin."
+        ),
     ] = None,
+    lifeline: Annotated[
+        bool,
+        typer.Option(
+            help="Stop when stdin closes (a controller that started the agent over SSH keeps "
+            "it open: when the controller or its connection goes, so does the agent)."
+        ),
+    ] = False,
     insecure: Annotated[
         bool, typer.Option(help="Allow a non-loopback address without a token (warns).")
     ] = False,
@@ -172,6 +188,8 @@ def agent(
     except ValueError as exc:
         raise _fail(f"--listen: {exc}", EXIT_CONFIG) from None
     token = _read_token(token_file)
+    if lifeline:
+        _watch_lifeline()
     if token is None and not _is_loopback(host):
         if not insecure:
             raise _fail(
@@ -188,7 +206,7 @@ def agent(
         raise _fail(f"--root {root}: not a directory", EXIT_CONFIG)
     from trio_bench.protocol import AGENT_ID
 
-    agent_id = id or f"{socket.gethostname()}-{port}"
+    agent_id = id or f"{socket.gethostname()}-{port}"  # port 0: named once it is bound
     if not AGENT_ID.fullmatch(agent_id if processes == 1 else f"{agent_id}-1"):
         raise _fail(
             f"--id {agent_id!r}: 1-64 of A-Z a-z 0-9 . _ - (first not . _ -); it names the "
@@ -200,15 +218,13 @@ def agent(
     except ValueError as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
     if processes > 1:
-        if port == 0:
-            raise _fail(
-                "--processes needs a fixed port in --listen (they count up from it)", EXIT_CONFIG
-            )
         if port + processes - 1 > 65535:
             raise _fail(f"--processes {processes} ports from {port} go past 65535", EXIT_CONFIG)
+        if token is not None and token_file == Path("-"):
+            os.environ[TOKEN_ENV] = token.decode()  # the agents read stdin no more
         options_argv = [
             *(["--root", str(root)] if root else []),
-            *(["--token-file", str(token_file)] if token_file else []),
+            *(["--token-file", str(token_file)] if token_file and token_file != Path("-") else []),
             *(["--insecure"] if insecure else []),
             *(["--state-dir", str(state_dir)] if state_dir else []),
             *(["--verbose"] if verbose else []),
@@ -222,7 +238,7 @@ def agent(
         clock_skew_ns=skew,
     )
     try:
-        trio.run(_serve_agent, host, port, options)
+        trio.run(_serve_agent, host, port, options, id is None and port == 0)
     except OSError as exc:
         raise _fail(f"cannot listen on {listen}: {exc.strerror or exc}", EXIT_START) from None
 
@@ -235,10 +251,16 @@ def _supervise_agents(
     bracketed = f"[{host}]" if ":" in host else host
     commands = []
     # the same addresses and ids a controller expands HOST:PORTxN into
-    for agent in expand_agents([AgentAddress(f"{bracketed}:{port}", agent_id, processes)]):
-        name = agent.id or f"{socket.gethostname()}-{agent.host_port[1]}"
+    if port == 0:  # each agent on a free port of its own
+        ids = [f"{agent_id}-{k + 1}" if agent_id else None for k in range(processes)]
+        agents = [AgentAddress(f"{bracketed}:0", ident) for ident in ids]
+    else:
+        agents = list(expand_agents([AgentAddress(f"{bracketed}:{port}", agent_id, processes)]))
+    # the same addresses and ids a controller expands HOST:PORTxN into
+    for k, agent in enumerate(agents):
+        name = agent.id or f"{socket.gethostname()}-{port + k if port else k + 1}"
         argv = [sys.executable, "-m", "trio_bench", "agent", "--listen", agent.address]
-        commands.append((name, [*argv, "--id", name, *options_argv]))
+        commands.append((name, [*argv, *(["--id", agent.id] if agent.id else []), *options_argv]))
     try:
         trio.run(supervise, commands)
     except BaseExceptionGroup as group:
@@ -252,12 +274,26 @@ def _supervise_agents(
     return 0
 
 
-async def _serve_agent(host: str, port: int, options: object) -> None:
+def _watch_lifeline() -> None:
+    """Stop this process (as SIGTERM does) when stdin reaches its end."""
+    import threading
+
+    def watch() -> None:
+        while os.read(0, 65536):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
+async def _serve_agent(host: str, port: int, options: object, name_by_port: bool) -> None:
     from trio_bench.agent import AgentOptions, AgentServer
 
     assert isinstance(options, AgentOptions)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()
+    if name_by_port:  # listening on any free port: the default id names the one it got
+        options = attrs.evolve(options, agent_id=f"{socket.gethostname()}-{bound[1]}")
     server = AgentServer(options)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
@@ -300,7 +336,7 @@ def _agents_from(option: str | None, config: Config) -> list[AgentAddress]:
                 raise _fail(f"--agents: {exc}", EXIT_CONFIG) from None
             agents.append(AgentAddress(address=address, processes=int(count) if times else 1))
         return _checked_agents(agents)
-    if not config.distributed.agents:
+    if not config.distributed.agents and not config.distributed.ssh_agents:
         raise _fail(
             "no agents: give --agents HOST:PORT,... or distributed.agents in the config",
             EXIT_CONFIG,
@@ -319,6 +355,8 @@ def _run_controller(
     results_path: Path | None = None,
     local_agents: int | None = None,
     json_output: bool = False,
+    tokens: dict[str, bytes] | None = None,
+    started: list[str] | None = None,
 ) -> int:
     from trio_bench.controller import Controller, Display, ResultsUnusable
 
@@ -339,6 +377,8 @@ def _run_controller(
         display=display,
         source=source,
         local_agents=local_agents,
+        tokens=tokens,
+        started=started or (),
     )
     try:
         result = trio.run(controller.run)
@@ -499,17 +539,69 @@ def controller(
     overrides = _overrides(duration, concurrency, target, set_)
     cfg = _load(config, overrides)
     targets = _agents_from(agents, cfg)
+    if agents:  # --agents replaces the config's agents, SSH ones included
+        cfg = attrs.evolve(cfg, distributed=attrs.evolve(cfg.distributed, ssh_agents=()))
     token = _read_token(token_file)
-    code = _run_controller(
-        cfg,
-        targets,
-        token=token,
-        results_dir=results_dir,
-        source=_source(config, overrides),
-        display_mode=display,
-        json_output=json_output,
-    )
-    raise typer.Exit(code)
+    run_args = RunArgs(results_dir, _source(config, overrides), display, json_output)
+    if not cfg.distributed.ssh_agents:
+        raise typer.Exit(_run_controller(cfg, targets, token=token, **attrs.asdict(run_args)))
+    raise typer.Exit(_run_with_ssh_agents(cfg, targets, token, run_args))
+
+
+@attrs.frozen
+class RunArgs:
+    results_dir: Path
+    source: str
+    display_mode: str
+    json_output: bool
+
+
+def _run_with_ssh_agents(
+    cfg: Config, targets: list[AgentAddress], token: bytes | None, run_args: RunArgs
+) -> int:
+    """Start the config's SSH agents, run, and stop them however the run ends."""
+    import secrets
+
+    from trio_bench.controller import ResultsUnusable, new_results_dir
+    from trio_bench.remote import SshStartFailed, start_ssh_agents, stop_ssh_agents
+
+    try:
+        path = new_results_dir(run_args.results_dir, cfg.name or "run")
+    except ResultsUnusable as exc:
+        raise _fail(str(exc), EXIT_START) from None
+    # agents that listen beyond loopback need a token: without one, a fresh one for this run
+    ssh_token = token or secrets.token_hex(32).encode()
+    hosts = len(cfg.distributed.ssh_agents)
+    if run_args.display_mode != "quiet":
+        typer.echo(f"starting agents over SSH on {hosts} host(s) ...", err=run_args.json_output)
+    try:
+        started = start_ssh_agents(
+            cfg.distributed.ssh_agents, cfg.distributed.ssh, ssh_token, path / "ssh"
+        )
+    except SshStartFailed as exc:
+        for line in exc.lines:
+            typer.echo(f"triobench: {line}", err=True)
+        raise _fail(
+            f"could not start the SSH agents (logs in {path / 'ssh'})", EXIT_START
+        ) from None
+    except OSError as exc:  # no ssh client, say
+        raise _fail(f"cannot run ssh: {exc.strerror or exc}", EXIT_START) from None
+    try:
+        remote = [address for agent in started for address in agent.agents]
+        return _run_controller(
+            cfg,
+            targets + remote,
+            token=token,
+            results_dir=run_args.results_dir,
+            source=run_args.source,
+            display_mode=run_args.display_mode,
+            json_output=run_args.json_output,
+            results_path=path,
+            tokens={a.address: ssh_token for a in remote},
+            started=[a.address for a in remote],
+        )
+    finally:
+        stop_ssh_agents(started)
 
 
 # --- run --------------------------------------------------------------------------------------

@@ -69,7 +69,10 @@ async def _keep_running(name: str, argv: list[str]) -> None:
         # come and go. Its own process group: a terminal's Ctrl-C reaches the supervisor,
         # which stops each agent once, instead of every process getting SIGINT at once.
         process = subprocess.Popen(  # noqa: ASYNC220 (a fork+exec: milliseconds, on purpose)
-            argv, start_new_session=True, env={**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+            argv,
+            start_new_session=True,
+            env={**os.environ, SUPERVISOR_ENV: str(os.getpid())},
+            stdin=subprocess.DEVNULL,  # stdin is the supervisor's (a token, a lifeline)
         )
         try:
             code = await _wait(process)

@@ -291,8 +291,33 @@ class AgentAddress:
 
 
 @attrs.frozen
+class SshAgents:
+    """Agents the controller starts itself over SSH: ``processes`` agent processes on the
+    host of ``ssh`` (``host``, ``user@host``, ``ssh://user@host:port``)."""
+
+    ssh: str
+    processes: int = 1
+    id: str | None = None  # the agents' ids: ID (one process) or ID-1, ID-2, ...
+
+
+@attrs.frozen
+class SshSettings:
+    """How the controller reaches SSH agents (``distributed.ssh``). Every key is optional;
+    OpenSSH's own configuration (~/.ssh/config) applies as usual."""
+
+    user: str | None = None  # for destinations that name none
+    key: str | None = None  # an identity file (ssh -i)
+    port: int | None = None  # for destinations that name none (ssh -p)
+    options: tuple[str, ...] = ()  # more ssh arguments, e.g. ["-o", "ProxyJump=bastion"]
+    command: str = "triobench"  # how to run triobench on the remote host
+    timeout: Duration = Duration(30_000_000_000)  # to connect and have every agent listening
+
+
+@attrs.frozen
 class Distributed:
     agents: tuple[AgentAddress, ...] = ()
+    ssh_agents: tuple[SshAgents, ...] = ()  # entries of ``agents`` with ``ssh`` (expanded)
+    ssh: SshSettings = SshSettings()
     shared_storage: bool = False
     failure_policy: str = attrs.field(
         default="abort", validator=_choice(FAILURE_POLICIES, "failure_policy")
@@ -401,6 +426,58 @@ def agent_problems(agents: Sequence[AgentAddress], where: str = "distributed.age
         addresses = [a.address for a in expanded]
         if len(set(addresses)) != len(addresses):
             lines.append(f"{where}: an address is listed twice")
+    return lines
+
+
+def parse_destination(text: str) -> tuple[str | None, str, int | None]:
+    """An OpenSSH destination as (user, host, port): ``host``, ``user@host``,
+    ``ssh://[user@]host[:port]`` (``[v6]`` in brackets). ``ValueError`` if it is not one."""
+    bad = ValueError(
+        f"{show(text)} is not an SSH destination (host, user@host, ssh://user@host:port)"
+    )
+    port: int | None = None
+    user, _, hostport = text.rpartition("@")
+    if text.startswith("ssh://"):
+        user, _, hostport = text[len("ssh://") :].rstrip("/").rpartition("@")
+        tail = ""
+        if hostport.startswith("["):
+            host, _, tail = hostport[1:].partition("]")
+            tail = tail.removeprefix(":")
+        elif hostport.count(":") == 1:
+            host, _, tail = hostport.partition(":")
+        else:
+            host = hostport
+        if tail:
+            if not tail.isdigit() or not 0 < int(tail) < 65536:
+                raise bad
+            port = int(tail)
+        hostport = host
+    host = hostport
+    if not host or host.startswith("-") or user.startswith("-") or "/" in host:
+        raise bad
+    if any(ch.isspace() or ch in "'\"\\" for ch in text):
+        raise bad
+    return (user or None), host, port
+
+
+def ssh_problems(dist: Distributed, where: str = "distributed.agents") -> list[str]:
+    lines = []
+    for i, agent in enumerate(dist.ssh_agents):
+        try:
+            parse_destination(agent.ssh)
+        except ValueError as exc:
+            lines.append(f"{where}[ssh {i}].ssh: {exc}")
+        if not 1 <= agent.processes <= MAX_PROCESSES:
+            lines.append(f"{where}[ssh {i}].processes: must be 1 to {MAX_PROCESSES}")
+        if agent.id is not None and not AGENT_ID.fullmatch(agent.id):
+            lines.append(f"{where}[ssh {i}].id: {show(agent.id)} must be 1-64 of A-Z a-z 0-9 . _ -")
+    ssh = dist.ssh
+    if ssh.port is not None and not 0 < ssh.port < 65536:
+        lines.append("distributed.ssh.port: must be 1 to 65535")
+    if not ssh.command.strip():
+        lines.append("distributed.ssh.command: must not be empty")
+    if ssh.user is not None and (not ssh.user or ssh.user.startswith("-") or "@" in ssh.user):
+        lines.append(f"distributed.ssh.user: {show(ssh.user)} is not a user name")
     return lines
 
 
@@ -616,7 +693,52 @@ def _make_converter() -> cattrs.Converter:
         return rate_base(value, IoRate)
 
     c.register_structure_hook(IoRate, io_rate)
+
+    # `agents` holds addresses and SSH destinations alike; SSH ones (and their host ranges,
+    # lg{1...16}) become `ssh_agents`
+    distributed_base = make_dict_structure_fn(Distributed, c, _cattrs_forbid_extra_keys=True)
+
+    def distributed(value: Any, _type: Any) -> Distributed:
+        if isinstance(value, Mapping) and isinstance(value.get("agents"), list | tuple):
+            value = dict(value)
+            entries = list(value["agents"])
+            ssh = [e for e in entries if isinstance(e, Mapping) and "ssh" in e]
+            value["agents"] = [e for e in entries if not (isinstance(e, Mapping) and "ssh" in e)]
+            if ssh:
+                expanded = []
+                for entry in ssh:
+                    for destination in expand_hosts(str(entry["ssh"])):
+                        expanded.append({**entry, "ssh": destination})
+                value["ssh_agents"] = [*value.get("ssh_agents", []), *expanded]
+        return distributed_base(value, Distributed)
+
+    c.register_structure_hook(Distributed, distributed)
     return c
+
+
+_RANGE = re.compile(r"\{(\d+)\.\.\.(\d+)\}")
+MAX_HOST_RANGE = 10_000
+
+
+def expand_hosts(text: str) -> list[str]:
+    """warp's host ranges: ``lg{1...4}`` is lg1 lg2 lg3 lg4, ``n{01...12}`` keeps the zero
+    padding, and several ranges multiply. ``ValueError`` for a range that runs backwards or
+    expands to more than 10,000 names."""
+    match = _RANGE.search(text)
+    if match is None:
+        return [text]
+    low, high = match.group(1), match.group(2)
+    if int(high) < int(low):
+        raise ValueError(f"host range {{{low}...{high}}} runs backwards")
+    if int(high) - int(low) + 1 > MAX_HOST_RANGE:
+        raise ValueError(f"host range {{{low}...{high}}} has more than {MAX_HOST_RANGE:,} hosts")
+    width = len(low) if low.startswith("0") and len(low) > 1 else 0
+    out: list[str] = []
+    for n in range(int(low), int(high) + 1):
+        out += expand_hosts(text[: match.start()] + str(n).zfill(width) + text[match.end() :])
+        if len(out) > MAX_HOST_RANGE:
+            raise ValueError(f"host ranges in {show(text)} expand to more than {MAX_HOST_RANGE:,}")
+    return out
 
 
 class _IndexedErrors(Exception):
@@ -946,7 +1068,20 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
             "agents": [
                 {"address": a.address, **({"id": a.id} if a.id else {})}
                 for a in config.distributed.agents
+            ]
+            + [
+                {
+                    "ssh": a.ssh,
+                    **({"processes": a.processes} if a.processes != 1 else {}),
+                    **({"id": a.id} if a.id else {}),
+                }
+                for a in config.distributed.ssh_agents
             ],
+            **(
+                {"ssh": _ssh_settings(config.distributed.ssh, duration)}
+                if config.distributed.ssh_agents or config.distributed.ssh != SshSettings()
+                else {}
+            ),
             "shared_storage": config.distributed.shared_storage,
             "failure_policy": config.distributed.failure_policy,
             **{
@@ -977,6 +1112,17 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
         if getattr(config, key) is not None:
             out[key] = getattr(config, key)
     return out
+
+
+def _ssh_settings(ssh: SshSettings, duration: Any) -> dict[str, Any]:
+    return {
+        **({"user": ssh.user} if ssh.user else {}),
+        **({"key": ssh.key} if ssh.key else {}),
+        **({"port": ssh.port} if ssh.port else {}),
+        **({"options": list(ssh.options)} if ssh.options else {}),
+        "command": ssh.command,
+        "timeout": duration(ssh.timeout),
+    }
 
 
 def validate(config: Config) -> list[str]:
@@ -1066,6 +1212,7 @@ def validate(config: Config) -> list[str]:
                 )
     dist = config.distributed
     lines += agent_problems(dist.agents)
+    lines += ssh_problems(dist)
     if not dist.ping_interval < dist.warn_after < dist.dead_after:
         lines.append(
             "distributed: need ping_interval < warn_after < dead_after, got "
@@ -1159,6 +1306,11 @@ def describe(config: Config) -> str:
     if dist.agents:
         listed = ", ".join(f"{a.id or '?'}@{a.address}" for a in dist.agents)
         out.append(f"agents       {listed}")
+    if dist.ssh_agents:
+        hosts = [a.ssh for a in dist.ssh_agents]
+        shown = ", ".join(hosts[:6]) + (f", ... ({len(hosts)} hosts)" if len(hosts) > 6 else "")
+        count = sum(a.processes for a in dist.ssh_agents)
+        out.append(f"over SSH     {count} agent(s) on {shown}: {dist.ssh.command} agent ...")
     storage = "shared (objects split by agent index)" if dist.shared_storage else "per-agent prefix"
     out.append(f"storage      {storage}; failure policy: {dist.failure_policy}")
     return "\n".join(out)

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -106,14 +106,20 @@ class Controller:
         results_dir: Path | None = None,
         connect: Connect = trio.open_tcp_stream,
         local_agents: int | None = None,
+        tokens: Mapping[str, bytes] | None = None,
+        started: Collection[str] = (),
     ) -> None:
         """``connect(host, port)`` opens a stream to an agent (TCP by default; tests pass one
         that returns in-memory streams). ``local_agents``: the agents are the throwaway local
-        ones of ``triobench run`` (config.yaml as run then names no agents)."""
+        ones of ``triobench run`` (config.yaml as run then names no agents). ``tokens``: a token
+        per agent address, where it differs from ``token`` (agents started over SSH).
+        ``started``: addresses of agents started for this run (over SSH), which config.yaml
+        as run does not list (the entries that started them are in it)."""
         self.config = config
         self.settings = config.distributed
         self.source = source
         self.local_agents = local_agents
+        self.started_addresses = frozenset(started)
         self.display = display or Display("quiet")
         self.handle_signals = handle_signals
         self.clock = RunClock()
@@ -128,7 +134,7 @@ class Controller:
                 address=agent.address,
                 agent_id=agent.id,
                 clock=self.clock,
-                token=token,
+                token=(tokens or {}).get(agent.address, token),
                 notify=self._changed,
                 record=self._record,
                 connect=connect,
@@ -762,10 +768,13 @@ class Controller:
         if self.local_agents is not None:
             data["distributed"].pop("agents", None)
             return data, f"triobench run config.yaml --local-agents {self.local_agents}"
-        data["distributed"]["agents"] = [
+        listed = [
             {"address": link.address, **({"id": link.configured_id} if link.configured_id else {})}
             for link in self.links
+            if link.address not in self.started_addresses
         ]
+        ssh = [entry for entry in data["distributed"]["agents"] if "ssh" in entry]
+        data["distributed"]["agents"] = listed + ssh
         token = " (with the same --token-file)" if self.links and self.links[0].token else ""
         return data, f"triobench controller config.yaml{token}"
 
