@@ -363,7 +363,6 @@ def test_the_readme_ssh_excerpt_is_valid() -> None:
 
 
 def test_the_readme_configuration_reference_is_valid() -> None:
-    import re
 
     (block,) = readme_configs()
     config = parse_config(block)
