@@ -212,7 +212,7 @@ def test_the_report_renders_offline_in_chromium_without_script_errors(runs, tmp_
     dom = render(report, tmp_path, tmp_path / "report.png")
     assert 'data-rendered="ok"' in dom, re.findall(r"report script error[^<]*", dom)
     plots = int(re.search(r'data-plots="(\d+)"', dom).group(1))
-    assert plots >= 9  # throughput x4, latency, CDF and tail per stage
+    assert plots >= 10  # throughput x5, latency, CDF and tail per stage
     assert dom.count("<canvas") >= plots
     for text_shown in (
         "ops/s by op kind",

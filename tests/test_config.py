@@ -499,3 +499,11 @@ def test_ssh_agents_read_back_from_config_as_run_and_errors_name_the_entry() -> 
     assert any("ssh 0].ssh" in line and "not an SSH destination" in line for line in lines)
     assert any("ssh 1].processes" in line for line in lines)
     assert "distributed.ssh.port: must be 1 to 65535" in lines
+
+
+def test_sai3_bench_rate_spellings() -> None:
+    base = "target: null://\nworkload: [{op: list, path: x/}]\n"
+    assert parse_config(base + "io_rate: {iops: max}\n").io_rate is None  # the closed loop
+    assert parse_config(base + "io_rate: max\n").io_rate is None
+    rate = parse_config(base + "io_rate: {iops: 50, distribution: deterministic}\n").io_rate
+    assert rate is not None and (rate.iops, rate.distribution) == (50, "fixed")

@@ -9,6 +9,7 @@ start (agent unreachable, authentication or version mismatch, preflight failed, 
 from __future__ import annotations
 
 import contextlib
+import gc
 import ipaddress
 import logging
 import os
@@ -380,6 +381,13 @@ def _run_controller(
         tokens=tokens,
         started=started or (),
     )
+    # Decoding every agent's STATS allocates thousands of short-lived objects per second
+    # (msgpack's lists); with the default threshold of 700 the cyclic collector then runs
+    # gen-0 passes thousands of times a second. Measured with 500 replayed agents at one
+    # frame/s: 79% -> 57% of a core (bench/README.md, replay). Only in this process, which
+    # runs nothing else: with hundreds of busy worker threads in one process (an agent) a
+    # large gen-0 made the event loop miss its stats instants.
+    gc.set_threshold(50_000, 20, 1000)
     try:
         result = trio.run(controller.run)
     except ResultsUnusable as exc:

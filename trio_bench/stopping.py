@@ -75,9 +75,15 @@ class Gate:
 
     def wait(self) -> None:
         """Worker side, between operations: return at once while the gate is open, else block
-        (off the GIL) until it opens. The hottest loop reads ``closed`` itself first."""
-        lock = self.lock
-        if self.closed:
+        (off the GIL) until it opens. The hottest loop reads ``closed`` itself first.
+
+        A worker that was queued on an opening that is already over waits again on the new
+        closing: without that, every worker queued on one opening passed (one after the
+        other, each taking the GIL) even after the loop had closed the gate again, and with
+        hundreds of workers the loop, starved, kept reopening it: an agent with 300 busy
+        workers froze for tens of seconds now and then."""
+        while self.closed:
+            lock = self.lock
             lock.acquire()
             lock.release()
 

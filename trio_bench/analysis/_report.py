@@ -165,15 +165,15 @@ def _host_of(results: Results) -> dict[str, str]:
     }
 
 
-def _per_host_rates(results: Results) -> dict[str, Any]:
-    """ops/s per load host per window: the sum of its agents' rows (``all`` is their sum)."""
+def _per_host_rates(results: Results, column: str = "ops_per_s") -> dict[str, Any]:
+    """ops/s (or MiB/s) per load host per window: the sum of its agents' rows."""
     host_of = _host_of(results)
     series: dict[str, dict[float, float | None]] = {}
     for row in results.perf_log:
         agent = row.get("agent", "")
         if agent == "all" or row.get("stage") != "workload":
             continue
-        t, rate = _float(row, "elapsed_s"), _float(row, "ops_per_s")
+        t, rate = _float(row, "elapsed_s"), _float(row, column)
         if t is None or rate is None:
             continue
         points = series.setdefault(host_of.get(agent, agent), {})
@@ -257,6 +257,7 @@ def report_data(results: Results) -> dict[str, Any]:
         },
         "latency": {"x": latency_x, "series": latency},
         "hosts_over_time": _per_host_rates(results),
+        "hosts_mib_over_time": _per_host_rates(results, "mib_per_s"),
         "cdf": _cdfs(results),
         "stages": _stages(results),
         "events": _events(results),

@@ -191,6 +191,7 @@
   plot(s2, "ops/s by op kind (all stages)", withAll(t.ops, t.all_ops), {yLabel: "ops/s", colour: thick});
   plot(s2, "MiB/s by op kind", withAll(t.mib, t.all_mib), {yLabel: "MiB/s", colour: thick});
   plot(s2, "workload ops/s per load host", data.hosts_over_time, {yLabel: "ops/s"});
+  plot(s2, "workload MiB/s per load host", data.hosts_mib_over_time, {yLabel: "MiB/s"});
   plot(s2, "agents reporting per window", {x: t.agents_reporting.x,
        series: {agents: (t.agents_reporting.series.all || [])}}, {yLabel: "agents"});
 

@@ -690,6 +690,8 @@ def _make_converter() -> cattrs.Converter:
         value = dict(value)
         if type(value.get("iops")) is str:
             value["iops"] = _number_or_string(value["iops"])
+        if value.get("distribution") == "deterministic":  # sai3-bench's name for fixed
+            value["distribution"] = "fixed"
         return rate_base(value, IoRate)
 
     c.register_structure_hook(IoRate, io_rate)
@@ -976,6 +978,10 @@ def config_from_dict(raw: Any) -> Config:
         raise ConfigError(problems)
     if "name" in raw and raw["name"] is None:
         raw = {k: v for k, v in raw.items() if k != "name"}
+    rate = raw.get("io_rate")
+    if rate == "max" or (isinstance(rate, Mapping) and rate.get("iops") == "max"):
+        # sai3-bench's "as fast as possible": no pacing at all (the closed loop)
+        raw = {k: v for k, v in raw.items() if k != "io_rate"}
     try:
         config = _converter.structure(raw, Config)
     except Exception as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-import gc
 import logging
 import os
 import shlex
@@ -220,16 +219,7 @@ class Controller:
         directory cannot be created and written."""
         self._t0 = trio.current_time()
         self.aggregator.run_start_ns = self.clock.now_ns()
-        # Decoding every agent's STATS allocates thousands of short-lived objects per second
-        # (msgpack's lists); with the default threshold of 700 the cyclic collector then runs
-        # gen-0 passes thousands of times a second. Measured with 500 replayed agents at one
-        # frame/s: 79% -> 57% of a core (bench/README.md, replay). Restored after the run.
-        thresholds = gc.get_threshold()
-        gc.set_threshold(50_000, 20, 1000)
-        try:
-            return await self._run()
-        finally:
-            gc.set_threshold(*thresholds)
+        return await self._run()
 
     async def _run(self) -> RunResult:
         if self.results_dir is None:
