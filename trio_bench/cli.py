@@ -43,7 +43,9 @@ app = typer.Typer(
     help="triobench: a distributed storage I/O benchmark on Trio.\n\n"
     "Quick start: `triobench run examples/quickstart.yaml` runs local agents and a controller "
     "on this machine. On many machines: `triobench agent` on each load host, then "
-    "`triobench controller CONFIG` anywhere.",
+    "`triobench controller CONFIG` anywhere (or list `{ssh: user@host}` agents in CONFIG and "
+    "the controller starts them over SSH). Every run writes RESULTS/report.html; `compare` "
+    "and `merge` work on results directories.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
