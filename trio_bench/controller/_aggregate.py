@@ -184,14 +184,54 @@ class WindowRows:
     ops: tuple[IntervalRow, ...]  # per op kind, all agents
 
 
+class _Running:
+    """A merge of many interval statistics kept up to date as they arrive, so closing a
+    window only sorts the result (the work is spread over the interval, not done at once)."""
+
+    __slots__ = ("bytes", "counts", "errors", "max_ns", "ops", "sum_ns")
+
+    def __init__(self) -> None:
+        self.ops = self.bytes = self.errors = self.sum_ns = self.max_ns = 0
+        self.counts: dict[int, int] = {}
+
+    def add(self, item: OpStats) -> None:
+        self.ops += item.ops
+        self.bytes += item.bytes
+        self.errors += item.errors
+        self.sum_ns += item.sum_ns
+        if item.max_ns > self.max_ns:
+            self.max_ns = item.max_ns
+        counts = self.counts
+        get = counts.get
+        for index, count in item.hist:
+            counts[index] = get(index, 0) + count
+
+    def stats(self) -> OpStats:
+        return OpStats(
+            self.ops,
+            self.bytes,
+            self.errors,
+            self.sum_ns,
+            self.max_ns,
+            tuple(sorted(self.counts.items())),
+        )
+
+
 @attrs.define
-class _Interval:
-    agent: str
-    warmup: bool
-    seconds: float
-    kinds: dict[str, OpStats]
-    done: int
-    total: int
+class _AgentPart:
+    """One agent's share of one window: its intervals merged, and its row."""
+
+    seconds: float = 0.0
+    warmup: bool = False
+    kinds: dict[str, OpStats] = attrs.Factory(dict)
+    row: IntervalRow | None = None
+
+
+@attrs.define
+class _Window:
+    agents: dict[str, _AgentPart] = attrs.Factory(dict)
+    kinds: dict[str, _Running] = attrs.Factory(dict)  # each op kind, all agents
+    hosts: dict[str, _Running] = attrs.Factory(dict)  # each load host, all kinds
 
 
 @attrs.define
@@ -206,7 +246,7 @@ class _Previous:
 class _Stage:
     origin_ns: int
     closed_through: int | None = None  # the highest closed window index
-    windows: dict[int, list[_Interval]] = attrs.Factory(dict)
+    windows: dict[int, _Window] = attrs.Factory(dict)
     latest: dict[str, int] = attrs.Factory(dict)  # agent -> its newest reading (ns)
     finished: set[str] = attrs.Factory(set)  # agents whose final reading arrived
     expected: frozenset[str] = frozenset()  # the agents taking part (they may not have reported)
@@ -274,20 +314,55 @@ class Aggregator:
             return
         if kinds is None:
             kinds = dict(sample.ops)
-        stage.windows.setdefault(index, []).append(
-            _Interval(
-                agent=agent,
-                warmup=sample.warmup,
-                seconds=max(0, sample.at_ns - start_ns) / 1e9,
-                kinds=kinds,
-                done=sample.done,
-                total=sample.total,
-            )
-        )
+        self._place(stage, sample.stage, index, agent, sample, kinds, start_ns)
         self._previous[agent] = _Previous(sample.stage, sample.warmup, sample.at_ns, sample.ops)
         stage.latest[agent] = sample.at_ns
         if sample.final:
             stage.finished.add(agent)
+
+    def _place(
+        self,
+        stage: _Stage,
+        name: str,
+        index: int,
+        agent: str,
+        sample: Sample,
+        kinds: dict[str, OpStats],
+        start_ns: int,
+    ) -> None:
+        """Add one interval to its window, with the agent's row and the window's running
+        merges brought up to date now rather than when the window closes."""
+        window = stage.windows.get(index)
+        if window is None:
+            window = stage.windows[index] = _Window()
+        part = window.agents.get(agent)
+        if part is None:
+            part = window.agents[agent] = _AgentPart()
+        part.seconds += max(0, sample.at_ns - start_ns) / 1e9
+        part.warmup = part.warmup or sample.warmup
+        host = window.hosts.get(self.host_of(agent))
+        if host is None:
+            host = window.hosts[self.host_of(agent)] = _Running()
+        for kind, delta in kinds.items():
+            old = part.kinds.get(kind)
+            part.kinds[kind] = delta if old is None else merge_ops((old, delta))
+            running = window.kinds.get(kind)
+            if running is None:
+                running = window.kinds[kind] = _Running()
+            running.add(delta)
+            host.add(delta)
+        at_ns = stage.origin_ns + index * self.interval_ns
+        part.row = interval_row(
+            (at_ns - self.run_start_ns) / 1e9,
+            name,
+            agent,
+            part.warmup,
+            merge_ops(part.kinds.values()),
+            part.seconds,
+            sample.done,
+            sample.total,
+            at_ns=at_ns,
+        )
 
     # -- output
 
@@ -316,12 +391,10 @@ class Aggregator:
             stage = self._stages[name]
             if not ready(stage, end_ns):
                 break  # windows close in order
-            intervals = stage.windows.pop(index)
+            window = stage.windows.pop(index)
             if stage.closed_through is None or index > stage.closed_through:
                 stage.closed_through = index
-            out.append(
-                self._rows(name, index, stage.origin_ns + index * self.interval_ns, intervals)
-            )
+            out.append(self._rows(name, index, stage.origin_ns + index * self.interval_ns, window))
         if out:
             self.latest = out[-1]
         return out
@@ -332,53 +405,26 @@ class Aggregator:
     def _end_ns(self, stage: _Stage, index: int) -> int:
         return stage.origin_ns + index * self.interval_ns + self.interval_ns // 2
 
-    def _rows(self, stage: str, index: int, at_ns: int, intervals: list[_Interval]) -> WindowRows:
+    def _rows(self, stage: str, index: int, at_ns: int, window: _Window) -> WindowRows:
         elapsed_s = (at_ns - self.run_start_ns) / 1e9
-        by_agent: dict[str, list[_Interval]] = {}
-        for interval in intervals:
-            by_agent.setdefault(interval.agent, []).append(interval)
-        agent_rows: list[tuple[IntervalRow, OpStats]] = []
-        # per op kind: each agent's operations in the window and its rates
-        kind_rates: dict[str, list[tuple[OpStats, float, float]]] = {}
-        for agent, own in by_agent.items():
-            seconds = sum(i.seconds for i in own)
-            rate = 1 / seconds if seconds > 0 else 0.0
-            kinds: dict[str, OpStats] = {}
-            for interval in own:
-                for kind, delta in interval.kinds.items():
-                    kinds[kind] = merge_ops((kinds[kind], delta)) if kind in kinds else delta
-            for kind, delta in kinds.items():
-                kind_rates.setdefault(kind, []).append(
-                    (delta, delta.ops * rate, delta.bytes / MIB * rate)
-                )
-            merged = merge_ops(kinds.values())
-            row = interval_row(
-                elapsed_s,
-                stage,
-                agent,
-                any(i.warmup for i in own),
-                merged,
-                seconds,
-                own[-1].done,
-                own[-1].total,
-                at_ns=at_ns,
-            )
-            agent_rows.append((row, merged))
-        # each op kind merged over the agents once; ``all`` merges those few histograms
-        # rather than every agent's again
-        kind_merged = {
-            kind: merge_ops(delta for delta, _, _ in entries)
-            for kind, entries in kind_rates.items()
-        }
+        agent_rows = [part.row for part in window.agents.values() if part.row is not None]
+        # per op kind: the agents' rates (each over its own intervals' length)
+        kind_rates: dict[str, list[tuple[float, float]]] = {}
+        for part in window.agents.values():
+            rate = 1 / part.seconds if part.seconds > 0 else 0.0
+            for kind, delta in part.kinds.items():
+                kind_rates.setdefault(kind, []).append((delta.ops * rate, delta.bytes / MIB * rate))
+        kind_merged = {kind: running.stats() for kind, running in window.kinds.items()}
         total = _sum_rows(
-            elapsed_s, stage, "all", agent_rows, at_ns, merged=merge_ops(kind_merged.values())
+            elapsed_s, stage, "all", agent_rows, at_ns, merge_ops(kind_merged.values())
         )
-        by_host: dict[str, list[tuple[IntervalRow, OpStats]]] = {}
-        for row, merged in agent_rows:
-            by_host.setdefault(self.host_of(row.agent), []).append((row, merged))
+        by_host: dict[str, list[IntervalRow]] = {}
+        for row in agent_rows:
+            by_host.setdefault(self.host_of(row.agent), []).append(row)
         hosts = tuple(
-            _sum_rows(elapsed_s, stage, host, members, at_ns)
+            _sum_rows(elapsed_s, stage, host, members, at_ns, window.hosts[host].stats())
             for host, members in sorted(by_host.items())
+            if host in window.hosts
         )
         op_rows = tuple(
             interval_row(
@@ -388,30 +434,26 @@ class Aggregator:
                 total.warmup,
                 kind_merged[kind],
                 0.0,
-                ops_per_s=sum(ops for _, ops, _ in entries),
-                mib_per_s=sum(mib for _, _, mib in entries),
+                ops_per_s=sum(ops for ops, _ in entries),
+                mib_per_s=sum(mib for _, mib in entries),
                 agents=len(entries),
                 at_ns=at_ns,
             )
             for kind, entries in sorted(kind_rates.items())
         )
-        rows = tuple(row for row, _ in agent_rows)
-        return WindowRows(stage, index, at_ns, rows, total, hosts, op_rows)
+        return WindowRows(stage, index, at_ns, tuple(agent_rows), total, hosts, op_rows)
 
 
 def _sum_rows(
     elapsed_s: float,
     stage: str,
     name: str,
-    members: list[tuple[IntervalRow, OpStats]],
+    rows: list[IntervalRow],
     at_ns: int,
-    merged: OpStats | None = None,
+    merged: OpStats,
 ) -> IntervalRow:
-    """Several agents' rows of one window as one: counts and rates add, histograms merge bin
-    by bin (``merged``: that merge, when the caller has it already)."""
-    rows = [row for row, _ in members]
-    if merged is None:
-        merged = merge_ops(delta for _, delta in members)
+    """Several agents' rows of one window as one: counts and rates add; ``merged`` is their
+    histograms merged bin by bin."""
     return attrs.evolve(
         interval_row(elapsed_s, stage, name, any(r.warmup for r in rows), merged, 0.0),
         ops_per_s=sum(r.ops_per_s for r in rows),
