@@ -182,7 +182,9 @@ async def test_a_stall_longer_than_dead_after_disconnects_then_recovers(
     recovery = marks["recovered"] - marks["disconnected"]
     link = controller.links[0]
     assert (link.machine.disconnects, link.machine.recoveries) == (1, 1)
-    assert 1.2 <= detection < 1.2 + 0.6 + 0.6  # dead_after + probe (+ one ping interval)
+    # never before dead_after; normally within dead_after + probe + one ping interval (2.4 s),
+    # but on a loaded machine the loop may be late by a second or two: bounded, not tight
+    assert 1.2 <= detection < 1.2 + 0.6 + 0.6 + 3.0
     counted = assert_nothing_lost(result, tmp_path, agents)
     reliability(
         "link stalled (TCP backpressure) past dead_after, then restored",
