@@ -852,32 +852,9 @@ def bench_scale(quick: bool, work: Path) -> list[Row]:
 REPLAY_PER_PROCESS = 2500
 
 
-@contextlib.contextmanager
 def _replayers(count: int):
     """``count`` protocol-level agents (bench/replay.py) in as few processes as will do."""
-    processes: list[subprocess.Popen[str]] = []
-    targets: list[AgentAddress] = []
-    try:
-        for first in range(0, count, REPLAY_PER_PROCESS):
-            size = min(REPLAY_PER_PROCESS, count - first)
-            command = [sys.executable, "-m", "bench.replay", str(size), str(first)]
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-            processes.append(process)
-            assert process.stdout is not None
-            for line in process.stdout:
-                if line.strip() == "ready":
-                    break
-                agent_id, address = line.split()
-                targets.append(AgentAddress(address=address, id=agent_id))
-        yield targets
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    return farms(count, module="bench.replay", per_process=REPLAY_PER_PROCESS)
 
 
 def _rss_mib() -> tuple[float, float]:

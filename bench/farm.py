@@ -29,14 +29,17 @@ FARM_SIZE = 200  # agents per farm process: beyond that one process's GIL is the
 
 
 @contextlib.contextmanager
-def farms(count: int) -> Iterator[list[AgentAddress]]:
-    """``count`` agents in ceil(count / FARM_SIZE) farm processes, stopped on exit."""
+def farms(
+    count: int, module: str = "bench.farm", per_process: int = FARM_SIZE
+) -> Iterator[list[AgentAddress]]:
+    """``count`` agents in ceil(count / per_process) processes of ``module`` (which prints
+    ``<id> <host:port>`` per agent, then ``ready``), stopped on exit."""
     processes: list[subprocess.Popen[str]] = []
     targets: list[AgentAddress] = []
     try:
-        for first in range(0, count, FARM_SIZE):
-            size = min(FARM_SIZE, count - first)
-            command = [sys.executable, "-m", "bench.farm", str(size), str(first)]
+        for first in range(0, count, per_process):
+            size = min(per_process, count - first)
+            command = [sys.executable, "-m", module, str(size), str(first)]
             process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
             processes.append(process)
             assert process.stdout is not None

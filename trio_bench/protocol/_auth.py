@@ -39,9 +39,21 @@ def new_challenge() -> bytes:
 def make_proof(
     token: bytes, role: str, agent_id: str, agent_challenge: bytes, controller_challenge: bytes
 ) -> bytes:
+    return _keyed(token, _DOMAIN, role, agent_id, agent_challenge, controller_challenge)
+
+
+def _keyed(
+    token: bytes,
+    domain: bytes,
+    role: str,
+    agent_id: str,
+    agent_challenge: bytes,
+    controller_challenge: bytes,
+) -> bytes:
+    """HMAC-SHA256(token, domain 0 role 0 agent_id 0 agent_challenge controller_challenge)."""
     if role not in ("controller", "agent"):
         raise ValueError(f"unknown role {role!r}")
-    message = b"\0".join([_DOMAIN, role.encode(), agent_id.encode()]) + b"\0"
+    message = b"\0".join([domain, role.encode(), agent_id.encode()]) + b"\0"
     message += agent_challenge + controller_challenge
     return hmac.new(token, message, hashlib.sha256).digest()
 
@@ -62,11 +74,7 @@ def frame_key(
     token: bytes, sender: str, agent_id: str, agent_challenge: bytes, controller_challenge: bytes
 ) -> bytes:
     """The key that authenticates the frames ``sender`` (``controller``/``agent``) sends."""
-    if sender not in ("controller", "agent"):
-        raise ValueError(f"unknown role {sender!r}")
-    message = b"\0".join([_FRAMES_DOMAIN, sender.encode(), agent_id.encode()]) + b"\0"
-    message += agent_challenge + controller_challenge
-    return hmac.new(token, message, hashlib.sha256).digest()
+    return _keyed(token, _FRAMES_DOMAIN, sender, agent_id, agent_challenge, controller_challenge)
 
 
 def frame_tag(key: bytes, counter: int, body: bytes | memoryview) -> bytes:

@@ -98,24 +98,7 @@ def ops_difference(
 def went_back(later: Mapping[str, OpStats], earlier: Mapping[str, OpStats]) -> bool:
     """Whether any cumulative count of ``earlier`` is larger in ``later`` (or gone): then the
     two are not one counter seen twice, and their difference would be negative."""
-    for kind, before in earlier.items():
-        after = later.get(kind)
-        if after is None:
-            if before.ops or before.errors:
-                return True
-            continue
-        if (
-            after.ops < before.ops
-            or after.errors < before.errors
-            or after.bytes < before.bytes
-            or after.sum_ns < before.sum_ns
-            or after.max_ns < before.max_ns
-        ):
-            return True
-        counts = dict(after.hist)
-        if any(counts.get(index, 0) < count for index, count in before.hist):
-            return True
-    return False
+    return ops_difference(later, earlier) is None
 
 
 def merge_ops(items: Iterable[OpStats]) -> OpStats:
