@@ -211,7 +211,7 @@ async def test_back_to_back_runs_leak_nothing(tmp_path: Path, reliability) -> No
     # a leak is a trend, not one high sample: the allocator's footprint moves by ~10 MiB from
     # one run to the next on a busy machine, so compare the lows of the middle and last thirds
     growth = (min(rss[-warm:]) - min(rss[warm : 2 * warm])) / 1024
-    assert growth < 8 + runs * 0.2, rss  # no per-run memory growth worth the name
+    assert growth < 8 + runs * 0.2, str(rss)  # no per-run memory growth worth the name
     reliability(
         f"{runs} back-to-back runs on the same 2 agent processes",
         "every run completes; file descriptors and memory stay flat",

@@ -22,26 +22,18 @@ from trio_bench import __version__
 from trio_bench.clock import RunClock
 from trio_bench.engine import give_the_loop_priority
 from trio_bench.protocol import (
-    CHALLENGE_SIZE,
     HANDSHAKE_FRAME_SIZE,
     MAX_FRAME_SIZE,
-    PROTOCOL_VERSION,
-    Auth,
+    AgentHandshake,
     Configure,
     Error,
-    Hello,
     Message,
     Ping,
     Pong,
     ProtocolError,
+    Refusal,
     Resume,
-    Resumed,
-    Welcome,
-    check_proof,
     encode_message,
-    frame_key,
-    make_proof,
-    new_challenge,
     printable,
 )
 from trio_bench.transport import Connection, ConnectionClosed
@@ -166,59 +158,27 @@ class AgentServer:
 
     async def _converse(self, conn: Connection, peer: str) -> None:
         opts = self.options
-        challenge = new_challenge()
-        if opts.token is not None:
-            token = opts.token
-
-            def key_after(message: Message) -> bytes | None:
-                # the controller's frames after its AUTH are authenticated (§3)
-                if isinstance(message, Auth) and len(message.challenge) == CHALLENGE_SIZE:
-                    return frame_key(
-                        token, "controller", opts.agent_id, challenge, message.challenge
-                    )
-                return None
-
-            conn.verify_after(key_after)
-        conn.send(
-            Hello(
-                protocol=PROTOCOL_VERSION,
-                software=__version__,
-                agent_id=opts.agent_id,
-                hostname=socket.gethostname(),
-                cpus=os.cpu_count() or 1,
-                challenge=challenge,
-                auth_required=opts.token is not None,
-                session=self.session.info() if self.session else None,
-            )
+        handshake = AgentHandshake(
+            agent_id=opts.agent_id,
+            token=opts.token,
+            software=__version__,
+            hostname=socket.gethostname(),
+            cpus=os.cpu_count() or 1,
+            session=self.session.info() if self.session else None,
         )
-        auth = await self._receive(conn, "auth")
-        if not isinstance(auth, Auth):
-            raise ProtocolError(f"expected auth, got {auth.TAG}")
-        if auth.protocol != PROTOCOL_VERSION:
-            text = (
-                f"version mismatch: agent {opts.agent_id} speaks protocol {PROTOCOL_VERSION} "
-                f"(triobench {__version__}), controller speaks {auth.protocol} "
-                f"(triobench {auth.software})"
-            )
-            log.warning("controller %s: %s", peer, text)
-            self._refuse(conn, "version_mismatch", text)
-            return
         if opts.token is not None:
-            good = len(auth.challenge) == CHALLENGE_SIZE and check_proof(
-                opts.token, "controller", opts.agent_id, challenge, auth.challenge, auth.proof
-            )
-            if not good:
-                log.warning("controller %s: authentication failed", peer)
-                self._refuse(conn, "auth_failed", "authentication failed: wrong or missing token")
-                return
-            proof = make_proof(opts.token, "agent", opts.agent_id, challenge, auth.challenge)
-        else:
-            proof = b""
-        conn.send(Welcome(proof=proof))
-        if opts.token is not None:  # everything we send after WELCOME is authenticated
-            conn.sign_from_now(
-                frame_key(opts.token, "agent", opts.agent_id, challenge, auth.challenge)
-            )
+            conn.verify_after(handshake.key_after)  # the controller's frames after its AUTH
+        conn.send(handshake.hello())
+        try:
+            welcome = handshake.receive_auth(await self._receive(conn, "auth"))
+        except Refusal as refusal:
+            log.warning("controller %s: %s", peer, refusal.text)
+            self._refuse(conn, refusal.code, refusal.text)
+            return
+        conn.send(welcome)
+        send_key = handshake.send_key()
+        if send_key is not None:  # everything we send after WELCOME is authenticated
+            conn.sign_from_now(send_key)
         self._unauthenticated.remove(conn)
         self._authenticated.add(conn)
         conn.allow_frames_up_to(MAX_FRAME_SIZE)  # CONFIGURE carries the workload config
@@ -247,14 +207,7 @@ class AgentServer:
                 )
                 return
             session = session_or_none
-            conn.send(
-                Resumed(
-                    run_id=session.run_id,
-                    state=session.machine.state.value,
-                    acked=session.receiver.processed,
-                )
-            )
-            session.sender.ack(min(first.acked, session.sender.highest_sent))
+            conn.send(session.resume(first))
             log.info("controller %s: resumed run %s", peer, session.run_id)
         else:
             raise ProtocolError(f"expected configure or resume, got {first.TAG}")

@@ -13,7 +13,6 @@ happens in the lifecycle task and in worker threads.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -28,30 +27,27 @@ from trio_bench.config import ConfigError, config_from_dict
 from trio_bench.engine import BackendError, Engine, StageFailed, StageRun
 from trio_bench.protocol import (
     STAGES,
-    START_EVENT,
-    STATS_IN_FLIGHT,
-    Abort,
     Aborted,
-    Ack,
+    AbortRun,
+    AgentEndpoint,
     AgentEvent,
+    AgentEventOut,
     AgentMachine,
     AgentState,
     Completed,
     Configure,
+    ControllerLeft,
     Error,
     Goodbye,
     Message,
-    ProtocolError,
     Ready,
-    ReliableReceiver,
-    ReliableSender,
+    Resume,
+    Resumed,
+    RunOver,
     SessionInfo,
-    StageDone,
     StageSummary,
-    Start,
-    Started,
+    StartStage,
     Stats,
-    StatsSeen,
     encode_message,
     printable,
     unstructure,
@@ -70,146 +66,98 @@ STARTED_REPORT_LAG_S = 0.005
 
 
 class Session:
+    """One run on the agent: the engine, the stages and the background duties (stats,
+    re-sends, orphan watchdog) around the run's protocol endpoint (``AgentEndpoint``), which
+    holds every rule of the conversation. This class only turns the endpoint's events into
+    Trio actions (a stage may start, cancel the run) and the run's progress into its calls."""
+
     def __init__(self, server: AgentServer, configure: Configure) -> None:
         self.server = server
         self.clock = server.clock
         self.configure = configure
         self.run_id = configure.run_id
-        self.machine = AgentMachine()
-        self.machine.apply(AgentEvent.CONFIGURE)
-        self.sender = ReliableSender()
-        self.receiver = ReliableReceiver()
-        self.receiver.accept(configure.seq, "configure")
-        self.conn: Connection | None = None
-        self.last_heard = trio.current_time()
-        self.starts: dict[str, int] = {}
+        self.endpoint = AgentEndpoint(configure, trio.current_time())
         self._starts_changed = trio.Event()
         self.summaries: list[StageSummary] = []
         self.current: StageRun | None = None
         self.run_scope = trio.CancelScope()
-        self.abort_reason = ""
-        self.final: Message | None = None
-        self.farewell = False  # the controller said GOODBYE: no ACK will come
         self.outcome = "running"
         self.done = trio.Event()
-        self.stats_seq = 0
-        self.stats_seen = 0  # highest STATS seq the controller acknowledged (STATS_SEEN)
-        self.stats_held_back = 0  # ticks skipped because STATS_IN_FLIGHT were unacknowledged
-        self.started_stage: str | None = None  # STATS only after this stage's STARTED
         self.stats_interval_s = max(configure.stats_interval_ns, 1_000_000) / 1e9
-        self.orphan_timeout_s = configure.orphan_timeout_ns / 1e9
-        self.resend_interval_s = 2.0
         self.internal_error: str | None = None  # set when a bug ended the run
         self.engine: Engine | None = None
         self.created_anything = False  # a stage that writes (prepare, workload) has begun
         self.abort_cleanup: trio.CancelScope | None = None  # the cleanup after an abort
 
-    # -- connection attachment
+    # -- the endpoint's facts
+
+    @property
+    def machine(self) -> AgentMachine:
+        return self.endpoint.machine
+
+    @property
+    def conn(self) -> Connection | None:
+        wire = self.endpoint.wire
+        assert wire is None or isinstance(wire, Connection)
+        return wire
+
+    @property
+    def stats_held_back(self) -> int:
+        return self.endpoint.stats_held_back
+
+    @property
+    def final(self) -> Message | None:
+        return self.endpoint.final
 
     def info(self) -> SessionInfo:
-        return SessionInfo(
-            run_id=self.run_id, state=self.machine.state.value, attached=self.conn is not None
-        )
+        return self.endpoint.info()
+
+    # -- connections
+
+    def resume(self, message: Resume) -> Resumed:
+        return self.endpoint.resume(message)
 
     def attach(self, conn: Connection) -> None:
-        previous, self.conn = self.conn, conn
-        if previous is not None and previous is not conn:
-            previous.close_soon("replaced by a newer connection from the controller")
-        self.stats_seen = self.stats_seq  # the new connection carries nothing yet
-        self.last_heard = trio.current_time()
-        conn.send(Ack(seq=self.receiver.processed))
-        for message in self.sender.unacked():
-            assert isinstance(message, Message)
-            conn.send(message)
+        self.endpoint.attach(conn, trio.current_time())
 
     def detach(self, conn: Connection) -> None:
-        if self.conn is conn:
-            self.last_heard = max(self.last_heard, conn.last_received)
-            self.conn = None
+        self.endpoint.detach(conn)
 
-    def _send(self, message: Message) -> None:
-        if self.conn is not None:
-            self.conn.send(message)
-
-    def _send_reliable(self, build: Callable[[int], Message]) -> Message:
-        message = self.sender.stamp(build, self.clock.now_ns())
-        self._send(message)
-        return message
+    def _now_ns(self) -> int:
+        return int(trio.current_time() * 1e9)
 
     # -- control messages (sync: called by the connection loop)
 
     def handle(self, message: Message) -> None:
-        if isinstance(message, Ack):
-            acked = self.sender.ack(message.seq)
-            if self.final is not None and self.final in acked:
-                self.machine.apply(AgentEvent.FINAL_ACKED)
-                self._finish()
-            return
-        if isinstance(message, Goodbye):
-            if self.done.is_set() and self.conn is not None:
-                # The run is over (its final message ACKed, perhaps in the same read): our
-                # GOODBYE still goes first, then the connection closes.
-                self.conn.send(self.goodbye())
-            self.controller_gone(f"controller left: {message.reason}")
-            return
-        if isinstance(message, StatsSeen):
-            if message.seq > self.stats_seq:
-                raise ProtocolError(
-                    f"stats_seen: seq {message.seq} was never sent (highest {self.stats_seq})"
-                )
-            self.stats_seen = max(self.stats_seen, message.seq)
-            return
-        if isinstance(message, Configure):
-            if message == self.configure:  # re-sent (our ACK was late or lost): ACK again
-                self._send(Ack(seq=message.seq))
-                return
-            raise ProtocolError(
-                f"configure: this connection already carries run {self.run_id} "
-                "(one run per connection; reconnect for the next run)"
-            )
-        if not isinstance(message, Start | Abort):
-            raise ProtocolError(f"{message.TAG}: not a message a controller sends during a run")
-        if not self.receiver.check(message.seq, message.TAG):
-            self._send(Ack(seq=self.receiver.processed))  # a re-send: ACK again, do nothing
-            return
-        # Move the machine first: if the message is not allowed now, it raises and nothing
-        # (neither state nor sequence) has changed.
-        if isinstance(message, Start):
-            self.machine.apply(START_EVENT[message.stage])
-            self.starts[message.stage] = message.at_ns
-            self._starts_changed.set()
-        else:
-            before = self.machine.state
-            self.machine.apply(AgentEvent.ABORT)
-            if before is not AgentState.ABORTING and self.machine.state is AgentState.ABORTING:
-                self.abort_reason = message.reason or "aborted by the controller"
-                self.run_scope.cancel()
-        self.receiver.commit(message.seq)
-        self._send(Ack(seq=message.seq))
-
-    def goodbye(self) -> Goodbye:
-        return Goodbye(reason=f"run {self.run_id} {self.outcome}")
+        self._react(self.endpoint.receive(message))
 
     def controller_gone(self, reason: str) -> None:
-        """The controller said GOODBYE, or sent something invalid: nobody will ACK or resume
-        this run. Abort it, keep the results locally, and free the agent at once."""
-        self.farewell = True
-        if self.conn is not None:
-            self.conn.close_soon(reason)
-        if self.abort_cleanup is not None:  # nobody is waiting for it any more
-            self.abort_cleanup.cancel()
-        if self.machine.state is AgentState.FINISHING:
-            self._finish()
-        elif self.machine.can_apply(AgentEvent.ABORT) and not self.abort_reason:
-            self.machine.apply(AgentEvent.ABORT)
-            self.abort_reason = printable(reason, 500)
-            self.run_scope.cancel()
+        """The controller sent something invalid (or its connection broke with junk)."""
+        self._react(self.endpoint.controller_gone(reason))
+
+    def _react(self, events: list[AgentEventOut]) -> None:
+        for event in events:
+            if isinstance(event, StartStage):
+                self._starts_changed.set()
+            elif isinstance(event, AbortRun):
+                self.run_scope.cancel()
+            elif isinstance(event, ControllerLeft):
+                if self.abort_cleanup is not None:  # nobody is waiting for it any more
+                    self.abort_cleanup.cancel()
+            else:
+                self._finish()
+
+    def goodbye(self) -> Goodbye:
+        return self.endpoint.goodbye(self.outcome)
 
     def _finish(self) -> None:
         """The run is over for the controller: free the agent for the next one right now
         (synchronously), even though this session still has cleanup to do."""
         self.server.release(self)
         self.done.set()
+
+    def _send_final(self, build: Callable[[int], Message], event: AgentEvent | None) -> None:
+        self._react(self.endpoint.finish(build, self._now_ns(), event))
 
     # -- the run
 
@@ -219,8 +167,7 @@ class Session:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._guarded, self._stats_loop)
-                nursery.start_soon(self._guarded, self._watchdog)
-                nursery.start_soon(self._guarded, self._resend_loop)
+                nursery.start_soon(self._guarded, self._timers)
                 await self._lifecycle()
                 await self.done.wait()
                 nursery.cancel_scope.cancel()
@@ -265,7 +212,7 @@ class Session:
             if self.current is not None:
                 summaries.append(self.current.summary("aborted"))
                 self.current = None
-            self._discard_stats()
+            self.endpoint.discard_stats()
             try:
                 continuing = any(s.stage == "cleanup" for s in summaries)
                 cleaned = await self._cleanup_after_abort(continuing)
@@ -279,21 +226,18 @@ class Session:
                 if earlier:  # the abort came during cleanup: one summary for both parts
                     cleaned = _continued(earlier[0], cleaned)
                 summaries = [s for s in summaries if s.stage != "cleanup"] + [cleaned]
-            if self.machine.state is AgentState.ABORTING:
-                self.machine.apply(AgentEvent.ABORT_DONE)
             self.outcome = "aborted"
             self.summaries = summaries
-            reason = printable(self.abort_reason + self._keep_locally(), 1000)
-            self.final = self._send_reliable(
-                lambda seq: Aborted(seq=seq, reason=reason, summaries=tuple(summaries))
+            reason = printable(self.endpoint.abort_reason + self._keep_locally(), 1000)
+            aborting = self.machine.state is AgentState.ABORTING
+            self._send_final(
+                lambda seq: Aborted(seq=seq, reason=reason, summaries=tuple(summaries)),
+                AgentEvent.ABORT_DONE if aborting else None,
             )
-        if self.farewell and self.final is not None:
-            self._finish()
 
     def _report_internal_error(self, message: str) -> None:
         if not self.machine.can_apply(AgentEvent.INTERNAL_ERROR):
             return  # the final message is already out; the error is in the log
-        self.machine.apply(AgentEvent.INTERNAL_ERROR)
         summaries = list(self.summaries)
         if self.current is not None:
             try:
@@ -303,7 +247,6 @@ class Session:
             self.current = None
         self.summaries = summaries
         self.outcome = "failed (internal)"
-        self._discard_stats()
         message = printable(message + self._keep_locally(), 1000)
 
         def build(seq: int) -> Message:
@@ -314,7 +257,7 @@ class Session:
                 error = Error(seq=seq, code="internal", message=message, summaries=())
             return error
 
-        self.final = self._send_reliable(build)
+        self._send_final(build, AgentEvent.INTERNAL_ERROR)
 
     async def _cleanup_after_abort(self, continuing: bool) -> StageSummary | None:
         """After an abort, delete what the run created (``prepare.cleanup`` only), for at most
@@ -324,14 +267,14 @@ class Session:
         When it ``continues`` a cleanup stage the abort interrupted, it sends no STATS: its
         counters start from zero, and STATS of a stage are cumulative (they never go back)."""
         engine = self.engine
-        if engine is None or not self.created_anything or self.farewell:
+        if engine is None or not self.created_anything or self.endpoint.farewell:
             return None
         settings = engine.config.prepare
         if not settings.cleanup or not settings.cleanup_on_abort:
             return None
         run = engine.cleanup_stage()
         self.current = run
-        self.started_stage = None if continuing else "cleanup"
+        self.endpoint.started_stage = None if continuing else "cleanup"
         log.info(
             "run %s: aborted; cleaning up (at most %s ns)", self.run_id, settings.cleanup_on_abort
         )
@@ -343,7 +286,7 @@ class Session:
                 pass  # counted in its summary: what could not be deleted is left
         self.abort_cleanup = None
         self.current = None
-        self._discard_stats()
+        self.endpoint.discard_stats()
         finished = not scope.cancelled_caught and run.summary("completed").done == run.total
         return run.summary("completed" if finished else "aborted")
 
@@ -367,11 +310,12 @@ class Session:
         except BackendError as exc:
             await self._fail("preflight_failed", str(exc), AgentEvent.PREFLIGHT_FAILED)
             return
-        await self._advance(AgentEvent.PREFLIGHT_OK)
+        await trio.lowlevel.checkpoint()  # a pending abort first (see _advance)
         target = engine.backend.describe()
         facts = engine.environment
-        self._send_reliable(
-            lambda seq: Ready(seq=seq, target=target, checks=tuple(checks), environment=facts)
+        self.endpoint.ready(
+            lambda seq: Ready(seq=seq, target=target, checks=tuple(checks), environment=facts),
+            self._now_ns(),
         )
         for stage in STAGES:
             at_ns = await self._wait_start(stage)
@@ -392,9 +336,8 @@ class Session:
             self.current = None
             if stage == "prepare":
                 await engine.after_prepare()
-            self._discard_stats()
-            await self._advance(AgentEvent.STAGE_DONE)
-            self._send_reliable(functools.partial(StageDone, summary=summary))
+            await trio.lowlevel.checkpoint()  # a pending abort first (see _advance)
+            self.endpoint.stage_done(summary, self._now_ns())
         self.outcome = "completed"
         problem = self._keep_locally()
         if problem and self.summaries:  # COMPLETED has no text of its own: the last stage's
@@ -402,39 +345,28 @@ class Session:
             note = f"{last.message}{problem}" if last.message else problem[2:]
             self.summaries[-1] = attrs.evolve(last, message=printable(note, 1000))
         summaries = tuple(self.summaries)
-        self.final = self._send_reliable(lambda seq: Completed(seq=seq, summaries=summaries))
-
-    async def _advance(self, event: AgentEvent) -> None:
-        """Apply a lifecycle event, unless an ABORT arrived meanwhile.
-
-        ABORT moves the machine and cancels the run's scope at once, but the lifecycle task
-        only sees the cancellation at its next checkpoint (a thread's result can be delivered
-        first). So every lifecycle transition passes a checkpoint first: a pending abort is
-        raised here, and the machine never gets an event it cannot take.
-        """
-        await trio.lowlevel.checkpoint()
-        self.machine.apply(event)
+        self._send_final(lambda seq: Completed(seq=seq, summaries=summaries), None)
 
     async def _fail(self, code: str, message: str, event: AgentEvent) -> None:
-        await self._advance(event)
+        # ABORT moves the machine and cancels the run's scope at once, but this task only sees
+        # the cancellation at its next checkpoint (a thread's result can be delivered first):
+        # every lifecycle transition passes one first, so a pending abort is raised here and
+        # the machine never gets an event it cannot take.
+        await trio.lowlevel.checkpoint()
         self.outcome = f"failed ({code})"
-        self._discard_stats()
         summaries = tuple(self.summaries)
         log.warning("run %s failed: %s", self.run_id, message)
         text = printable(message + self._keep_locally(), 1000)
-        self.final = self._send_reliable(
-            lambda seq: Error(seq=seq, code=code, message=text, summaries=summaries)
+        self._send_final(
+            lambda seq: Error(seq=seq, code=code, message=text, summaries=summaries), event
         )
 
-    def _discard_stats(self) -> None:
-        if self.conn is not None:
-            self.conn.discard_stats()
-
     async def _wait_start(self, stage: str) -> int:
-        while stage not in self.starts:
+        starts = self.endpoint.starts
+        while stage not in starts:
             await self._starts_changed.wait()
             self._starts_changed = trio.Event()
-        return self.starts[stage]
+        return starts[stage]
 
     async def _report_started(self, run: StageRun, stage: str, at_ns: int) -> None:
         # Wake a little after the instant: at the instant itself the CPU belongs to the
@@ -446,8 +378,7 @@ class Session:
             while not any(w.started_perf_ns for w in run.workers) and run.workers:  # noqa: ASYNC110
                 await trio.sleep(0.001)
         started = run.started_at_ns()
-        self._send_reliable(lambda seq: Started(seq=seq, stage=stage, at_ns=started))
-        self.started_stage = stage
+        self.endpoint.started(stage, started, self._now_ns())
 
     # -- background duties
 
@@ -459,7 +390,7 @@ class Session:
         run = self.current
         if run is None or not run.start_perf_ns:
             return interval
-        origin = self.starts.get(run.name, run.clock.wall_from_perf(run.start_perf_ns))
+        origin = self.endpoint.starts.get(run.name, run.clock.wall_from_perf(run.start_perf_ns))
         since = (self.clock.now_ns() - origin) / 1e9
         if since < 0:
             return -since + interval
@@ -468,19 +399,14 @@ class Session:
     async def _stats_loop(self) -> None:
         while True:
             await trio.sleep(self._next_stats_in())
-            run, conn = self.current, self.conn
-            if run is None or conn is None or self.started_stage != run.name:
+            run = self.current
+            if run is None:
                 continue
-            if conn.stats_written - self.stats_seen >= STATS_IN_FLIGHT:
-                # frames actually sent but not yet seen: the link has not drained, the
-                # snapshot waits (a later one will carry everything)
-                self.stats_held_back += 1
-                continue
-            progress = run.progress()
-            self.stats_seq += 1
-            conn.send_stats(
-                Stats(
-                    seq=self.stats_seq,
+
+            def reading(seq: int, run: StageRun = run) -> Stats:
+                progress = run.progress()
+                return Stats(
+                    seq=seq,
                     stage=run.name,
                     warmup=progress.warmup,
                     elapsed_ns=progress.elapsed_ns,
@@ -492,42 +418,23 @@ class Session:
                     cpu_system_ns=progress.cpu_system_ns,
                     at_ns=progress.at_ns,
                 )
-            )
 
-    async def _resend_loop(self) -> None:
-        interval_ns = int(self.resend_interval_s * 1e9)
-        while True:
-            await trio.sleep(self.resend_interval_s / 2)
-            for message in self.sender.due(self.clock.now_ns(), interval_ns):
-                assert isinstance(message, Message)
-                self._send(message)
+            self.endpoint.offer_stats(run.name, reading)
 
-    async def _watchdog(self) -> None:
-        """Abort the run when the controller has been silent for the orphan timeout."""
-        while True:
-            await trio.sleep(min(WATCHDOG_EVERY_S, self.orphan_timeout_s / 4))
-            if self.conn is not None:
-                self.last_heard = max(self.last_heard, self.conn.last_received)
-            silent = trio.current_time() - self.last_heard
-            if silent < self.orphan_timeout_s:
-                continue
-            state = self.machine.state
-            if state is AgentState.FINISHING:
-                self.machine.apply(AgentEvent.CONTROLLER_LOST)
-                log.warning(
-                    "run %s: final results not acknowledged after %.0fs; kept locally",
-                    self.run_id,
-                    silent,
-                )
-                self._finish()
-                return
-            if state is not AgentState.ABORTING:
-                self.machine.apply(AgentEvent.CONTROLLER_LOST)
-                self.abort_reason = f"controller silent for {silent:.0f}s (orphan timeout)"
-                log.warning("run %s: %s; aborting", self.run_id, self.abort_reason)
-                if self.conn is not None:
-                    self.conn.close_soon("orphan timeout")
-                self.run_scope.cancel()
+    async def _timers(self) -> None:
+        """Re-send what the controller has not ACKed; abort the run when the controller has
+        been silent for the orphan timeout (the endpoint decides, this task keeps time)."""
+        endpoint = self.endpoint
+        every = min(WATCHDOG_EVERY_S, endpoint.orphan_timeout_s / 4)
+        while not endpoint.over:
+            await trio.sleep(every)
+            now = trio.current_time()
+            for event in endpoint.tick(now, int(now * 1e9)):
+                if isinstance(event, RunOver):
+                    log.warning("run %s: %s; kept locally", self.run_id, event.reason)
+                elif isinstance(event, AbortRun):
+                    log.warning("run %s: %s; aborting", self.run_id, event.reason)
+                self._react([event])
 
     def _keep_locally(self) -> str:
         """Write the local record before the final message goes out, so that a failure to
@@ -550,7 +457,7 @@ class Session:
                 "outcome": self.outcome,
                 "final_acknowledged": self.machine.state is AgentState.IDLE
                 and self.final is not None
-                and len(self.sender) == 0,
+                and len(self.endpoint.sender) == 0,
                 "summaries": unstructure(self.summaries),
             }
             path.write_text(json.dumps(record, indent=1, default=_bytes_hex))

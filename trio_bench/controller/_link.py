@@ -29,46 +29,24 @@ from trio_bench import __version__
 from trio_bench.clock import RunClock
 from trio_bench.config import split_address
 from trio_bench.protocol import (
-    DONE_EVENT,
-    PROTOCOL_VERSION,
-    STARTED_EVENT,
-    STATS_EVENT,
-    Aborted,
-    Ack,
-    Auth,
     ClockEstimator,
-    ClockSample,
-    Completed,
-    Error,
-    Goodbye,
+    ControllerEndpoint,
+    ControllerHandshake,
     Hello,
     Message,
     PeerEvent,
     PeerMachine,
     PeerState,
-    Ping,
     Pong,
     ProtocolError,
     Ready,
+    Refusal,
     ReliableReceiver,
-    ReliableSender,
-    Resume,
-    Resumed,
-    StageDone,
     StageSummary,
-    Started,
     Stats,
-    StatsSeen,
     StatsSequence,
-    TransitionError,
-    Welcome,
-    check_proof,
-    frame_key,
-    make_proof,
-    new_challenge,
     to_controller_clock,
 )
-from trio_bench.stats import went_back
 from trio_bench.transport import CLOSE_TIMEOUT_S, Connection, ConnectionClosed
 
 from ._aggregate import Sample
@@ -111,6 +89,11 @@ def _connect_error(exc: OSError) -> tuple[str, bool]:
 
 
 class AgentLink:
+    """One agent, as the controller reaches it: connections (open, handshake, reconnect and
+    resume), liveness timers, and the adapters to the display, timeline and aggregation. The
+    conversation itself (machine, sequence numbers, re-sends, what each message means) is the
+    run's ``ControllerEndpoint``; the handshake's rules are ``ControllerHandshake``."""
+
     def __init__(
         self,
         *,
@@ -123,6 +106,8 @@ class AgentLink:
         record: Callable[[str, str, str], None],
         connect: Connect = trio.open_tcp_stream,
         on_sample: Callable[[str, Sample], None] = lambda agent, sample: None,
+        run_id: str = "",
+        reconnect_window_s: float = 15.0,
     ) -> None:
         """``on_sample(agent_id, sample)`` receives every new reading of the agent's numbers
         (each STATS and each stage summary), on the controller's clock."""
@@ -137,38 +122,97 @@ class AgentLink:
         self._record = record
         self.connect = connect
         self._on_sample = on_sample
-        self.machine = PeerMachine()
-        self.conn: Connection | None = None
+        self.reconnect_window_s = reconnect_window_s
+        self.endpoint = ControllerEndpoint(run_id, self._changed)
         self.hello: Hello | None = None
-        self.estimator = ClockEstimator()
-        self.sender = ReliableSender()
-        self.receiver = ReliableReceiver()
-        self.stats_sequence = StatsSequence()
-        self.latest: Stats | None = None
-        self._stats_handled = 0
-        self.ready: Ready | None = None
-        self.started_at: dict[str, int] = {}
-        self.summaries: dict[str, StageSummary] = {}
-        self.final: tuple[StageSummary, ...] | None = None
-        self.failure: str | None = None
-        self.failure_code = ""
         self.not_started: str | None = None  # healthy, but the run could not start (why)
         self.stalled = False
         self.reconnects = 0
-        self.abort_requested = False
-        self.run_id = ""
-        self._ping_nonce = 0
         self.closed = trio.Event()  # set when the link will never talk to its agent again
 
-    # -- facts
+    # -- facts (the endpoint's)
+
+    @property
+    def conn(self) -> Connection | None:
+        wire = self.endpoint.wire
+        assert wire is None or isinstance(wire, Connection)
+        return wire
+
+    @conn.setter
+    def conn(self, conn: Connection | None) -> None:
+        self.endpoint.wire = conn
+
+    @property
+    def run_id(self) -> str:
+        return self.endpoint.run_id
+
+    @property
+    def machine(self) -> PeerMachine:
+        return self.endpoint.machine
 
     @property
     def state(self) -> PeerState:
-        return self.machine.state
+        return self.endpoint.state
+
+    @property
+    def estimator(self) -> ClockEstimator:
+        return self.endpoint.estimator
 
     @property
     def offset_ns(self) -> int:
-        return self.estimator.offset_ns or 0
+        return self.endpoint.offset_ns
+
+    @property
+    def stats_sequence(self) -> StatsSequence:
+        return self.endpoint.stats_sequence
+
+    @property
+    def receiver(self) -> ReliableReceiver:
+        return self.endpoint.receiver
+
+    @property
+    def latest(self) -> Stats | None:
+        return self.endpoint.latest
+
+    @property
+    def ready(self) -> Ready | None:
+        return self.endpoint.ready
+
+    @property
+    def started_at(self) -> dict[str, int]:
+        return self.endpoint.started_at
+
+    @property
+    def summaries(self) -> dict[str, StageSummary]:
+        return self.endpoint.summaries
+
+    @property
+    def final(self) -> tuple[StageSummary, ...] | None:
+        return self.endpoint.final
+
+    @property
+    def failure(self) -> str | None:
+        return self.endpoint.failure
+
+    @failure.setter
+    def failure(self, value: str | None) -> None:
+        self.endpoint.failure = value
+
+    @property
+    def failure_code(self) -> str:
+        return self.endpoint.failure_code
+
+    @failure_code.setter
+    def failure_code(self, value: str) -> None:
+        self.endpoint.failure_code = value
+
+    @property
+    def abort_requested(self) -> bool:
+        return self.endpoint.abort_requested
+
+    @abort_requested.setter
+    def abort_requested(self, value: bool) -> None:
+        self.endpoint.abort_requested = value
 
     @property
     def load_host(self) -> str:
@@ -186,35 +230,19 @@ class AgentLink:
 
     # -- the machine
 
+    def _changed(self, state: PeerState, detail: str) -> None:
+        self._record(self.id, state.value, detail)
+
     def apply(self, event: PeerEvent, detail: str = "") -> None:
-        before = self.machine.state
-        try:
-            self.machine.apply(event)
-        except TransitionError as exc:
-            raise ProtocolError(str(exc)) from None
-        after = self.machine.state
-        if after is not before:
-            self._record(self.id, after.value, detail or event.value)
-            if (
-                before is PeerState.DISCONNECTED
-                and self.abort_requested
-                and self.machine.can_apply(PeerEvent.ABORT_SENT)
-            ):
-                self.machine.apply(PeerEvent.ABORT_SENT)  # it came back: it is still aborting
+        self.endpoint.apply(event, detail)
         self._notify()
 
     def fail(self, reason: str, event: PeerEvent = PeerEvent.PROTOCOL_VIOLATION) -> None:
         if self.machine.terminal:
             return
-        if self.failure is None:
-            self.failure = reason
         log.info("agent %s: %s", self.id, reason)  # the display shows it
-        if not self.machine.can_apply(event):
-            event = PeerEvent.PROTOCOL_VIOLATION
-        if self.machine.can_apply(event):
-            self.apply(event, reason)
-        if self.conn is not None:
-            self.conn.close_soon(reason)
+        self.endpoint.fail(reason, event)
+        self._notify()
 
     # -- connecting
 
@@ -257,74 +285,28 @@ class AgentLink:
         return hello
 
     async def _handshake(self, conn: Connection) -> Hello:
-        hello = await conn.receive()
-        if isinstance(hello, Error):
-            raise LinkFailed(f"{self.address}: {hello.message}", hello.code)
-        if not isinstance(hello, Hello):
-            raise LinkFailed(f"{self.address}: expected hello, got {hello.TAG}")
-        if self.configured_id is not None and hello.agent_id != self.configured_id:
-            # The id names the agent's storage prefix and results folder: silently using
-            # another name than the agent's own would put its data somewhere unexpected.
-            raise LinkFailed(
-                f"the agent at {self.address} is {hello.agent_id!r} (its --id), the config "
-                f"says {self.configured_id!r}: make them agree, or leave the id out of the "
-                "config",
-                "bad_config",
-            )
-        if hello.protocol != PROTOCOL_VERSION:
-            text = (
-                f"version mismatch: controller speaks protocol {PROTOCOL_VERSION} "
-                f"(triobench {__version__}), agent {hello.agent_id} at {self.address} speaks "
-                f"{hello.protocol} (triobench {hello.software})"
-            )
-            conn.send(Error(seq=0, code="version_mismatch", message=text, summaries=()))
-            raise LinkFailed(text, "version_mismatch")
-        if self.token is not None and not hello.auth_required:
-            # A peer that says it needs no token could be anything (an impostor answering on
-            # the agent's address); we send it no proof and refuse it.
-            raise LinkFailed(
-                f"agent {hello.agent_id} at {self.address} does not require a token, but this "
-                "controller has one: refusing it (start the agent with --token-file, or run "
-                "the controller without a token)",
-                "auth_failed",
-            )
-        if hello.auth_required and self.token is None:
-            raise LinkFailed(
-                f"agent {hello.agent_id} at {self.address} requires a token "
-                "(--token-file or TRIOBENCH_TOKEN)",
-                "auth_failed",
-            )
-        challenge = new_challenge()
-        proof = b""
-        if self.token is not None:
-            proof = make_proof(self.token, "controller", hello.agent_id, hello.challenge, challenge)
-            # the agent's frames after its WELCOME are authenticated (§3)
-            agent_key = frame_key(self.token, "agent", hello.agent_id, hello.challenge, challenge)
-            conn.verify_after(lambda m: agent_key if isinstance(m, Welcome) else None)
-        conn.send(
-            Auth(
-                protocol=PROTOCOL_VERSION,
-                software=__version__,
-                controller=f"{socket.gethostname()}:{os.getpid()}",
-                challenge=challenge,
-                proof=proof,
-            )
+        handshake = ControllerHandshake(
+            token=self.token,
+            software=__version__,
+            controller=f"{socket.gethostname()}:{os.getpid()}",
+            address=self.address,
+            configured_id=self.configured_id,
         )
-        welcome = await conn.receive()
-        if isinstance(welcome, Error):
-            raise LinkFailed(f"agent at {self.address}: {welcome.message}", welcome.code)
-        if not isinstance(welcome, Welcome):
-            raise LinkFailed(f"{self.address}: expected welcome, got {welcome.TAG}")
-        if self.token is not None and not check_proof(
-            self.token, "agent", hello.agent_id, hello.challenge, challenge, welcome.proof
-        ):
-            raise LinkFailed(
-                f"agent at {self.address} could not prove it knows the token", "auth_failed"
-            )
-        if self.token is not None:  # everything we send from now on is authenticated
-            conn.sign_from_now(
-                frame_key(self.token, "controller", hello.agent_id, hello.challenge, challenge)
-            )
+        try:
+            auth = handshake.receive_hello(await conn.receive())
+            if self.token is not None:
+                conn.verify_after(handshake.key_after)  # the agent's frames after WELCOME
+            conn.send(auth)
+            handshake.receive_welcome(await conn.receive())
+        except Refusal as refusal:
+            if refusal.tell:
+                conn.send(refusal.error())
+            raise LinkFailed(refusal.text, refusal.code) from None
+        send_key = handshake.send_key()
+        if send_key is not None:  # everything we send from now on is authenticated
+            conn.sign_from_now(send_key)
+        hello = handshake.hello
+        assert hello is not None
         self.hello = hello
         if self.configured_id is None:
             self.id = hello.agent_id
@@ -344,10 +326,9 @@ class AgentLink:
             self.closed.set()
         elif self.conn is conn and not self.machine.terminal and self.hello is not None:
             reason = conn.close_reason or "connection closed"
-            if self.machine.can_apply(PeerEvent.CONNECTION_LOST):
-                self.apply(PeerEvent.CONNECTION_LOST, reason)
+            self.endpoint.lost(reason)
+            self._notify()
             log.info("agent %s: %s", self.id, reason)  # the display shows it
-            self.conn = None
             await self._reconnect()
         elif self.machine.terminal:
             self.closed.set()
@@ -369,7 +350,7 @@ class AgentLink:
 
     async def _reconnect(self) -> None:
         """The connection closed mid-run: resume on a new one, or give up on the agent."""
-        deadline = trio.current_time() + self._reconnect_window
+        deadline = trio.current_time() + self.reconnect_window_s
         while not self.machine.terminal:
             async with trio.open_nursery() as nursery:
                 try:
@@ -379,32 +360,22 @@ class AgentLink:
                         self.give_up(f"lost: {exc}")
                         return
                 else:
-                    assert self.conn is not None
+                    conn = self.conn
+                    assert conn is not None
                     held = hello.session.run_id if hello.session else None
                     if held != self.run_id:
-                        self.conn.close_soon("agent lost the run")
+                        conn.close_soon("agent lost the run")
                         self.give_up(f"agent restarted and no longer holds run {self.run_id}")
                         return
                     self.reconnects += 1
-                    self.conn.send(Resume(run_id=self.run_id, acked=self.receiver.processed))
-                    for message in self.sender.unacked():
-                        assert isinstance(message, Message)
-                        self.conn.send(message)
+                    self.endpoint.resume(conn)
                     self._record(self.id, "resumed", f"reconnected to {self.address}")
                     return  # leaving the block waits for the new connection's tasks
             await trio.sleep(RECONNECT_EVERY_S)
 
-    _reconnect_window = 15.0  # set by the controller from dead_after
-
     def give_up(self, reason: str) -> None:
         """This agent is not coming back: DISCONNECTED (if it was not already), then FAILED."""
-        self.failure = self.failure or reason
-        if self.machine.can_apply(PeerEvent.CONNECTION_LOST) and not self.machine.terminal:
-            self.apply(PeerEvent.CONNECTION_LOST, reason)
-        if self.machine.can_apply(PeerEvent.GAVE_UP):
-            self.apply(PeerEvent.GAVE_UP, reason)
-        if self.conn is not None:
-            self.conn.close_soon(reason)
+        self.endpoint.give_up(reason)
         self.closed.set()
         self._notify()
 
@@ -412,142 +383,59 @@ class AgentLink:
 
     def _intercept(self, message: Message) -> bool:
         if isinstance(message, Pong):
-            t4 = self.clock.now_ns()
-            self.estimator.add(ClockSample(message.t1_ns, message.t2_ns, message.t3_ns, t4))
+            self.endpoint.pong_arrived(message, self.clock.now_ns())
         return False
 
     def _count_stats(self, stats: Stats) -> None:
         """Runs in the reader, as each STATS frame arrives: count it and acknowledge it at
         once (flow control: the agent sends the next one only when the link has drained)."""
-        if self.stats_sequence.accept(stats.seq) and self.conn is not None:
-            self.conn.send(StatsSeen(seq=stats.seq))
+        self.endpoint.stats_arrived(stats)
 
     def handle(self, message: Message) -> None:
         """Apply one message from the agent. ``ProtocolError`` if it is not allowed now."""
-        if isinstance(message, Stats):
-            if message.seq > self._stats_handled:
-                previous = self.latest
-                if (
-                    previous is not None
-                    and previous.stage == message.stage
-                    and previous.warmup == message.warmup
-                    and went_back(message.ops, previous.ops)
-                ):
-                    raise ProtocolError(
-                        f"stats: seq {message.seq}: the cumulative counts of stage "
-                        f"{message.stage} went backwards (seq {previous.seq} had more)"
-                    )
-                self._stats_handled = message.seq
-                self.apply(STATS_EVENT[message.stage])
-                if message.stage not in self.summaries:  # a stage's summary supersedes it
-                    self.latest = message
-                    self._on_sample(
-                        self.id,
-                        Sample(
-                            stage=message.stage,
-                            warmup=message.warmup,
-                            at_ns=to_controller_clock(message.at_ns, self.offset_ns),
-                            elapsed_ns=message.elapsed_ns,
-                            ops=message.ops,
-                            done=message.done,
-                            total=message.total,
-                        ),
-                    )
-            return
-        if isinstance(message, Ack):
-            self.sender.ack(message.seq)
-            return
-        if isinstance(message, Pong):
-            self.apply(PeerEvent.PONG)
-            return
-        if isinstance(message, Goodbye | Resumed):
-            return
-        if isinstance(message, Error) and message.seq == 0:
-            # busy, auth, version, or the agent could not read what we sent (it aborted the
-            # run and kept its results): this agent is done for this run
-            self.failure_code = message.code
-            self.fail(f"agent reported: {message.message}", PeerEvent.AGENT_ERROR)
-            return
-        if not isinstance(message, Ready | Started | StageDone | Completed | Aborted | Error):
-            raise ProtocolError(f"{message.TAG}: not a message an agent sends")
-        if not self.receiver.check(message.seq, message.TAG):
-            self._send(Ack(seq=self.receiver.processed))  # a re-send: ACK again
-            return
-        self.apply(*self._event_for(message))
-        self.receiver.commit(message.seq)
-        self._remember(message)
-        self._send(Ack(seq=message.seq))
-
-    def _event_for(self, message: Message) -> tuple[PeerEvent, str]:
-        if isinstance(message, Ready):
-            return PeerEvent.READY, f"ready: {message.target}"
-        if isinstance(message, Started):
-            return STARTED_EVENT[message.stage], f"{message.stage} started"
-        if isinstance(message, StageDone):
-            return DONE_EVENT[message.summary.stage], f"{message.summary.stage} done"
-        if isinstance(message, Completed):
-            return PeerEvent.COMPLETED, "completed"
-        if isinstance(message, Aborted):
-            return PeerEvent.ABORTED, f"aborted: {message.reason}"
-        assert isinstance(message, Error)
-        return PeerEvent.AGENT_ERROR, f"{message.code}: {message.message}"
-
-    def _remember(self, message: Message) -> None:
-        if isinstance(message, Ready):
-            self.ready = message
-        elif isinstance(message, Started):
-            self.started_at[message.stage] = message.at_ns
-        elif isinstance(message, StageDone):
-            self._summary(message.summary)
-            self.latest = None
-        elif isinstance(message, Completed | Aborted | Error):
-            self.final = message.summaries
-            for summary in message.summaries:  # the final word on every stage it carries
-                self._summary(summary)
-            if isinstance(message, Error):
-                self.failure = f"{message.code}: {message.message}"
-                self.failure_code = message.code
-            self.latest = None
-
-    def _summary(self, summary: StageSummary) -> None:
-        self.summaries[summary.stage] = summary
-        if summary.ended_at_ns:  # a stage that never began has no place on the timeline
-            self._on_sample(
-                self.id,
-                Sample(
-                    stage=summary.stage,
+        readings = self.endpoint.receive(message)
+        self._notify()
+        offset = self.offset_ns
+        for reading in readings:
+            if isinstance(reading, Stats):
+                sample = Sample(
+                    stage=reading.stage,
+                    warmup=reading.warmup,
+                    at_ns=to_controller_clock(reading.at_ns, offset),
+                    elapsed_ns=reading.elapsed_ns,
+                    ops=reading.ops,
+                    done=reading.done,
+                    total=reading.total,
+                )
+            else:
+                sample = Sample(
+                    stage=reading.stage,
                     warmup=False,
-                    at_ns=to_controller_clock(summary.ended_at_ns, self.offset_ns),
-                    elapsed_ns=summary.measured_ns,
-                    ops=summary.ops,
-                    done=summary.done,
-                    total=summary.total,
+                    at_ns=to_controller_clock(reading.ended_at_ns, offset),
+                    elapsed_ns=reading.measured_ns,
+                    ops=reading.ops,
+                    done=reading.done,
+                    total=reading.total,
                     final=True,
-                ),
-            )
+                )
+            self._on_sample(self.id, sample)
 
     # -- outbound
 
     def _send(self, message: Message) -> None:
-        if self.conn is not None:
-            self.conn.send(message)
+        self.endpoint.send(message)
 
     def send_reliable(self, build: Callable[[int], Message]) -> None:
-        self._send(self.sender.stamp(build, self.clock.now_ns()))
+        self.endpoint.send_reliable(build, self.clock.now_ns())
 
     def resend_due(self, interval_ns: int) -> None:
-        for message in self.sender.due(self.clock.now_ns(), interval_ns):
-            assert isinstance(message, Message)
-            self._send(message)
+        self.endpoint.resend_due(self.clock.now_ns(), interval_ns)
 
     def ping(self) -> None:
-        self._ping_nonce += 1
-        self._send(Ping(nonce=self._ping_nonce, t1_ns=self.clock.now_ns()))
+        self.endpoint.ping(self.clock.now_ns())
 
     def say_goodbye(self, reason: str) -> None:
-        if self.conn is not None:
-            self.conn.send(Goodbye(reason=reason))
-            self.conn.close_soon(reason)
+        self.endpoint.goodbye(reason)
         self.closed.set()
 
     # -- liveness

@@ -138,12 +138,11 @@ class Controller:
                 record=self._record,
                 connect=connect,
                 on_sample=self._sample,
+                run_id=self.run_id,
+                reconnect_window_s=self.settings.give_up_after / 1e9,
             )
             for i, agent in enumerate(agents)
         ]
-        for link in self.links:
-            link.run_id = self.run_id
-            link._reconnect_window = self.settings.give_up_after / 1e9
         self._stage = "connecting"
         self.abort_reason: str | None = None
         self.user_abort = False

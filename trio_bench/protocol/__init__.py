@@ -2,8 +2,11 @@
 
 ``protocol.md`` at the repository root is the specification; this package is its reference
 implementation. It turns bytes into messages and back (``FrameDecoder``, ``encode_message``),
-holds both state machines as tables, does the clock-offset math, tracks sequence numbers and
-computes authentication proofs. Everything a peer can get wrong ends in ``ProtocolError``.
+holds both state machines as tables, does the clock-offset math, tracks sequence numbers,
+computes authentication proofs, and runs the conversation itself: the handshake of each side
+(``AgentHandshake``, ``ControllerHandshake``) and the run of each side (``AgentEndpoint``,
+``ControllerEndpoint``), with the I/O left to the caller. Everything a peer can get wrong
+ends in ``ProtocolError``.
 """
 
 from ._auth import (
@@ -23,6 +26,18 @@ from ._clock import (
     to_agent_clock,
     to_controller_clock,
 )
+from ._endpoints import (
+    RESEND_INTERVAL_NS,
+    AbortRun,
+    AgentEndpoint,
+    AgentEventOut,
+    ControllerEndpoint,
+    ControllerLeft,
+    RunOver,
+    StartStage,
+    Wire,
+    went_back,
+)
 from ._errors import ProtocolError, TransitionError
 from ._frames import (
     HANDSHAKE_FRAME_SIZE,
@@ -33,6 +48,7 @@ from ._frames import (
     encode_frame,
     sign_frame,
 )
+from ._handshake import AgentHandshake, ControllerHandshake, Refusal
 from ._histogram import (
     CLAMP_NS,
     NBINS,
@@ -134,6 +150,7 @@ __all__ = [
     "PEER_TERMINAL",
     "PRIOR",
     "PROTOCOL_VERSION",
+    "RESEND_INTERVAL_NS",
     "RUN_ID",
     "STAGES",
     "STARTED_EVENT",
@@ -145,9 +162,13 @@ __all__ = [
     "TAG_SIZE",
     "TERMINAL_TYPES",
     "Abort",
+    "AbortRun",
     "Aborted",
     "Ack",
+    "AgentEndpoint",
     "AgentEvent",
+    "AgentEventOut",
+    "AgentHandshake",
     "AgentMachine",
     "AgentState",
     "Auth",
@@ -155,6 +176,9 @@ __all__ = [
     "ClockSample",
     "Completed",
     "Configure",
+    "ControllerEndpoint",
+    "ControllerHandshake",
+    "ControllerLeft",
     "Error",
     "FrameDecoder",
     "FrameMac",
@@ -170,20 +194,24 @@ __all__ = [
     "Pong",
     "ProtocolError",
     "Ready",
+    "Refusal",
     "ReliableReceiver",
     "ReliableSender",
     "Resume",
     "Resumed",
+    "RunOver",
     "SessionInfo",
     "StageDone",
     "StageSummary",
     "Start",
+    "StartStage",
     "Started",
     "Stats",
     "StatsSeen",
     "StatsSequence",
     "TransitionError",
     "Welcome",
+    "Wire",
     "best_sample",
     "bucket_bounds",
     "bucket_index",
@@ -205,4 +233,5 @@ __all__ = [
     "to_controller_clock",
     "unstructure",
     "unstructure_message",
+    "went_back",
 ]

@@ -5,6 +5,8 @@ interval numbers come from the difference of two cumulative snapshots; percentil
 ever computed from a (merged) histogram, never averaged.
 """
 
+from trio_bench.protocol import went_back
+
 from ._record import (
     BYTES,
     ERRORS,
@@ -27,7 +29,7 @@ from ._record import (
     snapshot_to_wire,
     to_wire,
 )
-from ._sparse import EMPTY, merge_ops, op_difference, ops_difference, percentiles, went_back
+from ._sparse import EMPTY, merge_ops, op_difference, ops_difference, percentiles
 from ._summary import SUMMARY_COLUMNS, SummaryRow, format_tsv, summarize, summary_rows
 
 __all__ = [

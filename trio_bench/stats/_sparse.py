@@ -95,12 +95,6 @@ def ops_difference(
     return out
 
 
-def went_back(later: Mapping[str, OpStats], earlier: Mapping[str, OpStats]) -> bool:
-    """Whether any cumulative count of ``earlier`` is larger in ``later`` (or gone): then the
-    two are not one counter seen twice, and their difference would be negative."""
-    return ops_difference(later, earlier) is None
-
-
 def merge_ops(items: Iterable[OpStats]) -> OpStats:
     counts: dict[int, int] = {}
     ops = nbytes = errors = total = maximum = 0
