@@ -213,6 +213,7 @@ class PairMachine(RuleBasedStateMachine):
         self.said_goodbye = False
         self.readings: list[p.Stats | p.StageSummary] = []
         self.connections = 0
+        self.in_hypothesis = True
         self.connect()
 
     def _changed(self, state: p.PeerState, detail: str) -> None:
@@ -392,6 +393,10 @@ class PairMachine(RuleBasedStateMachine):
         else:
             raise AssertionError(f"the run never ended: {self.controller.state}")
         self._check_the_results()
+        if self.in_hypothesis:
+            self._note_what_happened()
+
+    def _note_what_happened(self) -> None:
         note_event(f"ended {self.controller.state.value}")
         note_event(f"connections: {min(self.connections, 4)}{'+' if self.connections > 4 else ''}")
         if self.controller.receiver.duplicates or (
@@ -458,6 +463,7 @@ TestEndpointPair.settings = settings(max_examples=300, stateful_step_count=60, d
 def test_a_clean_run_ends_completed_with_the_agents_summaries() -> None:
     """No interference at all: the baseline the hypothesis test compares against."""
     machine = PairMachine()
+    machine.in_hypothesis = False
     machine.teardown()
     assert machine.controller.state is p.PeerState.COMPLETED
     assert [s.stage for s in machine.agent.summaries] == list(p.STAGES)

@@ -84,14 +84,15 @@ class AgentServer:
         give_the_loop_priority()  # busy worker threads must not starve this loop
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await nursery.start(trio.serve_listeners, self._handle, listeners)
+            await nursery.start(trio.serve_listeners, self.handle, listeners)
             task_status.started()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection (any byte stream: TCP from ``serve``, memory in tests)."""
         try:
-            host, port = stream.socket.getpeername()[:2]
+            host, port = stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
             peer = f"{host}:{port}"
-        except OSError:
+        except (OSError, AttributeError):
             peer = "controller"
         clock = self.clock
 
@@ -264,7 +265,7 @@ class AgentServer:
             self.release(session)
 
 
-async def _refuse_now(stream: trio.SocketStream, message: str) -> None:
+async def _refuse_now(stream: trio.abc.Stream, message: str) -> None:
     """Refuse a connection we will not even read from (too many open)."""
     with trio.move_on_after(1):
         try:

@@ -6,13 +6,18 @@ Inbound, the reader decodes frames as they arrive and never waits on application
   PONG timestamped) goes to ``intercept``, a plain function that must not block;
 - STATS go to a latest-snapshot slot: stats are cumulative, so a newer snapshot replaces an
   unread older one and nothing is lost;
-- every other message goes to a bounded control inbox. A peer that overflows it (thousands of
-  control messages the application has not consumed) is flooding us: protocol error.
+- every other message goes to the inbound control channel, a bounded Trio memory channel. A
+  peer that overflows it (thousands of control messages the application has not consumed) is
+  flooding us: protocol error.
 
-Outbound, control messages are queued (bounded) and STATS sit in a single replaceable slot;
-the writer always sends every queued control message before the pending STATS, batching them
-into one ``send_all``. So a PING, an ABORT or an ACK is never stuck behind statistics, and a
-slow peer costs us at most one stats frame of memory.
+Outbound, control messages go to the outbound control channel (bounded, its own memory
+channel) and STATS sit in a single replaceable slot beside it; the writer always sends every
+queued control message before the pending STATS, batching them into one ``send_all``. So a
+PING, an ABORT or an ACK is never stuck behind statistics, and a slow peer costs us at most
+one stats frame of memory. The slots are why STATS are not channel items themselves: a
+channel would keep every snapshot, the slot keeps the newest. When a slot is filled and was
+empty, a marker goes through its direction's channel, so the consumer wakes for it and sees
+it after the control messages that came before it.
 
 Liveness is the owner's business; the connection only records when bytes last arrived
 (``last_received``, in ``trio.current_time()``).
@@ -27,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -65,7 +69,6 @@ CLOSE_TIMEOUT_S = 2.0  # how long a graceful close waits for queued frames to be
 # this much instead of seconds of stale statistics on a slow link. Our traffic is small, so
 # this costs no throughput.
 UNSENT_LIMIT = 16 * 1024
-_SIGN_FROM_HERE = object()  # in the outbox: frames after it are authenticated
 
 
 class ConnectionClosed(Exception):
@@ -76,7 +79,20 @@ class ConnectionClosed(Exception):
         self.reason = reason
 
 
+class _StatsMarker:
+    """In a channel: the stats slot beside it was filled (take it after what came before)."""
+
+
+_STATS = _StatsMarker()
+_OutItem = bytes | FrameMac | _StatsMarker  # a frame, a key for the frames after it, a marker
+_MARKERS = 4  # room in a channel beyond its limit, for markers
+
+
 class Connection:
+    """One peer's connection: a reader task and a writer task, two bounded memory channels
+    (control in, control out) and a latest-STATS slot beside each. Sending never blocks;
+    ``receive`` returns control messages in arrival order, then the newest STATS."""
+
     def __init__(
         self,
         stream: trio.abc.Stream,
@@ -99,22 +115,29 @@ class Connection:
         self.closed = trio.Event()  # set when closing begins: nothing more is accepted
         self.finished = trio.Event()  # set when the stream is closed and both tasks are done
         self._decoder = FrameDecoder(max_frame_size=max_frame_size)
-        self._inbox: deque[Message] = deque()
-        self._inbox_changed = trio.Event()
         self._frame_arrived = trio.Event()
+        # inbound: control messages (and the stats marker) for the application
+        self._in_send, self._in_receive = trio.open_memory_channel[Message | _StatsMarker](
+            CONTROL_BACKLOG + _MARKERS
+        )
+        self._in_control = 0  # control messages in the inbound channel
+        self._in_marked = False  # a stats marker is in the inbound channel
         self.latest_stats: Stats | None = None
-        self._control_out: deque[Any] = deque()  # encoded frames and _SIGN_FROM_HERE
+        # outbound: encoded frames, key changes and the stats marker, for the writer
+        self._out_send, self._out_receive = trio.open_memory_channel[_OutItem](
+            OUTBOX_LIMIT + PONG_BACKLOG + _MARKERS
+        )
+        self._out_control = 0  # control frames (PONGs apart) queued since the writer last took
+        self._queued_pongs = 0
+        self._out_marked = False
         self._send_key: FrameMac | None = None  # authenticates what we send (once set)
-        self._next_send_key: FrameMac | None = None
         self._send_counter = 0
         # called with each inbound message until it returns the key that authenticates the
         # frames after that message
         self._verify_after: Callable[[Message], bytes | None] | None = None
-        self._queued_pongs = 0
         self._stats_out: bytes | None = None
         self._stats_out_seq = 0
         self.stats_written = 0  # seq of the last STATS frame actually handed to the socket
-        self._wake_writer = trio.Event()
         self._cancel: trio.CancelScope | None = None
         self._socket = _limit_unsent(stream)
 
@@ -129,11 +152,20 @@ class Connection:
                 self.pongs_dropped += 1
                 return
             self._queued_pongs += 1
-        elif len(self._control_out) - self._queued_pongs >= OUTBOX_LIMIT:
+        elif self._out_control >= OUTBOX_LIMIT:
             self._abort(f"{self.name} stopped reading: {OUTBOX_LIMIT} control frames queued")
             return
-        self._control_out.append(encode_message(message))
-        self._wake()
+        else:
+            self._out_control += 1
+        self._put_out(encode_message(message))
+
+    def _put_out(self, item: _OutItem) -> None:
+        try:
+            self._out_send.send_nowait(item)
+        except trio.WouldBlock:  # the limits above keep it from filling; never wait here
+            self._abort(f"{self.name} stopped reading: its outbound channel is full")
+        except trio.ClosedResourceError:
+            pass  # closing: nothing more goes out
 
     def send_stats(self, stats: Stats) -> None:
         """Offer a STATS snapshot; it replaces any snapshot not yet sent."""
@@ -143,22 +175,19 @@ class Connection:
             self.stats_superseded += 1
         self._stats_out = encode_message(stats)
         self._stats_out_seq = stats.seq
-        self._wake()
+        if not self._out_marked:
+            self._out_marked = True
+            self._put_out(_STATS)
 
     def discard_stats(self) -> None:
         """Drop a pending STATS (called when a stage ends: the summary supersedes it)."""
         self._stats_out = None
 
-    def _wake(self) -> None:
-        self._wake_writer.set()
-
     # -- frame authentication (protocol.md §3)
 
     def sign_from_now(self, key: bytes) -> None:
         """Authenticate every frame queued after this call with ``key``."""
-        self._next_send_key = FrameMac(key)
-        self._control_out.append(_SIGN_FROM_HERE)
-        self._wake()
+        self._put_out(FrameMac(key))
 
     def verify_after(self, key_for: Callable[[Message], bytes | None]) -> None:
         """The reader calls ``key_for`` with each message as it is decoded; once it returns a
@@ -187,15 +216,18 @@ class Connection:
         before the connection closed are still returned; then ``ConnectionClosed``.
         """
         while True:
-            if self._inbox:
-                return self._inbox.popleft()
-            if self.latest_stats is not None:
-                stats, self.latest_stats = self.latest_stats, None
-                return stats
-            if self.closed.is_set():
-                raise ConnectionClosed(self.close_reason or "closed")
-            await self._inbox_changed.wait()
-            self._inbox_changed = trio.Event()
+            try:
+                item = await self._in_receive.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise ConnectionClosed(self.close_reason or "closed") from None
+            if isinstance(item, _StatsMarker):
+                self._in_marked = False
+                stats = self.take_stats()
+                if stats is not None:
+                    return stats
+                continue
+            self._in_control -= 1
+            return item
 
     async def wait_frame(self) -> None:
         """Return when the next frame arrives (any frame) or the connection closes."""
@@ -253,18 +285,25 @@ class Connection:
         self._frame_arrived.set()
         if self.intercept is not None and self.intercept(message):
             return
+        if self.closed.is_set():
+            return  # closing began: the application takes nothing more
         if isinstance(message, Stats):
             if self.on_stats is not None:
                 self.on_stats(message)
             self.latest_stats = message
+            if self._in_marked:
+                return
+            self._in_marked = True
+            item: Message | _StatsMarker = _STATS
         else:
-            if len(self._inbox) >= CONTROL_BACKLOG:
+            if self._in_control >= CONTROL_BACKLOG:
                 raise ProtocolError(
                     f"{self.name} sent more than {CONTROL_BACKLOG} control messages "
                     "that were not yet processed (flood)"
                 )
-            self._inbox.append(message)
-        self._inbox_changed.set()
+            self._in_control += 1
+            item = message
+        self._in_send.send_nowait(item)  # room is reserved: never blocks
 
     def _protocol_error(self, reason: str) -> None:
         """Tell the peer what it did wrong (best effort), then close."""
@@ -273,8 +312,7 @@ class Connection:
         self.close_reason = f"protocol error from {self.name}: {reason}"
         try:
             error = Error(seq=0, code="protocol_error", message=reason[:1000], summaries=())
-            self._control_out.append(encode_message(error))
-            self._wake()
+            self._put_out(encode_message(error))
         except ValueError:
             pass
         self.close_soon(self.close_reason)
@@ -282,28 +320,35 @@ class Connection:
     async def _writer(self) -> None:
         try:
             while True:
-                await self._wake_writer.wait()
-                self._wake_writer = trio.Event()
-                while self._control_out or self._stats_out is not None:
-                    batch = []
-                    for item in self._control_out:
-                        if item is _SIGN_FROM_HERE:
-                            self._send_key, self._send_counter = self._next_send_key, 0
-                        else:
-                            batch.append(self._signed(item))
-                    self._control_out.clear()
-                    self._queued_pongs = 0
-                    if self._stats_out is not None:
-                        batch.append(self._signed(self._stats_out))  # control first, then stats
-                        self._stats_out = None
-                        self.stats_written = self._stats_out_seq
-                    await self.stream.send_all(b"".join(batch))
-                    if self._socket is not None:
-                        # until the kernel has sent most of it, keep the next batch with us
-                        await trio.lowlevel.wait_writable(self._socket)
-                if self.closed.is_set():
+                try:
+                    first = await self._out_receive.receive()
+                except trio.EndOfChannel:  # closing, and everything queued is sent
                     await self._half_close()
                     return
+                items = [first]
+                while True:
+                    try:
+                        items.append(self._out_receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                self._out_control = self._queued_pongs = 0
+                self._out_marked = False
+                batch = []
+                for item in items:
+                    if isinstance(item, FrameMac):
+                        self._send_key, self._send_counter = item, 0
+                    elif isinstance(item, bytes):
+                        batch.append(self._signed(item))
+                if self._stats_out is not None:
+                    batch.append(self._signed(self._stats_out))  # control first, then stats
+                    self._stats_out = None
+                    self.stats_written = self._stats_out_seq
+                if not batch:
+                    continue
+                await self.stream.send_all(b"".join(batch))
+                if self._socket is not None:
+                    # until the kernel has sent most of it, keep the next batch with us
+                    await trio.lowlevel.wait_writable(self._socket)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._abort(f"connection to {self.name} lost: {exc or type(exc).__name__}")
 
@@ -324,8 +369,10 @@ class Connection:
             self.close_reason = reason
         self.closed.set()
         self._frame_arrived.set()
-        self._inbox_changed.set()
-        self._wake_writer.set()  # let the writer flush what is queued, then stop
+        # Both channels end: the application gets what arrived, then ConnectionClosed; the
+        # writer sends what is queued, then half-closes.
+        self._in_send.close()
+        self._out_send.close()
 
     def _abort(self, reason: str) -> None:
         self._mark_closed(reason)
