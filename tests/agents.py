@@ -46,7 +46,7 @@ distributed:
   warn_after: 600ms
   dead_after: 1200ms
   probe_timeout: 600ms
-  give_up_after: 20s
+  give_up_after: 6s
   start_delay: 300ms
   resend_interval: 500ms
   orphan_timeout: 10s

@@ -158,6 +158,13 @@ async def test_two_agents_aggregate_equals_the_sum_of_the_agents(tmp_path: Path)
     assert "agents:" in (directory / "config.yaml").read_text()
 
 
+def quick_stats(cfg):
+    """STATS every 20 ms: a stage of a few hundred thousand null:// objects then reports
+    progress many times over (the abort needs one report of it), instead of needing millions
+    of objects to outlast a 200 ms interval."""
+    return attrs.evolve(cfg, distributed=attrs.evolve(cfg.distributed, stats_interval=20_000_000))
+
+
 PHASES = {
     # phase: (config, condition on the controller under which to abort)
     "configuring": (
@@ -173,7 +180,7 @@ PHASES = {
         lambda c: c.stage == "prepare" and all(link.state is PeerState.READY for link in c.links),
     ),
     "prepare": (
-        lambda: null_run("1s", 3_000_000),
+        lambda: quick_stats(null_run("1s", 400_000)),
         lambda c: any(
             link.latest is not None and link.latest.stage == "prepare" and link.latest.done > 0
             for link in c.links
@@ -186,7 +193,7 @@ PHASES = {
         ),
     ),
     "cleanup": (
-        lambda: null_run("200ms", 3_000_000),
+        lambda: quick_stats(null_run("200ms", 400_000)),
         lambda c: any(
             link.latest is not None and link.latest.stage == "cleanup" and link.latest.done > 0
             for link in c.links

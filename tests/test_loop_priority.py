@@ -136,7 +136,7 @@ workload: [{op: get, path: "data/*", weight: 9}, {op: put, path: new/, object_si
     )
     async with serving_agent() as (_server, address):
         controller = quiet_controller(cfg, [AgentAddress(address=address)], tmp_path / "r")
-        with trio.fail_after(120):
+        with trio.fail_after(60):  # a run of ~5 s; a frozen agent would take minutes
             result = await controller.run()
     link = controller.links[0]
     events = [e for e in controller.timeline if not e["event"].startswith("start")]

@@ -46,7 +46,7 @@ async def test_a_paused_controller_finds_its_agents_alive(tmp_path: Path, reliab
     (the agents are patient, and the controller probes before judging)."""
     cfg = tmp_path / "paused.yaml"
     cfg.write_text(
-        RUN.format(duration="8s")
+        RUN.format(duration="5s")
         + """
 distributed: {stats_interval: 200ms, ping_interval: 200ms, warn_after: 600ms, dead_after: 1200ms,
               probe_timeout: 600ms, start_delay: 300ms, orphan_timeout: 15s}
@@ -83,8 +83,8 @@ async def kill_when(controller, agent, condition) -> float:
 
 async def test_an_agent_killed_during_prepare(tmp_path: Path, reliability) -> None:
     cfg = parse_config(
-        RUN.format(duration="1s").replace("count: 2000", "count: 3000000")
-        + "distributed: {failure_policy: continue, stats_interval: 200ms, "
+        RUN.format(duration="1s").replace("count: 2000", "count: 400000")
+        + "distributed: {failure_policy: continue, stats_interval: 20ms, "
         "ping_interval: 200ms, warn_after: 600ms, dead_after: 1200ms, "
         "probe_timeout: 600ms, start_delay: 300ms}\n"
     )
