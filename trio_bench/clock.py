@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 SKEW_ENV = "TRIOBENCH_CLOCK_SKEW_MS"
 
@@ -25,13 +26,19 @@ def skew_from_env() -> int:
 
 
 class RunClock:
-    def __init__(self, skew_ns: int = 0) -> None:
+    """Wall time anchored once, advanced by a monotonic clock: ``perf_ns`` (the process's
+    ``perf_counter_ns``; tests running in Trio's virtual time pass one read from it)."""
+
+    def __init__(
+        self, skew_ns: int = 0, *, perf_ns: Callable[[], int] = time.perf_counter_ns
+    ) -> None:
         self.skew_ns = skew_ns
-        self._anchor_perf = time.perf_counter_ns()
+        self._perf_ns = perf_ns
+        self._anchor_perf = perf_ns()
         self._anchor_wall = time.time_ns() + skew_ns
 
     def now_ns(self) -> int:
-        return self._anchor_wall + (time.perf_counter_ns() - self._anchor_perf)
+        return self._anchor_wall + (self._perf_ns() - self._anchor_perf)
 
     def wall_from_perf(self, perf_ns: int) -> int:
         return self._anchor_wall + (perf_ns - self._anchor_perf)

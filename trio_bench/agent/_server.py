@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -20,7 +21,7 @@ import trio
 
 from trio_bench import __version__
 from trio_bench.clock import RunClock
-from trio_bench.engine import give_the_loop_priority
+from trio_bench.engine import Engine, give_the_loop_priority
 from trio_bench.protocol import (
     HANDSHAKE_FRAME_SIZE,
     MAX_FRAME_SIZE,
@@ -62,12 +63,15 @@ class AgentOptions:
     clock_skew_ns: int = 0
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
+    # what runs a session's stages: the real engine, or a stand-in (tests in virtual time)
+    engine: Callable[..., Engine] = Engine
+    clock: RunClock | None = None  # the agent's clock (default: RunClock(clock_skew_ns))
 
 
 class AgentServer:
     def __init__(self, options: AgentOptions) -> None:
         self.options = options
-        self.clock = RunClock(options.clock_skew_ns)
+        self.clock = options.clock or RunClock(options.clock_skew_ns)
         self.session: Session | None = None
         self.runs_served = 0
         self.connections = 0
@@ -77,15 +81,20 @@ class AgentServer:
 
     async def serve(
         self,
-        listeners: list[trio.SocketListener],
+        listeners: Sequence[trio.SocketListener] = (),
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Accept connections on ``listeners`` (none: only those passed to ``handle``, as
+        tests over memory streams do) until cancelled."""
         give_the_loop_priority()  # busy worker threads must not starve this loop
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await nursery.start(trio.serve_listeners, self.handle, listeners)
+            if listeners:
+                await nursery.start(trio.serve_listeners, self.handle, list(listeners))
             task_status.started()
+            if not listeners:
+                await trio.sleep_forever()
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection (any byte stream: TCP from ``serve``, memory in tests)."""

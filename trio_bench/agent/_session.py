@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,7 +82,8 @@ class Session:
         self.run_scope = trio.CancelScope()
         self.outcome = "running"
         self.done = trio.Event()
-        self.stats_interval_s = max(configure.stats_interval_ns, 1_000_000) / 1e9
+        self.stats_interval_ns = max(configure.stats_interval_ns, 1_000_000)
+        self._instant: tuple[StageRun | None, int] = (None, 0)  # the last stats instant k
         self.internal_error: str | None = None  # set when a bug ended the run
         self.engine: Engine | None = None
         self.created_anything = False  # a stage that writes (prepare, workload) has begun
@@ -294,7 +294,7 @@ class Session:
         config_data = self.configure.config
         try:
             config = config_from_dict(config_data)
-            engine = self.engine = Engine(
+            engine = self.engine = self.server.options.engine(
                 config,
                 agent_index=self.configure.agent_index,
                 agent_count=self.configure.agent_count,
@@ -383,18 +383,23 @@ class Session:
     # -- background duties
 
     def _next_stats_in(self) -> float:
-        """Seconds to the next stats instant: the stage's start plus a whole number of
+        """Seconds to the next stats instant: the stage's start plus a whole number k of
         intervals, so every agent reads its numbers at the same instants and each reading lands
-        in its own window of the controller's timeline (protocol.md, STATS)."""
-        interval = self.stats_interval_s
+        in its own window of the controller's timeline (protocol.md, STATS). k only grows
+        within a stage: a wake-up a hair before the instant it slept for (the agent's clock
+        and Trio's are not the same clock) must not read twice there. In integer ns."""
+        interval_ns = self.stats_interval_ns
         run = self.current
         if run is None or not run.start_perf_ns:
-            return interval
+            return interval_ns / 1e9
         origin = self.endpoint.starts.get(run.name, run.clock.wall_from_perf(run.start_perf_ns))
-        since = (self.clock.now_ns() - origin) / 1e9
-        if since < 0:
-            return -since + interval
-        return (math.floor(since / interval) + 1) * interval - since
+        now = self.clock.now_ns()
+        k = max(0, now - origin) // interval_ns + 1
+        last_run, last_k = self._instant
+        if last_run is run and k <= last_k:
+            k = last_k + 1
+        self._instant = (run, k)
+        return (origin + k * interval_ns - now) / 1e9
 
     async def _stats_loop(self) -> None:
         while True:

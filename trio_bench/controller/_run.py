@@ -107,13 +107,15 @@ class Controller:
         local_agents: int | None = None,
         tokens: Mapping[str, bytes] | None = None,
         started: Collection[str] = (),
+        clock: RunClock | None = None,
     ) -> None:
         """``connect(host, port)`` opens a stream to an agent (TCP by default; tests pass one
         that returns in-memory streams). ``local_agents``: the agents are the throwaway local
         ones of ``triobench run`` (config.yaml as run then names no agents). ``tokens``: a token
         per agent address, where it differs from ``token`` (agents started over SSH).
         ``started``: addresses of agents started for this run (over SSH), which config.yaml
-        as run does not list (the entries that started them are in it)."""
+        as run does not list (the entries that started them are in it). ``clock``: the
+        controller's clock (tests in virtual time pass one that follows Trio's)."""
         self.config = config
         self.settings = config.distributed
         self.source = source
@@ -121,7 +123,7 @@ class Controller:
         self.started_addresses = frozenset(started)
         self.display = display or Display("quiet")
         self.handle_signals = handle_signals
-        self.clock = RunClock()
+        self.clock = clock or RunClock()
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.results_base = results_base
         self.results_dir = results_dir
