@@ -132,68 +132,7 @@ async def test_latency_on_the_link(tmp_path: Path, reliability) -> None:
     )
 
 
-async def test_a_stall_shorter_than_dead_after_is_not_a_disconnection(
-    tmp_path, reliability
-) -> None:
-    async with proxied(tmp_path) as (agents, proxies):
-        controller = controller_through(run_config(), agents, proxies, tmp_path)
-
-        async def stall() -> None:
-            await running(controller)
-            proxies[0].set(stall_to_agent=True, stall_to_controller=True)
-            await trio.sleep(1.0)  # warn_after 0.6 s < 1.0 s < dead_after 1.2 s
-            proxies[0].set(stall_to_agent=False, stall_to_controller=False)
-
-        result = await run(controller, stall)
-    assert result.exit_code == 0
-    link = controller.links[0]
-    assert link.machine.disconnects == 0
-    stalled = [e for e in controller.timeline if e["agent"] == "a1" and e["event"] == "stalled"]
-    counted = assert_nothing_lost(result, tmp_path, agents)
-    reliability(
-        "link stalled 1.0 s (warn_after 0.6 s, dead_after 1.2 s)",
-        "agent shown stalled, never disconnected; run completes; nothing lost",
-        f"exit 0; {'shown stalled' if stalled else 'not seen stalled'}; 0 disconnects; "
-        f"{counted:,} ops compared, 0 lost",
-    )
-
-
-async def test_a_stall_longer_than_dead_after_disconnects_then_recovers(
-    tmp_path, reliability
-) -> None:
-    async with proxied(tmp_path) as (agents, proxies):
-        controller = controller_through(run_config("4s"), agents, proxies, tmp_path)
-        marks: dict[str, float] = {}
-
-        async def stall() -> None:
-            link = controller.links[0]
-            await running(controller)
-            proxies[0].set(stall_to_agent=True, stall_to_controller=True)
-            marks["stall"] = trio.current_time()
-            await controller.wait_for(lambda: link.state is PeerState.DISCONNECTED)
-            marks["disconnected"] = trio.current_time()
-            proxies[0].set(stall_to_agent=False, stall_to_controller=False)
-            await controller.wait_for(lambda: link.state is not PeerState.DISCONNECTED)
-            marks["recovered"] = trio.current_time()
-
-        result = await run(controller, stall)
-    assert result.exit_code == 0
-    detection = marks["disconnected"] - marks["stall"]
-    recovery = marks["recovered"] - marks["disconnected"]
-    link = controller.links[0]
-    assert (link.machine.disconnects, link.machine.recoveries) == (1, 1)
-    # never before dead_after; normally within dead_after + probe + one ping interval (2.4 s),
-    # but on a loaded machine the loop may be late by a second or two: bounded, not tight
-    assert 1.2 <= detection < 1.2 + 0.6 + 0.6 + 3.0
-    counted = assert_nothing_lost(result, tmp_path, agents)
-    reliability(
-        "link stalled (TCP backpressure) past dead_after, then restored",
-        "disconnected only after dead_after + an unanswered probe; recovered on the "
-        "first frame; run completes; nothing lost",
-        f"exit 0; disconnected {detection:.2f} s after the stall (dead_after 1.2 s + "
-        f"probe 0.6 s); recovered {recovery * 1000:.0f} ms after restore; "
-        f"{counted:,} ops compared, 0 lost",
-    )
+# Stalls shorter and longer than dead_after: test_virtual.py (virtual time, exact bounds).
 
 
 async def test_a_throttled_link(tmp_path, reliability) -> None:

@@ -57,7 +57,7 @@ async def during(controller, action) -> object:
 
 @pytest.mark.parametrize("stall_s", [0.9, 1.5], ids=["shorter-than-dead_after", "longer"])
 async def test_a_stall_is_stalled_then_probed_never_dead_before_the_probe(
-    tmp_path: Path, autojump_clock, stall_s: float
+    tmp_path: Path, autojump_clock, stall_s: float, reliability
 ) -> None:
     """warn_after 600 ms, dead_after 1.2 s, probe 600 ms: a 0.9 s stall is only "stalled";
     a 1.5 s stall is probed at 1.2 s and answered within the probe window (the frames held
@@ -79,10 +79,19 @@ async def test_a_stall_is_stalled_then_probed_never_dead_before_the_probe(
     assert ("probe" in events) == (stall_s > 1.2)
     assert link.machine.disconnects == 0
     assert link.summaries["workload"].ops["get"].ops == 5000
+    reliability(
+        f"agent's frames held back {stall_s:g} s mid-run (warn 0.6 s, dead 1.2 s, probe 0.6 s; "
+        "virtual time)",
+        "stalled, "
+        + ("probed, " if stall_s > 1.2 else "")
+        + "never declared disconnected; nothing lost",
+        f"exit 0; events {sorted(set(events) & {'stalled', 'unstalled', 'probe'})}; "
+        "0 disconnects; 5,000 of 5,000 workload ops",
+    )
 
 
 async def test_silence_past_the_probe_disconnects_and_any_frame_recovers(
-    tmp_path: Path, autojump_clock
+    tmp_path: Path, autojump_clock, reliability
 ) -> None:
     """Silent past dead_after + probe_timeout (1.8 s): disconnected; the frames that were held
     back recover it to the state they imply, and the run completes with nothing lost."""
@@ -90,28 +99,44 @@ async def test_silence_past_the_probe_disconnects_and_any_frame_recovers(
         controller = virtual_controller(run_config(), network, agents, tmp_path)
         link = controller.links[1]
 
+        detection: list[float] = []
+
         async def stall() -> None:
             await controller.wait_for(lambda: link.state is PeerState.RUNNING)
             network.link(agents[1].address).stall("to_controller")
+            t0 = trio.current_time()
             await controller.wait_for(lambda: link.state is PeerState.DISCONNECTED)
+            detection.append(trio.current_time() - t0)
             network.link(agents[1].address).stall("to_controller", False)
 
         result = await during(controller, stall)
     assert result.exit_code == 0, result.message  # type: ignore[attr-defined]
     assert (link.machine.disconnects, link.machine.recoveries) == (1, 1)
+    # never before dead_after + the probe window after the last frame (which came at most a
+    # ping interval before the stall); at most two ping intervals late (when the silence is
+    # noticed, when the probe's window is checked)
+    assert 1.2 + 0.6 - 0.2 <= detection[0] <= 1.2 + 0.6 + 0.4, detection
     assert link.summaries["workload"].ops["get"].ops == 5000
+    reliability(
+        "agent silent past dead_after + probe_timeout, then its frames arrive (virtual time)",
+        "disconnected, recovered by its next frame; run completes, nothing lost",
+        f"exit 0; disconnected {detection[0]:.2f} s after the silence began (dead_after 1.2 s "
+        "+ probe 0.6 s); 1 recovery; 5,000 of 5,000 workload ops",
+    )
 
 
 @pytest.mark.parametrize("stage", ["prepare", "workload", "cleanup"])
 async def test_a_cut_connection_is_resumed_in_every_stage(
-    tmp_path: Path, autojump_clock, stage: str
+    tmp_path: Path, autojump_clock, stage: str, reliability
 ) -> None:
     async with virtual_agents(tmp_path, 2) as (network, agents):
         controller = virtual_controller(run_config(3000), network, agents, tmp_path)
         link = controller.links[0]
 
         async def cut() -> None:
-            await controller.wait_for(lambda: link.latest is not None and link.latest.stage == stage)
+            await controller.wait_for(
+                lambda: link.latest is not None and link.latest.stage == stage
+            )
             network.cut(agents[0].address)
 
         result = await during(controller, cut)
@@ -120,6 +145,11 @@ async def test_a_cut_connection_is_resumed_in_every_stage(
     assert link.summaries["prepare"].done == 3000
     assert link.summaries["workload"].ops["get"].ops == 5000
     assert len(network.links[agents[0].address]) == 2
+    reliability(
+        f"connection cut during {stage} (virtual time)",
+        "reconnect, RESUME, unACKed messages re-sent; run completes, nothing lost",
+        "exit 0; 1 reconnect; prepare 3,000 of 3,000 objects, 5,000 of 5,000 workload ops",
+    )
 
 
 async def test_a_connection_that_keeps_breaking_is_resumed_each_time(
@@ -191,8 +221,9 @@ async def test_an_agent_unreachable_but_not_refusing_is_given_up_after_give_up_a
 PHASES = {
     # phase: condition on the controller under which to abort
     "configuring": lambda c: any(link.state is PeerState.VALIDATING for link in c.links),
-    "waiting for start": lambda c: c.stage == "prepare"
-    and all(link.state is PeerState.READY for link in c.links),
+    "waiting for start": lambda c: (
+        c.stage == "prepare" and all(link.state is PeerState.READY for link in c.links)
+    ),
     "prepare": lambda c: all(
         link.latest is not None and link.latest.stage == "prepare" for link in c.links
     ),
@@ -208,7 +239,7 @@ PHASES = {
 
 @pytest.mark.parametrize("phase", list(PHASES))
 async def test_abort_in_every_phase_then_the_agents_serve_the_next_run(
-    tmp_path: Path, autojump_clock, phase: str
+    tmp_path: Path, autojump_clock, phase: str, reliability
 ) -> None:
     condition = PHASES[phase]
     cfg = run_config(3000, policy="abort", start_delay=2_000_000_000)
@@ -237,6 +268,12 @@ async def test_abort_in_every_phase_then_the_agents_serve_the_next_run(
         again = virtual_controller(run_config(10), network, agents, tmp_path)
         second = await again.run()
     assert second.exit_code == 0, second.message
+    reliability(
+        f"user abort while {phase} (virtual time)",
+        "every agent confirms (ABORTED, or COMPLETED if it finished first), cleans up what the "
+        "run created, and serves the next run",
+        f"exit 130; agents {sorted(s.value for s in finals)}; next run exit 0",
+    )
 
 
 async def test_an_agent_whose_controller_vanishes_aborts_at_the_orphan_timeout(
