@@ -18,9 +18,16 @@ from typing import Any
 
 import attrs
 import hypothesis.strategies as st
+import pytest
 from hypothesis import event as note_event
 from hypothesis import settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from trio_bench import protocol as p
 
@@ -456,8 +463,26 @@ class PairMachine(RuleBasedStateMachine):
             last[reading.stage] = ops
 
 
-TestEndpointPair = PairMachine.TestCase
-TestEndpointPair.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+PAIR_RUNS = 300
+
+
+@pytest.mark.reliability
+def test_the_endpoints_end_a_disturbed_run_as_a_clean_one(reliability) -> None:
+    """Hypothesis drives the pair through lost frames (a connection dying with frames in
+    flight), reconnection and RESUME, duplicates (re-sends), frames of a dead connection
+    processed after the new one's, superseded STATS, time jumps and aborts."""
+    run_state_machine_as_test(
+        PairMachine,
+        settings=settings(max_examples=PAIR_RUNS, stateful_step_count=60, deadline=None),
+    )
+    reliability(
+        f"{PAIR_RUNS} generated runs of the two protocol endpoints over a network that loses "
+        "frames with a broken connection, reconnects and resumes, duplicates, reorders, "
+        "supersedes STATS and aborts",
+        "every run ends as a clean run does: the controller holds the agent's exact summaries, "
+        "each reliable message processed once, the agent free",
+        f"{PAIR_RUNS} of {PAIR_RUNS} runs as a clean one",
+    )
 
 
 def test_a_clean_run_ends_completed_with_the_agents_summaries() -> None:
