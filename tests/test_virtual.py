@@ -19,6 +19,8 @@ from trio_bench.protocol import PeerState
 from .agents import config
 from .virtual import virtual_agents, virtual_controller
 
+pytestmark = pytest.mark.reliability
+
 RUN = """
 target: null://
 duration: 5s
