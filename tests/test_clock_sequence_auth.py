@@ -138,3 +138,18 @@ def test_sender_stamp_numbers_and_keeps_messages() -> None:
     second = sender.stamp(lambda seq: ("m", seq), now_ns=6)
     assert (first, second) == (("m", 1), ("m", 2))
     assert list(sender.unacked()) == [first, second]
+
+
+@given(st.lists(st.integers(0, 50), min_size=1, max_size=120), st.integers(1, 8))
+def test_the_estimate_is_always_the_best_of_the_window(rtts: list[int], window: int) -> None:
+    """The estimator keeps its best sample up to date as samples come and go (it is read for
+    every STATS): always the min-RTT one of the last ``window``, the latest among equals."""
+    est = p.ClockEstimator(window=window)
+    samples = []
+    for i, rtt in enumerate(rtts):
+        sample = p.ClockSample(
+            t1_ns=i * 1000, t2_ns=i * 1000 + 7, t3_ns=i * 1000 + 7, t4_ns=i * 1000 + rtt
+        )
+        samples.append(sample)
+        est.add(sample)
+        assert est.best is p.best_sample(samples[-window:])

@@ -145,6 +145,7 @@ class Controller:
             )
             for i, agent in enumerate(agents)
         ]
+        self._by_id: dict[str, AgentLink] = {}  # for _host_of, per reading
         self._stage = "connecting"
         self.abort_reason: str | None = None
         self.user_abort = False
@@ -549,10 +550,11 @@ class Controller:
         self.aggregator.add(agent, sample)
 
     def _host_of(self, agent: str) -> str:
-        for link in self.links:
-            if link.id == agent:
-                return link.load_host
-        return "?"
+        link = self._by_id.get(agent)
+        if link is None or link.id != agent:  # ids are learnt in the handshake: look again
+            self._by_id = {link.id: link for link in self.links}
+            link = self._by_id.get(agent)
+        return link.load_host if link is not None else "?"
 
     def _tick(self, *, final: bool = False) -> None:
         windows = self.aggregator.flush() if final else self.aggregator.close(self.clock.now_ns())

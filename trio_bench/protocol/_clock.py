@@ -75,6 +75,7 @@ class ClockEstimator:
 
     def __init__(self, window: int = 32) -> None:
         self._samples: deque[ClockSample] = deque(maxlen=window)
+        self._best: ClockSample | None = None  # kept up to date by ``add`` (read per STATS)
 
     def add(self, sample: ClockSample) -> None:
         if sample.t3_ns < sample.t2_ns:
@@ -85,14 +86,20 @@ class ClockEstimator:
         if sample.rtt_ns < 0:
             # Our own clock went backwards or the agent lied about its processing time.
             raise ProtocolError(f"pong: negative round trip {sample.rtt_ns} ns")
+        full = len(self._samples) == self._samples.maxlen
+        evicted = self._samples[0] if full else None
         self._samples.append(sample)
+        if evicted is not None and evicted is self._best:
+            self._best = best_sample(self._samples)
+        elif self._best is None or sample.rtt_ns <= self._best.rtt_ns:
+            self._best = sample
 
     def __len__(self) -> int:
         return len(self._samples)
 
     @property
     def best(self) -> ClockSample | None:
-        return best_sample(self._samples) if self._samples else None
+        return self._best
 
     @property
     def offset_ns(self) -> int | None:
