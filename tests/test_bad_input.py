@@ -189,8 +189,10 @@ async def test_random_message_sequences_never_break_the_agent(sequence: list[p.M
                 await peer.stream.send_all(p.encode_message(message))
         await peer.read_until_closed(limit_s=1.0)
         await peer.aclose()
+        # any refusal is fine (a CONFIGURE with seq 1 gets a run, whose random config is
+        # bad_config), a bug of the agent's is not
         errors = [m for m in peer.received if isinstance(m, p.Error)]
-        assert all(e.code in ("protocol_error", "busy", "unknown_run") for e in errors)
+        assert all(e.code != "internal" for e in errors), errors
         again = await Peer.connect(address)
         assert isinstance(await again.next_message(), p.Hello)
         await again.aclose()

@@ -202,7 +202,7 @@ class AgentServer:
                 log.warning("controller %s refused: %s", peer, text)
                 self._refuse(conn, "busy", text)
                 return
-            session = Session(self, first)
+            session = Session(first, self.options, self.clock, self.release)
             self.session = session
             self.runs_served += 1
             log.info("controller %s: run %s configured", peer, first.run_id)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from trio_bench.clock import RunClock
 from trio_bench.config import ConfigError, config_from_dict
 from trio_bench.engine import BackendError, Engine, StageFailed, StageRun
 from trio_bench.protocol import (
@@ -55,7 +56,7 @@ from trio_bench.stats import merge_snapshots, snapshot_from_wire, snapshot_to_wi
 from trio_bench.transport import Connection
 
 if TYPE_CHECKING:
-    from ._server import AgentServer
+    from ._server import AgentOptions
 
 log = logging.getLogger("triobench.agent")
 
@@ -70,9 +71,18 @@ class Session:
     holds every rule of the conversation. This class only turns the endpoint's events into
     Trio actions (a stage may start, cancel the run) and the run's progress into its calls."""
 
-    def __init__(self, server: AgentServer, configure: Configure) -> None:
-        self.server = server
-        self.clock = server.clock
+    def __init__(
+        self,
+        configure: Configure,
+        options: AgentOptions,
+        clock: RunClock,
+        release: Callable[[Session], None],
+    ) -> None:
+        """``release(session)`` frees the agent for the next run (called once, as soon as the
+        controller is done with this one)."""
+        self.options = options
+        self._release = release
+        self.clock = clock
         self.configure = configure
         self.run_id = configure.run_id
         self.endpoint = AgentEndpoint(configure, trio.current_time())
@@ -153,7 +163,7 @@ class Session:
     def _finish(self) -> None:
         """The run is over for the controller: free the agent for the next one right now
         (synchronously), even though this session still has cleanup to do."""
-        self.server.release(self)
+        self._release(self)
         self.done.set()
 
     def _send_final(self, build: Callable[[int], Message], event: AgentEvent | None) -> None:
@@ -294,13 +304,13 @@ class Session:
         config_data = self.configure.config
         try:
             config = config_from_dict(config_data)
-            engine = self.engine = self.server.options.engine(
+            engine = self.engine = self.options.engine(
                 config,
                 agent_index=self.configure.agent_index,
                 agent_count=self.configure.agent_count,
                 prefix=self.configure.path_prefix,
                 run_tag=self.run_id[:8],
-                root=self.server.options.root,
+                root=self.options.root,
                 clock=self.clock,
             )
             checks = await engine.preflight()
@@ -450,15 +460,15 @@ class Session:
 
     def _save_locally(self) -> str:
         """Write (or rewrite) the run's local record; the problem as one line if it failed."""
-        directory = self.server.options.state_dir
+        directory = self.options.state_dir
         if directory is None:
             return ""
         try:
-            path = Path(directory) / self.server.options.agent_id / f"{self.run_id}.json"
+            path = Path(directory) / self.options.agent_id / f"{self.run_id}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             record = {
                 "run_id": self.run_id,
-                "agent_id": self.server.options.agent_id,
+                "agent_id": self.options.agent_id,
                 "outcome": self.outcome,
                 "final_acknowledged": self.machine.state is AgentState.IDLE
                 and self.final is not None
