@@ -31,6 +31,8 @@ from hypothesis.stateful import (
 
 from trio_bench import protocol as p
 
+from .strategies import stats_message
+
 TOKEN = b"pair-test-token"
 STAGE_OPS = {"prepare": "put", "workload": "get", "cleanup": "delete"}
 
@@ -182,17 +184,14 @@ def _ops(n: int) -> p.OpStats:
 
 
 def _stats(seq: int, stage: str, n: int) -> p.Stats:
-    return p.Stats(
-        seq=seq,
+    objects = stage != "workload"
+    return stats_message(
+        seq,
         stage=stage,
-        warmup=False,
         elapsed_ns=n,
-        done=n if stage != "workload" else 0,
-        total=3 if stage != "workload" else 0,
+        done=n if objects else 0,
+        total=3 if objects else 0,
         ops={STAGE_OPS[stage]: _ops(n)},
-        error_codes={},
-        cpu_user_ns=0,
-        cpu_system_ns=0,
         at_ns=n,
     )
 

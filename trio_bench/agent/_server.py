@@ -217,7 +217,7 @@ class AgentServer:
                 )
                 return
             session = session_or_none
-            conn.send(session.resume(first))
+            conn.send(session.endpoint.resume(first))
             log.info("controller %s: resumed run %s", peer, session.run_id)
         else:
             raise ProtocolError(f"expected configure or resume, got {first.TAG}")

@@ -41,8 +41,6 @@ from trio_bench.protocol import (
     Goodbye,
     Message,
     Ready,
-    Resume,
-    Resumed,
     RunOver,
     SessionInfo,
     StageSummary,
@@ -124,9 +122,6 @@ class Session:
 
     # -- connections
 
-    def resume(self, message: Resume) -> Resumed:
-        return self.endpoint.resume(message)
-
     def attach(self, conn: Connection) -> None:
         self.endpoint.attach(conn, trio.current_time())
 
@@ -154,7 +149,7 @@ class Session:
             elif isinstance(event, ControllerLeft):
                 if self.abort_cleanup is not None:  # nobody is waiting for it any more
                     self.abort_cleanup.cancel()
-            else:
+            elif isinstance(event, RunOver):
                 self._finish()
 
     def goodbye(self) -> Goodbye:

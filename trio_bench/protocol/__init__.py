@@ -36,6 +36,7 @@ from ._endpoints import (
     RunOver,
     StartStage,
     Wire,
+    counters_went_back,
     went_back,
 )
 from ._errors import ProtocolError, TransitionError
@@ -217,6 +218,7 @@ __all__ = [
     "bucket_index",
     "bucket_value",
     "check_proof",
+    "counters_went_back",
     "decode_body",
     "decode_message",
     "encode_frame",

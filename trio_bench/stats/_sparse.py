@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from trio_bench.protocol import OpStats, bucket_bounds, bucket_value
+from trio_bench.protocol import OpStats, bucket_bounds, bucket_value, counters_went_back
 
 EMPTY = OpStats(ops=0, bytes=0, errors=0, sum_ns=0, max_ns=0, hist=())
 
@@ -58,13 +58,7 @@ def ops_difference(
             out[kind] = after
             continue
         before = found
-        if (
-            after.ops < before.ops
-            or after.errors < before.errors
-            or after.bytes < before.bytes
-            or after.sum_ns < before.sum_ns
-            or after.max_ns < before.max_ns
-        ):
+        if counters_went_back(after, before):
             return None
         remaining = dict(before.hist)
         pop = remaining.pop
