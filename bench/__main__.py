@@ -407,33 +407,6 @@ workload: [{{op: put, path: "new/", object_size: 1MiB}}]
         ),
     ]
     return rows
-    fio_get = [
-        fio(["--name=warm", "--rw=read", *common])["read"]["bw_bytes"] / 2**20 for _ in range(3)
-    ]
-    # unlink_each_loop: fio deletes and recreates its files each pass, so it allocates new
-    # files as triobench's puts do (overwriting allocated blocks is cheaper)
-    fio_put = [
-        fio(["--name=warm", "--rw=write", "--unlink_each_loop=1", *common])["write"]["bw_bytes"]
-        / 2**20
-        for _ in range(3)
-    ]
-    rows += [
-        Row(
-            "mib",
-            "fio 1 MiB read, psync, MiB/s",
-            f"{median(fio_get):,.0f}",
-            "",
-            f"triobench/fio {median(gets) / median(fio_get):.2f}x",
-        ),
-        Row(
-            "mib",
-            "fio 1 MiB write, new files (unlink_each_loop), psync, MiB/s",
-            f"{median(fio_put):,.0f}",
-            "",
-            f"triobench/fio {median(puts) / median(fio_put):.2f}x",
-        ),
-    ]
-    return rows
 
 
 def _rss_kib(pid: int, field: str) -> int:

@@ -24,6 +24,7 @@ from attrs import evolve
 
 from trio_bench.config import AgentAddress, parse_config
 from trio_bench.engine import Engine, Interrupted, StopFlag
+from trio_bench.engine._data import UNIT, Pattern, RandomPool, Source
 from trio_bench.engine._file import FileBackend
 from trio_bench.engine._null import NULL_DIRECTORY_LIMIT, NullBackend
 from trio_bench.engine._plan import POOL_GROWTH, Pool, PutKeys
@@ -64,7 +65,7 @@ def test_no_file_operation_follows_a_symlink_planted_at_an_object_name(
     calls = {
         "get": lambda: io.get("data/obj"),
         "get_block": lambda: io.get_block("data/obj", 4096, random.Random(1)),
-        "put": lambda: io.put("data/obj", 4096, memoryview(b"x" * 4096)),
+        "put": lambda: io.put("data/obj", 4096, b"x" * 4096),
         "stat": lambda: io.stat("data/obj"),
     }
     with pytest.raises(OSError) as caught:
@@ -92,7 +93,7 @@ def test_a_directory_swapped_for_a_symlink_after_the_checks_is_refused(rooted, r
     os.symlink(victim.parent, target / "new")  # ... then someone plants a link there
     io = backend.worker_io(0)
     for attempt in (
-        lambda: io.put("new/obj", 10, memoryview(b"x" * 10)),
+        lambda: io.put("new/obj", 10, b"x" * 10),
         lambda: io.get("new/victim"),
         lambda: io.list("new/"),
     ):
@@ -157,10 +158,10 @@ def test_a_large_put_stops_between_pieces_once_the_stage_stops(tmp_path: Path) -
     stop = StopFlag()
     io.stop = stop
     stop.stopped = True  # the stage stopped while this put was about to start its next piece
-    piece = memoryview(bytes(1024 * 1024))
+    data = Source(Pattern(), RandomPool(0), salt=1).object(1024 * 1024 * 1024)
     with pytest.raises(Interrupted):
-        io.put("big", 1024 * 1024 * 1024, piece)
-    assert (tmp_path / "big").stat().st_size == len(piece)  # one piece, not 1 GiB
+        io.put("big", 1024 * 1024 * 1024, data)
+    assert (tmp_path / "big").stat().st_size == UNIT  # one piece, not 1 GiB
 
 
 def test_a_large_get_stops_between_buffers_once_the_stage_stops(tmp_path: Path) -> None:
@@ -255,8 +256,8 @@ def test_null_storage_remembers_a_bounded_number_of_objects() -> None:
     backend = NullBackend()
     io = backend.worker_io(0)
     backend.directories["d/"] = dict.fromkeys((f"x{i}" for i in range(NULL_DIRECTORY_LIMIT)), 1)
-    io.put("d/one-more", 1, memoryview(b"x"))
-    io.put("d/x5", 7, memoryview(b"x"))  # an existing name is still updated
+    io.put("d/one-more", 1, b"x")
+    io.put("d/x5", 7, b"x" * 7)  # an existing name is still updated
     assert len(backend.directories["d/"]) == NULL_DIRECTORY_LIMIT
     assert io.get("d/x5") == 7
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from trio_bench.config import S3Options, parse_config
 from trio_bench.engine import BackendError, Engine
+from trio_bench.engine._data import ObjectData, Pattern
 from trio_bench.local import start_local_agents, stop_local_agents
 from trio_bench.s3 import Endpoint, S3Client, S3Settings
 
@@ -753,9 +754,24 @@ async def test_a_multipart_put_stops_between_parts_and_leaves_no_upload(sigv4_en
 
     io.client._request = request
     with pytest.raises(Interrupted):
-        io.put("x/big", 50 * 2**20, engine.fill("random"))
+        io.put("x/big", 50 * 2**20, engine.source(Pattern(), "test").object(50 * 2**20))
     io.close()
     assert len(parts) == 1  # 1 of 10 parts sent, then stopped
     s3 = sigv4_env.client()
     assert s3.list_multipart_uploads(Bucket="stop").get("Uploads", []) == []  # aborted
     assert sigv4_env.keys("stop") == []
+
+
+@pytest.mark.slow
+async def test_a_multipart_put_sends_the_objects_data(sigv4_env) -> None:  # type: ignore[no-untyped-def]
+    sigv4_env.create_bucket("data")
+    cfg = s3_config("data", "duration: 200ms\nworkload: [{op: stat, path: 'x/*'}]\n")
+    engine = Engine(cfg)
+    io = engine.backend.worker_io(0)
+    size = 12 * 2**20 + 3  # 3 parts of 5 MiB, the last short
+    data = engine.source(Pattern("random", 2, 2), "test").object(size)
+    assert io.put("x/big", size, data) == size
+    io.close()
+    body = sigv4_env.client().get_object(Bucket="data", Key="run/x/big")["Body"].read()
+    assert isinstance(data, ObjectData)
+    assert body == b"".join(bytes(p) for p in data)

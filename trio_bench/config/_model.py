@@ -48,6 +48,8 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 SIZE_KINDS = ("fixed", "uniform", "lognormal")
 RATE_DISTRIBUTIONS = ("exponential", "uniform", "fixed")
 FAILURE_POLICIES = ("abort", "continue")
+FILLS = ("random", "zero")
+MAX_COMPRESS_FACTOR = 256  # the random part of each 4 KiB block holds a 16-byte stamp
 PAGE_CACHE_MODES = ("normal", "auto", "sequential", "random", "dontneed")
 PREPARED_NAME = "prepared-{index:08d}.dat"  # sai3-bench's naming, so its globs still match
 
@@ -55,6 +57,8 @@ Size = NewType("Size", int)
 Duration = NewType("Duration", int)  # nanoseconds
 Count = NewType("Count", int)  # integer >= 1
 Weight = NewType("Weight", float)  # number > 0
+Factor = NewType("Factor", float)  # number >= 1 (dedup_factor, compress_factor)
+NO_FACTOR = Factor(1.0)
 OpName = NewType("OpName", str)
 
 
@@ -217,7 +221,10 @@ class EnsureObjects:
     base_uri: str
     count: Count
     size: SizeSpec
-    fill: str = attrs.field(default="random", validator=_choice(("random", "zero"), "fill"))
+    fill: str = attrs.field(default="random", validator=_choice(FILLS, "fill"))
+    # sai3-bench's data patterns: 1 unit in N unique; 1/C of each 4 KiB block random
+    dedup_factor: Factor = NO_FACTOR
+    compress_factor: Factor = NO_FACTOR
 
 
 @attrs.frozen
@@ -241,6 +248,10 @@ class OpSpec:
     size: SizeSpec | None = None
     # get only: read one block of this size at a random aligned offset in the object
     block_size: Size | None = None
+    # put only: what the new objects hold (see EnsureObjects)
+    fill: str = attrs.field(default="random", validator=_choice(FILLS, "fill"))
+    dedup_factor: Factor = NO_FACTOR
+    compress_factor: Factor = NO_FACTOR
 
 
 @attrs.frozen
@@ -562,6 +573,14 @@ def _count(value: Any, _type: Any) -> int:
     return value
 
 
+def _factor(value: Any, _type: Any) -> float:
+    if type(value) not in (int, float):
+        raise ValueError(f"expected a number >= 1, got {_yaml_type(value)}")
+    if not value >= 1 or math.isinf(value):
+        raise ValueError(f"must be a number >= 1 (1 = none), got {value}")
+    return float(value)
+
+
 def _weight(value: Any, _type: Any) -> float:
     if type(value) not in (int, float):
         raise ValueError(f"expected a number > 0, got {_yaml_type(value)}")
@@ -614,6 +633,7 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(Duration, lambda v, _t: parse_duration(v))
     c.register_structure_hook(Count, _count)
     c.register_structure_hook(Weight, _weight)
+    c.register_structure_hook(Factor, _factor)
     c.register_structure_hook(OpName, _op_name)
     c.register_structure_hook(SizeSpec, lambda v, _t: _size_spec_from(v))
 
@@ -1052,6 +1072,7 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
                 "weight": weight(op.weight),
                 **(sized(op.size) if op.size else {}),
                 **({"block_size": size(op.block_size)} if op.block_size is not None else {}),
+                **(_pattern(op, weight) if op.op == "put" else {}),
             }
             for op in config.workload
         ],
@@ -1061,7 +1082,7 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
                     "base_uri": e.base_uri,
                     "count": e.count,
                     **sized(e.size),
-                    "fill": e.fill,
+                    **_pattern(e, weight),
                 }
                 for e in config.prepare.ensure_objects
             ],
@@ -1118,6 +1139,27 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
         if getattr(config, key) is not None:
             out[key] = getattr(config, key)
     return out
+
+
+def _pattern(entry: EnsureObjects | OpSpec, weight: Any) -> dict[str, Any]:
+    return {
+        "fill": entry.fill,
+        "dedup_factor": weight(entry.dedup_factor),
+        "compress_factor": weight(entry.compress_factor),
+    }
+
+
+def _pattern_problems(entry: EnsureObjects | OpSpec, where: str) -> list[str]:
+    lines = []
+    for key in ("dedup_factor", "compress_factor"):
+        if entry.fill == "zero" and getattr(entry, key) != 1:
+            lines.append(f"{where}.{key}: has no meaning with fill: zero (all zeros)")
+    if entry.compress_factor > MAX_COMPRESS_FACTOR:
+        lines.append(
+            f"{where}.compress_factor: at most {MAX_COMPRESS_FACTOR} (each 4 KiB block keeps "
+            f"16 random bytes), got {entry.compress_factor:g}"
+        )
+    return lines
 
 
 def _ssh_settings(ssh: SshSettings, duration: Any) -> dict[str, Any]:
@@ -1182,6 +1224,7 @@ def validate(config: Config) -> list[str]:
                 check_relative_path(base)
         except ValueError as exc:
             lines.append(f"{where}: {exc}")
+        lines += _pattern_problems(entry, f"prepare.ensure_objects[{i}]")
     for i, op in enumerate(config.workload):
         where = f"workload[{i}]"
         try:
@@ -1193,6 +1236,16 @@ def validate(config: Config) -> list[str]:
             lines.append(f"{where}: put needs a size (object_size, size_spec or size_distribution)")
         if op.op != "put" and op.size is not None:
             lines.append(f"{where}: {op.op} does not take a size (only put writes objects)")
+        if op.op != "put" and (op.fill, op.dedup_factor, op.compress_factor) != (
+            "random",
+            NO_FACTOR,
+            NO_FACTOR,
+        ):
+            lines.append(
+                f"{where}: {op.op} does not take fill, dedup_factor or compress_factor "
+                "(only put writes objects)"
+            )
+        lines += _pattern_problems(op, where)
         if op.op in ("get", "stat", "delete"):
             try:
                 _dir, pattern = split_pattern(op.path)
@@ -1266,6 +1319,20 @@ def validate(config: Config) -> list[str]:
     return lines
 
 
+def describe_data(entry: EnsureObjects | OpSpec) -> str:
+    """What objects written by ``entry`` hold, e.g. ``random, dedup 3:1, incompressible``."""
+    if entry.fill == "zero":
+        return "zeros"
+    dedup, compress = entry.dedup_factor, entry.compress_factor
+    return ", ".join(
+        [
+            "random",
+            "unique" if dedup == NO_FACTOR else f"dedup {dedup:g}:1",
+            "incompressible" if compress == NO_FACTOR else f"compress {compress:g}:1",
+        ]
+    )
+
+
 def describe(config: Config) -> str:
     """The resolved plan, for ``triobench validate`` and the start of a run."""
     out = [
@@ -1283,13 +1350,14 @@ def describe(config: Config) -> str:
         for e in config.prepare.ensure_objects:
             base = relative_to_target(config.target, e.base_uri)
             out.append(
-                f"  {e.count} x {e.size.describe()} ({e.fill}) as {base}{prepared_name(0)}..."
+                f"  {e.count} x {e.size.describe()} ({describe_data(e)}) as "
+                f"{base}{prepared_name(0)}..."
             )
     out.append(f"cleanup      {'yes' if config.prepare.cleanup else 'no'}")
     total = sum(op.weight for op in config.workload)
     out.append("workload")
     for op in config.workload:
-        size = f" {op.size.describe()}" if op.size else ""
+        size = f" {op.size.describe()} ({describe_data(op)})" if op.size else ""
         if op.block_size is not None:
             size += f" ({format_size(op.block_size)} blocks at random aligned offsets)"
         out.append(f"  {op.weight / total:6.1%}  {op.op:<6} {op.path}{size}")

@@ -16,11 +16,25 @@ import abc
 import builtins
 import errno
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol, TypeAlias
 from urllib.parse import urlsplit
 
 from trio_bench.config import Config
 from trio_bench.stopping import NEVER, StopFlag
+
+
+class Pieces(Protocol):
+    """An object's bytes as pieces (``engine._data.ObjectData``); iterating again gives the
+    same bytes. ``part``: the same for a range (one part of a multipart upload)."""
+
+    def __iter__(self) -> Iterator[bytes | memoryview]: ...
+
+    def part(self, offset: int, length: int) -> Iterable[bytes | memoryview]: ...
+
+
+# What a put writes: the bytes themselves (most objects), or pieces.
+Payload: TypeAlias = bytes | memoryview | Pieces
 
 
 class BackendError(Exception):
@@ -62,9 +76,10 @@ class WorkerIO(abc.ABC):
         raise NotImplementedError(f"ranged gets are not implemented for {type(self).__name__}")
 
     @abc.abstractmethod
-    def put(self, key: str, size: int, fill: memoryview) -> int:
-        """Create or replace the object with ``size`` bytes (``fill`` repeated); return the
-        bytes written. ``fill`` is generated once per session, never per operation."""
+    def put(self, key: str, size: int, data: Payload) -> int:
+        """Create or replace the object with the ``size`` bytes of ``data``; return the
+        bytes written. Each piece of ``data`` is written before the next is taken (pieces
+        may share one buffer: ``engine._data``)."""
 
     @abc.abstractmethod
     def stat(self, key: str) -> int:

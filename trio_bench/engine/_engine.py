@@ -19,13 +19,11 @@ from trio_bench.environment import host_facts
 from trio_bench.stopping import StopFlag
 
 from ._backend import Backend, open_backend
+from ._data import Pattern, RandomPool, Source, salt_of
 from ._file import FileBackend
 from ._plan import AgentPlan, PreparedSet
 from ._stage import StageRun
 from ._workers import CleanupWorker, PrepareWorker, WorkloadWorker
-
-# Puts write repeats of one block generated at session start; larger objects cycle through it.
-FILL_BLOCK_MAX = 16 * 1024 * 1024
 
 
 class Engine:
@@ -56,7 +54,7 @@ class Engine:
                 self.backend.check_confined(directory)
         self._existing: dict[str, dict[str, int]] = {}
         self.environment: dict[str, str] = {}  # host and target facts, read by preflight
-        self._fills: dict[str, memoryview] = {}
+        self._pool: RandomPool | None = None
         self.prepare_run: StageRun | None = None
         self.runs: list[StageRun] = []  # every stage run made, to know if a thread was abandoned
 
@@ -84,17 +82,17 @@ class Engine:
             checks.append(f"{present} of {total} prepared objects already exist")
         return checks
 
-    # -- fills
+    # -- what puts write
 
-    def fill(self, kind: str) -> memoryview:
-        if kind not in self._fills:
-            size = min(max(self.plan.largest_put, 4096), FILL_BLOCK_MAX)
-            if kind == "zero":
-                data = bytes(size)
-            else:
-                data = random.Random(self.plan.seed).randbytes(size)
-            self._fills[kind] = memoryview(data)
-        return self._fills[kind]
+    def source(self, pattern: Pattern, *stream: object) -> Source:
+        """A new stream of data for one worker: ``stream`` names it (stage, worker, which
+        op or prepared set), and with the run and agent makes its salt, so no two streams
+        write the same unique data. The random pool (4 MiB) is made at the first use."""
+        if self._pool is None and pattern.fill != "zero":
+            self._pool = RandomPool(self.plan.seed)
+        plan = self.plan
+        salt = salt_of(plan.seed, plan.run_tag, plan.agent_index, *stream)
+        return Source(pattern, self._pool, salt)
 
     # -- stages
 
@@ -104,7 +102,6 @@ class Engine:
     def prepare_stage(self) -> StageRun:
         stop = StopFlag()
         count = self._worker_count()
-        fills = {p.fill: self.fill(p.fill) for p in self.plan.prepared}
         existing = {
             pset.directory + name: size
             for pset in self.plan.prepared
@@ -117,7 +114,7 @@ class Engine:
                 self.backend.worker_io(w),
                 self._prepare_items(w, count),
                 existing,
-                fills,
+                [self.source(p.data, "prepare", w, i) for i, p in enumerate(self.plan.prepared)],
             )
             for w in range(count)
         ]
@@ -133,9 +130,12 @@ class Engine:
         self.runs.append(run)
         return run
 
-    def _prepare_items(self, worker: int, count: int) -> Iterator[tuple[PreparedSet, int]]:
-        """This worker's share, lazily (millions of objects must not become a list)."""
-        slices = [((p, i) for i in p.indices[worker::count]) for p in self.plan.prepared]
+    def _prepare_items(self, worker: int, count: int) -> Iterator[tuple[int, PreparedSet, int]]:
+        """This worker's share as (set number, set, index), lazily (millions of objects must
+        not become a list)."""
+        slices = [
+            ((n, p, i) for i in p.indices[worker::count]) for n, p in enumerate(self.plan.prepared)
+        ]
         if self.config.prepare.prepare_strategy == "sequential":
             return itertools.chain(*slices)
         interleaved = itertools.zip_longest(*slices)
@@ -164,7 +164,11 @@ class Engine:
                 self.backend.worker_io(w),
                 self.plan,
                 random.Random(f"{self.plan.seed}:{self.plan.agent_index}:{w}"),
-                self.fill("random"),
+                {
+                    op.index: self.source(op.data, "workload", w, op.index)
+                    for op in self.plan.ops
+                    if op.data is not None
+                },
                 interval_s=interval,
                 distribution=rate.distribution if rate else "exponential",
             )

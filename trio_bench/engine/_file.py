@@ -1,7 +1,8 @@
 """file://: objects are files under the target directory.
 
 get reads the whole file into the worker's reused buffer (no allocation per op); put writes
-from one shared block of data generated once (optionally fsyncs); stat, list (one directory),
+the pieces of its data (``_data``: unique unless deduplication is asked for; optionally
+fsyncs); stat, list (one directory),
 delete; missing directories are created on demand. Plain ``os`` calls on file descriptors:
 no Python file objects, no Trio file API on the hot path.
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from trio_bench.environment import mount_of
 from trio_bench.stopping import Interrupted
 
-from ._backend import Backend, BackendError, ObjectMissing, WorkerIO
+from ._backend import Backend, BackendError, ObjectMissing, Payload, WorkerIO
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _READ = os.O_RDONLY | _CLOEXEC
@@ -302,17 +303,21 @@ class FileIO(WorkerIO):
         elif mode == "random":
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
 
-    def put(self, key: str, size: int, fill: memoryview) -> int:
+    def put(self, key: str, size: int, data: Payload) -> int:
         dir_fd, name = self._where(key, create=True)
         fd = os.open(name, _WRITE | self.nofollow, 0o644, dir_fd=dir_fd)
         try:
-            chunk = len(fill)
             written = 0
             stop = self.stop
-            while written < size:
+            for piece in (data,) if isinstance(data, bytes | memoryview) else data:
                 if written and stop.stopped:  # a large object: stop between pieces
                     raise Interrupted(key)
-                written += os.write(fd, fill[: min(chunk, size - written)])
+                n = os.write(fd, piece)
+                written += n
+                while n < len(piece):  # a short write (a full disk says ENOSPC next)
+                    piece = memoryview(piece)[n:]
+                    n = os.write(fd, piece)
+                    written += n
             if self.fsync:
                 os.fsync(fd)
         finally:

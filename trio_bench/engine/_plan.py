@@ -33,6 +33,8 @@ from trio_bench.config import (
     split_pattern,
 )
 
+from ._data import Pattern
+
 MIX_LENGTH = 4096  # op-mix cycle per worker: exact weights over every 4096 ops, no RNG per op
 # How many objects created during a stage a pool remembers beyond those it listed (about
 # 100 bytes each): enough for gets to spread over, bounded however long the run.
@@ -100,7 +102,7 @@ class PreparedSet:
     base: str  # the entry's base relative to the target, without the agent prefix
     indices: range
     size: SizeSpec
-    fill: str
+    data: Pattern
     seed: int
 
     def key(self, index: int) -> str:
@@ -123,6 +125,7 @@ class OpPlan:
     directory: str  # with the agent prefix
     pattern: str  # get/stat/delete: glob on names; put: the name prefix; list: ""
     size: SizeSpec | None = None
+    data: Pattern | None = None  # put: what it writes
     block_size: int | None = None  # get: one block at a random aligned offset
     pool: Pool | None = None  # get/stat/delete
     feeds: list[Pool] = attrs.Factory(list)  # put: pools its new objects belong to
@@ -204,7 +207,7 @@ class AgentPlan:
             base=base,
             indices=indices,
             size=entry.size,
-            fill=entry.fill,
+            data=Pattern(entry.fill, entry.dedup_factor, entry.compress_factor),
             seed=self.seed,
         )
 
@@ -226,6 +229,7 @@ class AgentPlan:
                 self.prefix + directory,
                 name_prefix or "obj-",
                 size=op.size,
+                data=Pattern(op.fill, op.dedup_factor, op.compress_factor),
             )
         directory, pattern = split_pattern(op.path)
         return OpPlan(

@@ -26,7 +26,7 @@ from trio_bench.s3 import (
     tls_context,
 )
 
-from ._backend import Backend, BackendError, WorkerIO
+from ._backend import Backend, BackendError, Payload, WorkerIO
 
 # After a connection failure a worker waits this long before its next attempt: a dead
 # endpoint then costs tens of counted errors per second per worker, not a busy loop.
@@ -103,7 +103,7 @@ class S3Backend(Backend):
         client = self.client(0)
         step = "PUT"
         try:
-            client.put(key, 16, memoryview(b"triobench-probe!"))
+            client.put(key, 16, b"triobench-probe!")
             step = "GET"
             if client.get(key) != 16:
                 raise BackendError(f"s3: write probe: read back a different size from {key}")
@@ -160,8 +160,8 @@ class S3WorkerIO(WorkerIO):
     def get(self, key: str) -> int:
         return self._call(self.client.get, self.prefix + key)
 
-    def put(self, key: str, size: int, fill: memoryview) -> int:
-        return self._call(self.client.put, self.prefix + key, size, fill, self.stop)
+    def put(self, key: str, size: int, data: Payload) -> int:
+        return self._call(self.client.put, self.prefix + key, size, data, self.stop)
 
     def stat(self, key: str) -> int:
         return self._call(self.client.head, self.prefix + key)

@@ -24,6 +24,7 @@ from trio_bench.stats import BYTES, ERRORS, MAX_NS, SUM_NS, Record, Snapshot, ne
 from trio_bench.stopping import GATE, Interrupted, StopFlag
 
 from ._backend import ObjectMissing, WorkerIO, error_code
+from ._data import Source
 from ._plan import AgentPlan, OpPlan, PreparedSet, op_mix
 
 _LAST_BIN = NBINS - 1
@@ -125,14 +126,14 @@ class WorkloadWorker(Worker):
         io: WorkerIO,
         plan: AgentPlan,
         rng: random.Random,
-        fill: memoryview,
+        sources: dict[int, Source],
         interval_s: float | None = None,
         distribution: str = "exponential",
     ) -> None:
         self.kinds = sorted({op.kind for op in plan.ops})
         super().__init__(index, stop, io)
         self.plan = plan
-        self.fill = fill
+        self.sources = sources
         self.rng = rng
         self.mix = op_mix(plan.ops, rng)
         self.interval_s = interval_s
@@ -156,10 +157,10 @@ class WorkloadWorker(Worker):
             def choose_put(_r: float) -> tuple[str, int]:
                 return next_key(), (fixed if fixed is not None else size.sample(rng))
 
-            fill = self.fill
+            data = self.sources[op.index].object
 
             def do_put(target: tuple[str, int]) -> int:
-                return io.put(target[0], target[1], fill)
+                return io.put(target[0], target[1], data(target[1]))
 
             def after_put(target: tuple[str, int]) -> None:
                 for pool in feeds:
@@ -303,20 +304,20 @@ class PrepareWorker(Worker):
         index: int,
         stop: StopFlag,
         io: WorkerIO,
-        items: Iterable[tuple[PreparedSet, int]],
+        items: Iterable[tuple[int, PreparedSet, int]],
         existing: dict[str, int],
-        fills: dict[str, memoryview],
+        sources: Sequence[Source],
     ) -> None:
         super().__init__(index, stop, io)
         self.items = items
         self.existing = existing
-        self.fills = fills
+        self.sources = sources
         self.created = 0
 
     def loop(self) -> None:
         record = self.records["put"]
         existing = self.existing
-        for pset, i in self.items:
+        for n, pset, i in self.items:
             if self.stop.stopped:
                 return
             GATE.wait()
@@ -325,7 +326,7 @@ class PrepareWorker(Worker):
             if existing.get(key) != size:
                 t0 = perf_counter_ns()
                 try:
-                    nbytes = self.io.put(key, size, self.fills[pset.fill])
+                    nbytes = self.io.put(key, size, self.sources[n].object(size))
                 except Interrupted:
                     self.interrupted += 1
                     return

@@ -25,7 +25,7 @@ from ._errors import ProtocolError
 from ._frames import MAX_FRAME_SIZE, encode_frame
 from ._histogram import NBINS
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 STAGES = ("prepare", "workload", "cleanup")
 OP_KINDS = ("get", "put", "stat", "list", "delete")

@@ -12,7 +12,8 @@ import hashlib
 import ssl
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from typing import Protocol, TypeAlias
 
 from trio_bench.stopping import NEVER, Interrupted, StopFlag
 
@@ -21,6 +22,21 @@ from ._settings import Endpoint, S3Settings
 from ._sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Signer, query_string, quote_key
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+
+# A request body: pieces, iterated once to send (twice with sign_payload). A body whose
+# pieces share a buffer says ``volatile = True``: each piece is sent before the next.
+Body: TypeAlias = Collection[bytes | memoryview] | Iterable[bytes | memoryview]
+
+
+class Pieces(Protocol):
+    """An object's data as pieces, again on every iteration, and any range of them."""
+
+    def __iter__(self) -> Iterator[bytes | memoryview]: ...
+
+    def part(self, offset: int, length: int) -> Iterable[bytes | memoryview]: ...
+
+
+Payload: TypeAlias = bytes | memoryview | Pieces  # an object's bytes, or its pieces
 
 
 class S3Error(Exception):
@@ -97,7 +113,7 @@ class S3Client:
         key: str | None,
         params: Sequence[tuple[str, str]] = (),
         *,
-        body: Sequence[bytes | memoryview] = (),
+        body: Body = (),
         length: int = 0,
         extra: Sequence[tuple[str, str]] = (),
         keep_body: bool = True,
@@ -115,7 +131,7 @@ class S3Client:
         key: str | None,
         params: Sequence[tuple[str, str]] = (),
         *,
-        body: Sequence[bytes | memoryview] = (),
+        body: Body = (),
         length: int = 0,
         extra: Sequence[tuple[str, str]] = (),
         amz_date: str | None = None,
@@ -169,15 +185,16 @@ class S3Client:
         length = response.header(b"content-length")
         return int(length) if length else 0
 
-    def put(self, key: str, size: int, fill: memoryview, stop: StopFlag = NEVER) -> int:
+    def put(self, key: str, size: int, data: Payload, stop: StopFlag = NEVER) -> int:
         """PutObject, or a multipart upload above the threshold; a multipart upload checks
         ``stop`` between parts and, once it is set, aborts the upload (``Interrupted``)."""
         if size > self.settings.multipart_threshold:
-            return self._multipart(key, size, fill, stop)
-        self._request("PUT", key, body=list(_repeat(fill, size)), length=size, what=f"PUT {key}")
+            return self._multipart(key, size, data, stop)
+        body = [data] if isinstance(data, bytes | memoryview) else data
+        self._request("PUT", key, body=body, length=size, what=f"PUT {key}")
         return size
 
-    def _multipart(self, key: str, size: int, fill: memoryview, stop: StopFlag) -> int:
+    def _multipart(self, key: str, size: int, data: Payload, stop: StopFlag) -> int:
         started = self._request("POST", key, [("uploads", "")], what=f"CreateMultipartUpload {key}")
         upload = _find(_xml(started, f"CreateMultipartUpload {key}"), "UploadId")
         if not upload:
@@ -195,7 +212,11 @@ class S3Client:
                     "PUT",
                     key,
                     [("partNumber", str(number)), ("uploadId", upload)],
-                    body=list(_repeat(fill, length)),
+                    body=(
+                        [data[offset : offset + length]]
+                        if isinstance(data, bytes | memoryview)
+                        else data.part(offset, length)
+                    ),
                     length=length,
                     what=f"UploadPart {number} {key}",
                 )
@@ -210,10 +231,15 @@ class S3Client:
                 )
                 + "</CompleteMultipartUpload>"
             )
-            data = xml.encode()
+            complete = xml.encode()
             what = f"CompleteMultipartUpload {key}"
             done = self._request(
-                "POST", key, [("uploadId", upload)], body=[data], length=len(data), what=what
+                "POST",
+                key,
+                [("uploadId", upload)],
+                body=[complete],
+                length=len(complete),
+                what=what,
             )
             # S3 may answer 200 and put the failure in the body (it has already sent the status
             # line while it assembles the parts)
@@ -278,16 +304,6 @@ class S3Client:
                 return
             if max_pages is not None and pages >= max_pages:
                 return
-
-
-def _repeat(fill: memoryview, size: int) -> Iterator[memoryview]:
-    """``size`` bytes made of ``fill`` repeated, as views (no copies)."""
-    chunk = len(fill)
-    sent = 0
-    while sent < size:
-        n = min(chunk, size - sent)
-        yield fill[:n]
-        sent += n
 
 
 def _xml_escape(text: str) -> str:

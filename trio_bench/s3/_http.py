@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 import h11
@@ -106,7 +106,7 @@ class HttpConnection:
         method: str,
         target: str,
         headers: Sequence[tuple[str, str]],
-        body: Sequence[bytes | memoryview] = (),
+        body: Iterable[bytes | memoryview] = (),
         *,
         keep_body: bool = True,
     ) -> Response:
@@ -128,7 +128,7 @@ class HttpConnection:
         method: str,
         target: str,
         headers: Sequence[tuple[str, str]],
-        body: Sequence[bytes | memoryview],
+        body: Iterable[bytes | memoryview],
         keep_body: bool,
     ) -> Response:
         sock, conn = (self._sock, self._conn) if self._sock is not None else self._connect()
@@ -139,6 +139,7 @@ class HttpConnection:
                 conn.send(h11.Request(method=method, target=target, headers=list(headers))) or b""
             ]
             pending = len(out[0])
+            volatile = getattr(body, "volatile", False)  # pieces share one buffer
             for chunk in body:
                 # memoryviews pass through h11 uncopied (its stubs only say bytes)
                 data = h11.Data(data=chunk)  # type: ignore[arg-type]
@@ -148,6 +149,9 @@ class HttpConnection:
                         pending = 0
                     out.append(piece)
                     pending += len(piece)
+                if volatile:  # send it before the next piece overwrites it
+                    _send(sock, out)
+                    pending = 0
             out.append(conn.send(h11.EndOfMessage()) or b"")
             _send(sock, out)  # small requests leave in one syscall
             return self._read_response(sock, conn, keep_body)
