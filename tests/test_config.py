@@ -507,3 +507,58 @@ def test_sai3_bench_rate_spellings() -> None:
     assert parse_config(base + "io_rate: max\n").io_rate is None
     rate = parse_config(base + "io_rate: {iops: 50, distribution: deterministic}\n").io_rate
     assert rate is not None and (rate.iops, rate.distribution) == (50, "fixed")
+
+
+SAI3_PLAIN = """
+version: 1
+target: file:///tmp/x/
+enable_metadata_cache: false
+warmup_period: 3s
+perf_log: {enabled: true, interval: 2s}
+prepare:
+  cleanup_mode: tolerant
+  force_overwrite: true
+  ensure_objects: [{base_uri: data/, count: 0, object_size: 1KiB}]
+workload: [{op: get, path: data/, weight: 1, concurrency: 4}]
+"""
+
+
+def test_sai3_benchs_plain_keys_are_taken_or_set_aside_with_a_reason() -> None:
+    cfg = parse_config(SAI3_PLAIN)
+    assert cfg.warmup == 3_000_000_000
+    assert cfg.distributed.stats_interval == 2_000_000_000  # perf_log's interval
+    assert cfg.prepare.force_overwrite and cfg.workload[0].concurrency == 4
+    shown = describe(cfg)
+    for key in ("version", "enable_metadata_cache", "perf_log", "prepare.cleanup_mode"):
+        assert f"set aside    {key}: " in shown
+    assert "writes every object, existing or not (force_overwrite)" in shown
+    wire = config_to_dict(cfg)
+    assert not {"version", "perf_log", "enable_metadata_cache"} & set(wire)
+    assert config_from_dict(wire) == cfg and config_from_dict(wire).notes == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "line"),
+    [
+        (("version: 1", "version: 2"), "version: sai3-bench's config format version is 1"),
+        (
+            ("cleanup_mode: tolerant", "cleanup_mode: strict"),
+            "prepare.cleanup_mode: 'strict' is not implemented",
+        ),
+        (
+            ("warmup_period: 3s", "warmup_period: 3s\nwarmup: 1s"),
+            "warmup_period: give warmup or warmup_period, not both",
+        ),
+        (
+            ("interval: 2s}", "interval: 2s}\ndistributed: {stats_interval: 1s}"),
+            "perf_log.interval: differs from distributed.stats_interval",
+        ),
+        (("{enabled: true, interval: 2s}", "{every: 2s}"), "perf_log.every: unknown key"),
+        (("count: 0", "count: -1"), "prepare.ensure_objects[0].count: must be at least 0"),
+        (("concurrency: 4", "concurrency: 0"), "workload[0].concurrency: must be at least 1"),
+    ],
+)
+def test_sai3_key_mistakes_are_one_line(change: tuple[str, str], line: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(SAI3_PLAIN.replace(*change))
+    assert any(got.startswith(line) for got in caught.value.lines), caught.value.lines

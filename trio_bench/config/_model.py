@@ -56,6 +56,7 @@ PREPARED_NAME = "prepared-{index:08d}.dat"  # sai3-bench's naming, so its globs 
 Size = NewType("Size", int)
 Duration = NewType("Duration", int)  # nanoseconds
 Count = NewType("Count", int)  # integer >= 1
+Objects = NewType("Objects", int)  # integer >= 0
 Weight = NewType("Weight", float)  # number > 0
 Factor = NewType("Factor", float)  # number >= 1 (dedup_factor, compress_factor)
 NO_FACTOR = Factor(1.0)
@@ -219,7 +220,7 @@ class EnsureObjects:
     """Prepare: make sure ``count`` objects named ``prepared-NNNNNNNN.dat`` exist under base_uri."""
 
     base_uri: str
-    count: Count
+    count: Objects  # 0: an entry that creates nothing (sai3-bench's directory-tree configs)
     size: SizeSpec
     fill: str = attrs.field(default="random", validator=_choice(FILLS, "fill"))
     # sai3-bench's data patterns: 1 unit in N unique; 1/C of each 4 KiB block random
@@ -238,6 +239,10 @@ class Prepare:
     prepare_strategy: str = attrs.field(
         default="parallel", validator=_choice(("sequential", "parallel"), "prepare_strategy")
     )
+    # sai3-bench's: skip_verification assumes every prepared object exists (no listing, none
+    # written); force_overwrite writes every one, existing or not (no listing either)
+    skip_verification: bool = False
+    force_overwrite: bool = False
 
 
 @attrs.frozen
@@ -248,6 +253,9 @@ class OpSpec:
     size: SizeSpec | None = None
     # get only: read one block of this size at a random aligned offset in the object
     block_size: Size | None = None
+    # at most this many of this op in flight at once per agent (sai3-bench's per-op
+    # concurrency: a limit below the global concurrency; at or above it, no limit)
+    concurrency: Count | None = None
     # put only: what the new objects hold (see EnsureObjects)
     fill: str = attrs.field(default="random", validator=_choice(FILLS, "fill"))
     dedup_factor: Factor = NO_FACTOR
@@ -364,6 +372,8 @@ class Config:
     s3: S3Options = S3Options()
     seed: int | None = None
     name: str | None = None
+    # sai3-bench keys read and set aside, with why (shown by validate; never sent to agents)
+    notes: tuple[str, ...] = attrs.field(default=(), eq=False)
 
     @property
     def scheme(self) -> str:
@@ -521,10 +531,8 @@ def split_pattern(path: str) -> tuple[str, str]:
         raise ValueError(
             f"path {show(path)}: wildcards are only supported in the last path segment"
         )
-    if not pattern:
-        raise ValueError(
-            f"path {show(path)} names a directory; this operation needs objects (add *)"
-        )
+    if not pattern:  # a directory: every object in it (sai3-bench's `path: data/`)
+        return directory + "/", "*"
     return (directory + "/" if directory else ""), pattern
 
 
@@ -570,6 +578,14 @@ def _count(value: Any, _type: Any) -> int:
         raise ValueError(f"expected a whole number >= 1, got {_yaml_type(value)}")
     if value < 1:
         raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _objects(value: Any, _type: Any) -> int:
+    if type(value) is not int:
+        raise ValueError(f"expected a whole number >= 0, got {_yaml_type(value)}")
+    if value < 0:
+        raise ValueError(f"must be at least 0, got {value}")
     return value
 
 
@@ -632,6 +648,7 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(Size, lambda v, _t: parse_size(v))
     c.register_structure_hook(Duration, lambda v, _t: parse_duration(v))
     c.register_structure_hook(Count, _count)
+    c.register_structure_hook(Objects, _objects)
     c.register_structure_hook(Weight, _weight)
     c.register_structure_hook(Factor, _factor)
     c.register_structure_hook(OpName, _op_name)
@@ -998,6 +1015,9 @@ def config_from_dict(raw: Any) -> Config:
         raise ConfigError(problems)
     if "name" in raw and raw["name"] is None:
         raw = {k: v for k, v in raw.items() if k != "name"}
+    raw, notes, mistakes = _set_aside(raw)
+    if mistakes:
+        raise ConfigError(mistakes)
     rate = raw.get("io_rate")
     if rate == "max" or (isinstance(rate, Mapping) and rate.get("iops") == "max"):
         # sai3-bench's "as fast as possible": no pacing at all (the closed loop)
@@ -1020,7 +1040,81 @@ def config_from_dict(raw: Any) -> Config:
     if any(a.processes != 1 for a in config.distributed.agents):
         agents = expand_agents(config.distributed.agents)
         config = attrs.evolve(config, distributed=attrs.evolve(config.distributed, agents=agents))
+    if notes:
+        config = attrs.evolve(config, notes=tuple(notes))
     return config
+
+
+def _set_aside(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """sai3-bench keys that need no work here, or map onto ours: (the config without them,
+    notes saying what became of each, mistakes)."""
+    out = dict(raw)
+    notes: list[str] = []
+    mistakes: list[str] = []
+    if "version" in out:
+        if out.pop("version") != 1:
+            mistakes.append("version: sai3-bench's config format version is 1")
+        else:
+            notes.append("version: sai3-bench's config format version (1): nothing to do")
+    if "enable_metadata_cache" in out:
+        if type(out.pop("enable_metadata_cache")) is not bool:
+            mistakes.append("enable_metadata_cache: expected true or false")
+        notes.append(
+            "enable_metadata_cache: sai3-bench's agent-side cache of object lists; triobench "
+            "keeps none (it lists each directory once per stage)"
+        )
+    if "warmup_period" in out:  # sai3-bench's older name
+        if "warmup" in out:
+            mistakes.append("warmup_period: give warmup or warmup_period, not both")
+        out["warmup"] = out.pop("warmup_period")
+    if "perf_log" in out:
+        mistakes += _perf_log(out, notes)
+    prepare = out.get("prepare")
+    if isinstance(prepare, Mapping) and "cleanup_mode" in prepare:
+        prepare = dict(prepare)
+        mode = prepare.pop("cleanup_mode")
+        out["prepare"] = prepare
+        if mode == "tolerant":
+            notes.append(
+                "prepare.cleanup_mode: tolerant is how triobench's cleanup works (an object "
+                "already gone counts as done; other failures are errors)"
+            )
+        else:
+            mistakes.append(
+                f"prepare.cleanup_mode: {show(mode)} is not implemented (tolerant is how "
+                "triobench's cleanup works)"
+            )
+    return out, notes, mistakes
+
+
+def _perf_log(out: dict[str, Any], notes: list[str]) -> list[str]:
+    """sai3-bench's ``perf_log: {enabled, interval}``: perf_log.tsv is always written, one row
+    per stats interval, so ``interval`` is ``distributed.stats_interval``."""
+    section = out.pop("perf_log")
+    if not isinstance(section, Mapping):
+        return [f"perf_log: expected a map {{enabled, interval}}, got {_yaml_type(section)}"]
+    extra = sorted(set(section) - {"enabled", "interval"})
+    if extra:
+        return [f"perf_log.{extra[0]}: unknown key (expected enabled, interval)"]
+    if type(section.get("enabled", True)) is not bool:
+        return ["perf_log.enabled: expected true or false"]
+    if "interval" in section:
+        distributed = dict(out.get("distributed") or {})
+        given = distributed.get("stats_interval")
+        try:
+            same = given is None or parse_duration(given) == parse_duration(section["interval"])
+        except ValueError as exc:
+            return [f"perf_log.interval: {exc}"]
+        if not same:
+            return ["perf_log.interval: differs from distributed.stats_interval (they are one)"]
+        distributed["stats_interval"] = section["interval"]
+        out["distributed"] = distributed
+    notes.append(
+        "perf_log: perf_log.tsv is always written in the results, one row per stats interval"
+        + (" (perf_log.interval is distributed.stats_interval)" if "interval" in section else "")
+        + ("; enabled: false does not turn it off" if section.get("enabled") is False else "")
+    )
+    return []
 
 
 def config_to_dict(config: Config, *, human: bool = False) -> dict[str, Any]:
@@ -1072,6 +1166,7 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
                 "weight": weight(op.weight),
                 **(sized(op.size) if op.size else {}),
                 **({"block_size": size(op.block_size)} if op.block_size is not None else {}),
+                **({"concurrency": op.concurrency} if op.concurrency is not None else {}),
                 **(_pattern(op, weight) if op.op == "put" else {}),
             }
             for op in config.workload
@@ -1090,6 +1185,8 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
             "cleanup_on_abort": duration(config.prepare.cleanup_on_abort),
             "post_prepare_delay": duration(config.prepare.post_prepare_delay),
             "prepare_strategy": config.prepare.prepare_strategy,
+            "skip_verification": config.prepare.skip_verification,
+            "force_overwrite": config.prepare.force_overwrite,
         },
         "distributed": {
             "agents": [
@@ -1254,6 +1351,8 @@ def validate(config: Config) -> list[str]:
                 lines.append(f"{where}.path: {exc}")
         if op.op == "put" and any(ch in op.path for ch in "*?["):
             lines.append(f"{where}.path: put writes new objects; its path takes no wildcards")
+        if op.concurrency is not None and op.concurrency > MAX_CONCURRENCY:
+            lines.append(f"{where}.concurrency: at most {MAX_CONCURRENCY}, got {op.concurrency}")
         if op.block_size is not None:
             if op.op != "get":
                 lines.append(f"{where}.block_size: only get reads blocks (ranged reads)")
@@ -1360,6 +1459,13 @@ def describe(config: Config) -> str:
         size = f" {op.size.describe()} ({describe_data(op)})" if op.size else ""
         if op.block_size is not None:
             size += f" ({format_size(op.block_size)} blocks at random aligned offsets)"
+        if op.concurrency is not None:
+            size += (
+                f" (at most {op.concurrency} in flight)"
+                if op.concurrency < config.concurrency
+                else f" (concurrency {op.concurrency}: no limit, not below the global "
+                f"{config.concurrency})"
+            )
         out.append(f"  {op.weight / total:6.1%}  {op.op:<6} {op.path}{size}")
     if config.scheme == "s3":
         s3 = config.s3
@@ -1387,4 +1493,16 @@ def describe(config: Config) -> str:
         out.append(f"over SSH     {count} agent(s) on {shown}: {dist.ssh.command} agent ...")
     storage = "shared (objects split by agent index)" if dist.shared_storage else "per-agent prefix"
     out.append(f"storage      {storage}; failure policy: {dist.failure_policy}")
+    if config.prepare.skip_verification or config.prepare.force_overwrite:
+        out.append(
+            "prepare      "
+            + (
+                "writes every object, existing or not (force_overwrite)"
+                if config.prepare.force_overwrite
+                else "assumes every object exists: lists nothing, writes nothing "
+                "(skip_verification)"
+            )
+        )
+    for note in config.notes:
+        out.append(f"set aside    {note}")
     return "\n".join(out)

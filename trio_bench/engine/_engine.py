@@ -71,6 +71,13 @@ class Engine:
         unmatched = self.plan.unmatched(self.backend.scan)
         if unmatched:
             raise ConfigError(unmatched)
+        prepare = self.config.prepare
+        if self.plan.prepared and (prepare.skip_verification or prepare.force_overwrite):
+            checks.append(
+                "prepared objects not listed: "
+                + ("all are written" if prepare.force_overwrite else "assumed to exist")
+            )
+            return checks
         total = present = 0
         for pset in self.plan.prepared:
             if pset.directory not in self._existing:
@@ -102,11 +109,14 @@ class Engine:
     def prepare_stage(self) -> StageRun:
         stop = StopFlag()
         count = self._worker_count()
-        existing = {
+        prepare = self.config.prepare
+        existing: dict[str, int] | None = {
             pset.directory + name: size
             for pset in self.plan.prepared
             for name, size in self._existing.get(pset.directory, {}).items()
         }
+        if prepare.skip_verification and not prepare.force_overwrite:
+            existing = None  # every object is assumed to be there
         workers = [
             PrepareWorker(
                 w,

@@ -27,6 +27,7 @@ import attrs
 
 from trio_bench.config import (
     Config,
+    OpSpec,
     SizeSpec,
     prepared_name,
     relative_to_target,
@@ -127,6 +128,7 @@ class OpPlan:
     size: SizeSpec | None = None
     data: Pattern | None = None  # put: what it writes
     block_size: int | None = None  # get: one block at a random aligned offset
+    limit: threading.Semaphore | None = None  # at most so many in flight (all workers)
     pool: Pool | None = None  # get/stat/delete
     feeds: list[Pool] = attrs.Factory(list)  # put: pools its new objects belong to
     created: list[PutKeys] = attrs.Factory(list)  # put: what each worker created (for cleanup)
@@ -212,9 +214,13 @@ class AgentPlan:
         )
 
     def _op_plan(self, index: int, op: object) -> OpPlan:
-        from trio_bench.config import OpSpec
-
         assert isinstance(op, OpSpec)
+        plan = self._op_shape(index, op)
+        if op.concurrency is not None and op.concurrency < self.config.concurrency:
+            plan.limit = threading.Semaphore(op.concurrency)
+        return plan
+
+    def _op_shape(self, index: int, op: OpSpec) -> OpPlan:
         if op.op == "list":
             directory = op.path if op.path.endswith("/") else op.path + "/"
             return OpPlan(index, op.op, op.weight, op.path, self.prefix + directory, "")

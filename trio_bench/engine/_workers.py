@@ -142,6 +142,34 @@ class WorkloadWorker(Worker):
 
     def _entry(self, op: OpPlan) -> tuple[Record, str, Callable[..., Any], Callable[..., Any], Any]:
         """(record, kind, choose(r) -> target, do(target) -> bytes, after(target) | None)."""
+        record, kind, choose, do, after = self._bare_entry(op)
+        limit = op.limit
+        if limit is None:
+            return record, kind, choose, do, after
+        stop = self.stop
+
+        def choose_in_turn(r: float) -> Any:
+            """Wait for a place among the op's in-flight limit (not timed: the op's latency
+            starts when it starts); None once the stage stops meanwhile."""
+            while not limit.acquire(timeout=0.05):
+                if stop.stopped:
+                    return None
+            target = choose(r)
+            if target is None:
+                limit.release()
+            return target
+
+        def do_in_turn(target: Any) -> int:
+            try:
+                return int(do(target))
+            finally:
+                limit.release()
+
+        return record, kind, choose_in_turn, do_in_turn, after
+
+    def _bare_entry(
+        self, op: OpPlan
+    ) -> tuple[Record, str, Callable[..., Any], Callable[..., Any], Any]:
         io = self.io
         record = self.records[op.kind]
         if op.kind == "put":
@@ -219,6 +247,8 @@ class WorkloadWorker(Worker):
             j = (j + 1) & mask
             target = choose(rnd())
             if target is None:
+                if stop.stopped:  # while waiting for an op's in-flight limit
+                    break
                 self.note_error(kind, "(no object left to pick)", LookupError("pool empty"))
                 continue
             t0 = clock()
@@ -278,6 +308,8 @@ class WorkloadWorker(Worker):
             j = (j + 1) & mask
             target = choose(rnd())
             if target is None:
+                if stop.stopped:
+                    break
                 self.note_error(kind, "(no object left to pick)", LookupError("pool empty"))
                 continue
             start = int(scheduled)
@@ -305,7 +337,7 @@ class PrepareWorker(Worker):
         stop: StopFlag,
         io: WorkerIO,
         items: Iterable[tuple[int, PreparedSet, int]],
-        existing: dict[str, int],
+        existing: dict[str, int] | None,  # None: assume every object exists
         sources: Sequence[Source],
     ) -> None:
         super().__init__(index, stop, io)
@@ -323,7 +355,7 @@ class PrepareWorker(Worker):
             GATE.wait()
             key = pset.key(i)
             size = pset.size_of(i)
-            if existing.get(key) != size:
+            if existing is not None and existing.get(key) != size:
                 t0 = perf_counter_ns()
                 try:
                     nbytes = self.io.put(key, size, self.sources[n].object(size))
