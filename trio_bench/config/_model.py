@@ -43,12 +43,14 @@ from ._units import (
 )
 
 OPS = ("get", "put", "stat", "list", "delete")
-SCHEMES = ("file", "null", "s3")
+SCHEMES = ("file", "direct", "null", "s3")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 SIZE_KINDS = ("fixed", "uniform", "lognormal")
 RATE_DISTRIBUTIONS = ("exponential", "uniform", "fixed")
 FAILURE_POLICIES = ("abort", "continue")
 FILLS = ("random", "zero")
+FILE_SCHEMES = ("file", "direct")  # direct: the same with O_DIRECT (no page cache)
+DIRECT_ALIGN = 4096
 MAX_COMPRESS_FACTOR = 256  # the random part of each 4 KiB block holds a 16-byte stamp
 PAGE_CACHE_MODES = ("normal", "auto", "sequential", "random", "dontneed")
 PREPARED_NAME = "prepared-{index:08d}.dat"  # sai3-bench's naming, so its globs still match
@@ -1289,12 +1291,12 @@ def validate(config: Config) -> list[str]:
             f"target: unsupported scheme in {show(config.target)} "
             f"(expected {', '.join(s + '://' for s in SCHEMES)})"
         )
-    elif target.scheme == "file" and (target.netloc or not target.path.startswith("/")):
-        lines.append(f"target: {show(config.target)} must be file:///absolute/path/")
-    elif target.scheme == "file" and ("%" in target.path or target.query or target.fragment):
+    elif target.scheme in FILE_SCHEMES and (target.netloc or not target.path.startswith("/")):
+        lines.append(f"target: {show(config.target)} must be {target.scheme}:///absolute/path/")
+    elif target.scheme in FILE_SCHEMES and ("%" in target.path or target.query or target.fragment):
         lines.append(
             f"target: {show(config.target)}: percent-encoding, '?' and '#' are not supported in "
-            "file:// targets; write the path as it is on disk"
+            f"{target.scheme}:// targets; write the path as it is on disk"
         )
     if config.duration <= 0:
         lines.append("duration: must be longer than 0")
@@ -1303,7 +1305,9 @@ def validate(config: Config) -> list[str]:
             f"concurrency: at most {MAX_CONCURRENCY} worker threads per agent, got "
             f"{config.concurrency}; for more, run more agents (triobench agent --processes N)"
         )
-    elif config.concurrency * config.file.buffer_size > MAX_BUFFERS and config.scheme == "file":
+    elif config.concurrency * config.file.buffer_size > MAX_BUFFERS and config.scheme in (
+        FILE_SCHEMES
+    ):
         lines.append(
             f"concurrency: {config.concurrency} workers x file.buffer_size "
             f"{format_size(config.file.buffer_size)} is more than {format_size(MAX_BUFFERS)} "
@@ -1349,7 +1353,7 @@ def validate(config: Config) -> list[str]:
                 re.compile(fnmatch.translate(pattern))
             except (ValueError, re.error) as exc:
                 lines.append(f"{where}.path: {exc}")
-        if op.op == "put" and any(ch in op.path for ch in "*?["):
+        if op.op == "put" and any(ch in op.path.removesuffix("*") for ch in "*?["):
             lines.append(f"{where}.path: put writes new objects; its path takes no wildcards")
         if op.concurrency is not None and op.concurrency > MAX_CONCURRENCY:
             lines.append(f"{where}.concurrency: at most {MAX_CONCURRENCY}, got {op.concurrency}")
@@ -1362,6 +1366,11 @@ def validate(config: Config) -> list[str]:
                 lines.append(
                     f"{where}.block_size: {format_size(op.block_size)} exceeds the read buffer "
                     f"(file.buffer_size {format_size(config.file.buffer_size)})"
+                )
+            elif config.scheme == "direct" and op.block_size % DIRECT_ALIGN:
+                lines.append(
+                    f"{where}.block_size: direct:// reads whole {format_size(DIRECT_ALIGN)} "
+                    f"blocks (O_DIRECT); {format_size(op.block_size)} is not a multiple"
                 )
             elif config.target.startswith("s3://"):
                 lines.append(

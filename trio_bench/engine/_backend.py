@@ -152,12 +152,13 @@ def open_backend(config: Config, *, root: str | None = None, agent_index: int = 
         return NullBackend()
     if parts.scheme == "s3":
         return S3Backend(config, agent_index=agent_index)
-    if parts.scheme == "file":
+    if parts.scheme in ("file", "direct"):
         return FileBackend(
             parts.path,
             root=root,
             fsync=config.file.fsync,
             buffer_size=config.file.buffer_size,
             page_cache_mode=config.page_cache_mode,
+            direct=parts.scheme == "direct",
         )
     raise BackendError(f"target: no backend for scheme {parts.scheme!r}")

@@ -33,6 +33,7 @@ with --long) finds the pool's bytes again in a large object and compresses it be
 from __future__ import annotations
 
 import hashlib
+import mmap
 import random
 import struct
 from collections.abc import Iterator
@@ -83,8 +84,8 @@ class Source:
         self.position = 0  # units handed out so far
         self._pool = pool.data if pool is not None else memoryview(b"")
         self._span = max(1, len(self._pool) - UNIT)
-        self._buffer = bytearray(UNIT)
-        self._view = memoryview(self._buffer)
+        # page-aligned (an mmap), so direct:// writes it without a copy
+        self._view = memoryview(mmap.mmap(-1, UNIT))
         self._zero = pattern.fill == "zero"
         self._unique = pattern.dedup == 1
         # bytes of random data at the start of each block (the rest of the block stays zero)

@@ -19,6 +19,8 @@ what a symlink points to.
 from __future__ import annotations
 
 import errno
+import fcntl
+import mmap
 import os
 import random
 import secrets
@@ -37,6 +39,15 @@ _WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC
 _DIRECTORY = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _AUTO_SEQUENTIAL_AT = 64 * 1024 * 1024  # sai3-bench's "auto": sequential hint from 64 MiB
+_DIRECT = getattr(os, "O_DIRECT", 0)
+# direct://: buffers, lengths and offsets in multiples of this (the largest logical block
+# size in common use; a 512-byte device accepts it too)
+ALIGN = 4096
+
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """``size`` bytes at a page-aligned address (what O_DIRECT needs), zeroed."""
+    return mmap.mmap(-1, max(size, 1))
 
 
 def _fd_path(fd: int) -> str | None:
@@ -58,7 +69,12 @@ class FileBackend(Backend):
         fsync: bool = False,
         buffer_size: int = 1024 * 1024,
         page_cache_mode: str = "normal",
+        direct: bool = False,
     ) -> None:
+        self.direct = direct
+        if direct:
+            self.scheme = "direct"
+            buffer_size = -(-buffer_size // ALIGN) * ALIGN
         self.base = path if path.endswith("/") else path + "/"
         self.root = os.path.realpath(root) if root else None
         self.fsync = fsync
@@ -72,7 +88,7 @@ class FileBackend(Backend):
             self.check_confined("")
 
     def describe(self) -> str:
-        return f"file://{self.base}"
+        return f"{self.scheme}://{self.base}"
 
     def environment(self) -> dict[str, str]:
         return mount_of(self.base)
@@ -210,7 +226,44 @@ class FileBackend(Backend):
                     f"target: {self.base} is not writable: {exc.strerror or exc}"
                 ) from None
             checks.append(f"{self.base} is writable (created, read back, deleted a probe file)")
+        if self.direct:
+            self._probe_direct(base_fd, writes)
+            checks.append(f"{self.base} takes O_DIRECT reads" + (" and writes" if writes else ""))
         return checks
+
+    def _probe_direct(self, base_fd: int, writes: bool) -> None:
+        """Refuse a file system without O_DIRECT (some FUSE and network file systems; tmpfs
+        before Linux 6.6) before the run, not as an error on every operation."""
+        probe = f".triobench-direct-{secrets.token_hex(4)}"
+        block = aligned_buffer(ALIGN)
+        try:
+            if writes:
+                fd = os.open(probe, _WRITE | _DIRECT | self.nofollow, 0o644, dir_fd=base_fd)
+                try:
+                    os.write(fd, block)
+                finally:
+                    os.close(fd)
+            else:  # a read-only workload: open the target directory's first file
+                with os.scandir(base_fd) as entries:
+                    probe = next((e.name for e in entries if e.is_file()), "")
+                if not probe:
+                    return
+            fd = os.open(probe, _READ | _DIRECT | self.nofollow, dir_fd=base_fd)
+            try:
+                os.preadv(fd, [block], 0)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise BackendError(
+                f"target: direct://{self.base}: this file system refuses O_DIRECT "
+                f"({exc.strerror or exc}); use file:// (page cache) instead"
+            ) from None
+        finally:
+            if writes:
+                try:
+                    os.unlink(probe, dir_fd=base_fd)
+                except OSError:
+                    pass
 
     def scan(self, directory: str) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -228,7 +281,7 @@ class FileBackend(Backend):
         return out
 
     def worker_io(self, worker: int) -> WorkerIO:
-        return FileIO(self)
+        return DirectIO(self) if self.direct else FileIO(self)
 
 
 class FileIO(WorkerIO):
@@ -238,7 +291,7 @@ class FileIO(WorkerIO):
         self.nofollow = backend.nofollow
         self.fsync = backend.fsync
         self.buffer = bytearray(backend.buffer_size)
-        self.buffers = [self.buffer]
+        self.buffers: list[bytearray | memoryview] = [self.buffer]
         self.view = memoryview(self.buffer)
         mode = backend.page_cache_mode
         self.advise = None if mode == "normal" else mode
@@ -351,3 +404,69 @@ class FileIO(WorkerIO):
             os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             raise ObjectMissing(key) from None
+
+
+class DirectIO(FileIO):
+    """direct://: every read and write bypasses the page cache (O_DIRECT) from aligned
+    buffers. A file's length need not be aligned: its last partial block is written after
+    O_DIRECT is cleared on the descriptor (what O_DIRECT cannot do), and reads of the last
+    block simply come back short."""
+
+    def __init__(self, backend: FileBackend) -> None:
+        super().__init__(backend)
+        self.aligned = aligned_buffer(len(self.buffer))
+        self.buffer = self.aligned  # type: ignore[assignment]
+        self.view = memoryview(self.aligned)
+        self.buffers = [self.view]
+        self.advise = None  # no page cache to advise
+
+    def _open_existing(self, key: str) -> int:
+        try:
+            dir_fd, name = self._where(key)
+            return os.open(name, _READ | _DIRECT | self.nofollow, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+
+    def put(self, key: str, size: int, data: Payload) -> int:
+        dir_fd, name = self._where(key, create=True)
+        fd = os.open(name, _WRITE | _DIRECT | self.nofollow, 0o644, dir_fd=dir_fd)
+        try:
+            written = 0
+            direct = True
+            stop = self.stop
+            for piece in (data,) if isinstance(data, bytes | memoryview) else data:
+                if written and stop.stopped:
+                    raise Interrupted(key)
+                view = self._aligned(piece)
+                whole = len(view) - len(view) % ALIGN if direct else len(view)
+                if whole:
+                    written += self._write_all(fd, view[:whole])
+                if whole < len(view):  # the file's last partial block
+                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_DIRECT)
+                    direct = False
+                    written += self._write_all(fd, view[whole:])
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return written
+
+    def _aligned(self, piece: bytes | memoryview) -> memoryview:
+        """The piece itself if it starts at an aligned address (the data source's buffer
+        does), else a copy in this worker's aligned buffer."""
+        view = memoryview(piece)
+        if isinstance(piece, memoryview) and isinstance(piece.obj, mmap.mmap):
+            return view
+        if len(view) > len(self.aligned):
+            self.aligned = aligned_buffer(len(view))
+            self.view = memoryview(self.aligned)
+            self.buffers = [self.view]
+        self.view[: len(view)] = view
+        return self.view[: len(view)]
+
+    @staticmethod
+    def _write_all(fd: int, view: memoryview) -> int:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        return done

@@ -224,8 +224,8 @@ class AgentPlan:
         if op.op == "list":
             directory = op.path if op.path.endswith("/") else op.path + "/"
             return OpPlan(index, op.op, op.weight, op.path, self.prefix + directory, "")
-        if op.op == "put":
-            directory, _, name_prefix = op.path.rpartition("/")
+        if op.op == "put":  # sai3-bench writes `data/obj-*` for names starting `obj-`
+            directory, _, name_prefix = op.path.removesuffix("*").rpartition("/")
             directory = directory + "/" if directory else ""
             return OpPlan(
                 index,
