@@ -374,11 +374,6 @@ async def test_ranged_gets_count_blocks_not_objects(tmp_path: Path) -> None:
             "",
             "workload[0].block_size: 2MiB exceeds the read buffer (file.buffer_size 1MiB)",
         ),
-        (
-            "{op: get, path: 'x/*', block_size: 4KiB}",
-            "s3",
-            "workload[0].block_size: ranged gets on s3:// are not implemented yet",
-        ),
     ],
 )
 def test_block_size_mistakes_are_one_line(workload: str, extra: str, message: str) -> None:

@@ -226,6 +226,28 @@ workload: [{op: stat, path: "big/*"}]
     assert "put" not in again["prepare"].ops or again["prepare"].ops["put"].ops == 0
 
 
+async def test_ranged_gets_read_one_block_with_the_size_from_the_listing(s3_env) -> None:
+    s3_env.create_bucket("ranged")
+    cfg = s3_config(
+        "ranged",
+        """
+duration: 300ms
+concurrency: 2
+prepare: {ensure_objects: [{base_uri: data/, count: 20, object_size: 64KiB}]}
+workload:
+  - {op: get, path: "data/*", block_size: 4KiB, weight: 4}
+  - {op: put, path: "data/new-", object_size: 8KiB}
+""",
+    )
+    engine = Engine(cfg)
+    summaries = await run_stages(engine)
+    get = summaries["workload"].ops["get"]
+    assert get.ops > 20 and get.errors == 0, summaries["workload"].error_samples
+    assert get.bytes == 4096 * get.ops  # one whole block each, never the object
+    (pool,) = engine.plan.pools
+    assert pool.sizes is not None and set(pool.sizes.values()) == {64 * 1024, 8 * 1024}
+
+
 @pytest.mark.slow
 async def test_listing_paginates_past_1000_keys(s3_env) -> None:
     s3_env.create_bucket("many")

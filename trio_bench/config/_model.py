@@ -1372,11 +1372,6 @@ def validate(config: Config) -> list[str]:
                     f"{where}.block_size: direct:// reads whole {format_size(DIRECT_ALIGN)} "
                     f"blocks (O_DIRECT); {format_size(op.block_size)} is not a multiple"
                 )
-            elif config.target.startswith("s3://"):
-                lines.append(
-                    f"{where}.block_size: ranged gets on s3:// are not implemented yet "
-                    "(file:// and null:// only)"
-                )
     dist = config.distributed
     lines += agent_problems(dist.agents)
     lines += ssh_problems(dist)

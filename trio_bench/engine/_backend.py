@@ -70,9 +70,13 @@ class WorkerIO(abc.ABC):
     def get(self, key: str) -> int:
         """Read the whole object; return the bytes read."""
 
-    def get_block(self, key: str, block_size: int, rng: random.Random) -> int:
+    def get_block(
+        self, key: str, block_size: int, rng: random.Random, size: int | None = None
+    ) -> int:
         """Read ``block_size`` bytes at a random offset, a multiple of ``block_size``, in the
-        object (fewer if the object is smaller); return the bytes read."""
+        object (fewer if the object is smaller); return the bytes read. ``size``: the
+        object's size where the pool knows it (a backend that cannot learn it cheaply
+        needs it)."""
         raise NotImplementedError(f"ranged gets are not implemented for {type(self).__name__}")
 
     @abc.abstractmethod

@@ -334,7 +334,9 @@ class FileIO(WorkerIO):
         finally:
             os.close(fd)
 
-    def get_block(self, key: str, block_size: int, rng: random.Random) -> int:
+    def get_block(
+        self, key: str, block_size: int, rng: random.Random, size: int | None = None
+    ) -> int:
         fd = self._open_existing(key)
         try:
             blocks = max(1, os.fstat(fd).st_size // block_size)

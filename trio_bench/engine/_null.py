@@ -53,7 +53,9 @@ class NullIO(WorkerIO):
         except KeyError:
             raise ObjectMissing(key) from None
 
-    def get_block(self, key: str, block_size: int, rng: random.Random) -> int:
+    def get_block(
+        self, key: str, block_size: int, rng: random.Random, size: int | None = None
+    ) -> int:
         return min(block_size, self.get(key))
 
     def put(self, key: str, size: int, data: Payload) -> int:

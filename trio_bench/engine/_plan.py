@@ -58,12 +58,18 @@ class Pool:
         self.keys: list[str] = keys or []
         self.limit = len(self.keys) + POOL_GROWTH
         self.not_remembered = 0  # objects created for this pool beyond its limit
+        # each key's size, kept for ranged gets (they pick an offset within the object);
+        # None when no op needs them
+        self.sizes: dict[str, int] | None = None
         self._lock = threading.Lock()
 
-    def fill(self, keys: list[str]) -> None:
-        """The keys listed at stage start; the pool may grow by ``POOL_GROWTH`` beyond them."""
+    def fill(self, keys: list[str], sizes: dict[str, int] | None = None) -> None:
+        """The keys listed at stage start; the pool may grow by ``POOL_GROWTH`` beyond them.
+        ``sizes``: the listing's sizes by key (kept if the pool keeps sizes)."""
         self.keys = keys
         self.limit = len(keys) + POOL_GROWTH
+        if self.sizes is not None and sizes is not None:
+            self.sizes = sizes
 
     def matches(self, name: str) -> bool:
         return self.regex.match(name) is not None
@@ -75,8 +81,10 @@ class Pool:
         except IndexError:
             return None
 
-    def add(self, key: str) -> None:
+    def add(self, key: str, size: int = 0) -> None:
         if len(self.keys) < self.limit:
+            if self.sizes is not None:
+                self.sizes[key] = size  # before the key can be picked
             self.keys.append(key)  # list.append is atomic under the GIL
         else:
             self.not_remembered += 1
@@ -255,6 +263,8 @@ class AgentPlan:
             if op.kind in ("get", "stat", "delete"):
                 key = (op.directory, op.pattern)
                 op.pool = pools.setdefault(key, Pool(*key))
+                if op.block_size is not None and op.pool.sizes is None:
+                    op.pool.sizes = {}  # a ranged get picks an offset within the object
         self.pools = list(pools.values())
         for op in self.ops:
             if op.kind == "put":
@@ -334,8 +344,13 @@ class AgentPlan:
 
     def resolve_pools(self, scan: Callable[[str], dict[str, int]]) -> None:
         """Fill every pool from one listing of its directory (run in a thread: it is I/O)."""
-        listings: dict[str, list[str]] = {}
+        listings: dict[str, dict[str, int]] = {}
         for pool in self.pools:
             if pool.directory not in listings:
-                listings[pool.directory] = sorted(scan(pool.directory))
-            pool.fill([pool.directory + n for n in listings[pool.directory] if pool.matches(n)])
+                listings[pool.directory] = scan(pool.directory)
+            listing = listings[pool.directory]
+            names = [n for n in sorted(listing) if pool.matches(n)]
+            sizes = (
+                {pool.directory + n: listing[n] for n in names} if pool.sizes is not None else None
+            )
+            pool.fill([pool.directory + n for n in names], sizes)

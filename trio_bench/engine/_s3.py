@@ -8,6 +8,7 @@ gateways. Cleanup deletes in DeleteObjects batches of up to 1000 keys.
 from __future__ import annotations
 
 import builtins
+import random
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -159,6 +160,14 @@ class S3WorkerIO(WorkerIO):
 
     def get(self, key: str) -> int:
         return self._call(self.client.get, self.prefix + key)
+
+    def get_block(
+        self, key: str, block_size: int, rng: random.Random, size: int | None = None
+    ) -> int:
+        if size is None:  # not in the pool's listing (it should be): ask
+            size = self._call(self.client.head, self.prefix + key)
+        offset = rng.randrange(max(1, size // block_size)) * block_size
+        return self._call(self.client.get_range, self.prefix + key, offset, block_size)
 
     def put(self, key: str, size: int, data: Payload) -> int:
         return self._call(self.client.put, self.prefix + key, size, data, self.stop)

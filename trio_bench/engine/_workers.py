@@ -192,7 +192,7 @@ class WorkloadWorker(Worker):
 
             def after_put(target: tuple[str, int]) -> None:
                 for pool in feeds:
-                    pool.add(target[0])
+                    pool.add(*target)
 
             return record, op.kind, choose_put, do_put, after_put
         if op.kind == "list":
@@ -206,10 +206,11 @@ class WorkloadWorker(Worker):
         pool = op.pool
         assert pool is not None
         if op.kind == "get" and op.block_size is not None:
-            block, rng = op.block_size, self.rng
+            block, rng, sizes = op.block_size, self.rng, pool.sizes
+            assert sizes is not None
 
             def do_block(key: str) -> int:
-                return io.get_block(key, block, rng)
+                return io.get_block(key, block, rng, sizes.get(key))
 
             return record, op.kind, pool.pick, do_block, None
         if op.kind == "get":

@@ -180,6 +180,14 @@ class S3Client:
     def get(self, key: str) -> int:
         return self._request("GET", key, keep_body=False, what=f"GET {key}").received
 
+    def get_range(self, key: str, offset: int, length: int) -> int:
+        """GET ``length`` bytes from ``offset`` (fewer at the object's end): 206."""
+        extra = [("range", f"bytes={offset}-{offset + length - 1}")]
+        response = self._request(
+            "GET", key, extra=extra, keep_body=False, what=f"GET {key} {extra[0][1]}"
+        )
+        return response.received
+
     def head(self, key: str) -> int:
         response = self._request("HEAD", key, what=f"HEAD {key}")
         length = response.header(b"content-length")
