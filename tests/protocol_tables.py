@@ -103,6 +103,12 @@ _CONFIG_SAMPLES = (
     "{op: put, path: y/, size_spec: {type: uniform, min: 1, max: 9}}]\n"
     "distributed: {agents: [{ssh: u@h, processes: 2, id: x}], ssh: {user: u, key: k, "
     "port: 22, options: [-v], command: triobench}}\n",
+    # sai3-bench's multi-endpoint and per-agent keys
+    "target: file:///m/a/\nmulti_endpoint: {strategy: round_robin, endpoints: [file:///m/a/, "
+    "file:///m/b/]}\nprepare: {ensure_objects: [{count: 1, object_size: 1, "
+    "use_multi_endpoint: true}]}\nworkload: [{op: get, path: 'd/*', use_multi_endpoint: true}]\n"
+    "distributed: {agents: [{address: 'h:1', concurrency_override: 2, target_override: "
+    "file:///m/c/, multi_endpoint: {endpoints: [file:///m/c/]}}]}\n",
 )
 _SIZE_KEYS = {
     "size",

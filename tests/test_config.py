@@ -155,7 +155,7 @@ def replaced(old: str, new: str) -> str:
             replaced("count: 10000", "count: 10000\n      colour: red"),
             "prepare.ensure_objects[0].colour: unknown key",
         ),
-        (replaced("weight: 60", "weight: 0"), "workload[0].weight: must be a number > 0, got 0"),
+        (replaced("weight: 60", "weight: -1"), "workload[0].weight: must be a number >= 0, got -1"),
         (
             replaced('path: "data/*",  weight: 60', 'path: "../etc/*", weight: 60'),
             "workload[0].path: path '../etc/*' has an empty, '.' or '..' segment",
@@ -174,7 +174,7 @@ def replaced(old: str, new: str) -> str:
         ),
         (
             replaced("target: file:///tmp/triobench-data/", "target: ftp://x/"),
-            "target: unsupported scheme in 'ftp://x/' (expected file://, null://, s3://)",
+            "target: unsupported scheme in 'ftp://x/' (expected file://, direct://, null://, s3://)",
         ),
         (
             replaced("object_size: 64KiB", "object_size: 64KiB, size_spec: 1KiB"),

@@ -60,6 +60,7 @@ Duration = NewType("Duration", int)  # nanoseconds
 Count = NewType("Count", int)  # integer >= 1
 Objects = NewType("Objects", int)  # integer >= 0
 Weight = NewType("Weight", float)  # number > 0
+OpWeight = NewType("OpWeight", float)  # number >= 0
 Factor = NewType("Factor", float)  # number >= 1 (dedup_factor, compress_factor)
 NO_FACTOR = Factor(1.0)
 OpName = NewType("OpName", str)
@@ -221,13 +222,15 @@ def _at(key: str, parse: Any, value: Any) -> Any:
 class EnsureObjects:
     """Prepare: make sure ``count`` objects named ``prepared-NNNNNNNN.dat`` exist under base_uri."""
 
-    base_uri: str
     count: Objects  # 0: an entry that creates nothing (sai3-bench's directory-tree configs)
     size: SizeSpec
+    base_uri: str = ""  # relative to the target ("": the target itself)
     fill: str = attrs.field(default="random", validator=_choice(FILLS, "fill"))
     # sai3-bench's data patterns: 1 unit in N unique; 1/C of each 4 KiB block random
     dedup_factor: Factor = NO_FACTOR
     compress_factor: Factor = NO_FACTOR
+    # sai3-bench's: spread over ``multi_endpoint`` (all of a run's ops and entries, or none)
+    use_multi_endpoint: bool | None = None
 
 
 @attrs.frozen
@@ -251,7 +254,7 @@ class Prepare:
 class OpSpec:
     op: OpName
     path: str
-    weight: Weight = Weight(1.0)
+    weight: OpWeight = OpWeight(1.0)  # 0: never run (sai3-bench's way to switch one off)
     size: SizeSpec | None = None
     # get only: read one block of this size at a random aligned offset in the object
     block_size: Size | None = None
@@ -262,6 +265,8 @@ class OpSpec:
     fill: str = attrs.field(default="random", validator=_choice(FILLS, "fill"))
     dedup_factor: Factor = NO_FACTOR
     compress_factor: Factor = NO_FACTOR
+    # sai3-bench's: spread over ``multi_endpoint`` (all of a run's ops and entries, or none)
+    use_multi_endpoint: bool | None = None
 
 
 @attrs.frozen
@@ -300,11 +305,30 @@ class S3Options:
 
 
 @attrs.frozen
+class MultiEndpoint:
+    """sai3-bench's ``multi_endpoint``: several mount points or S3 gateways presenting one
+    namespace. An agent's workers are spread over them (worker w of agent i uses endpoint
+    (i x concurrency + w) mod n), each worker keeping its endpoint."""
+
+    endpoints: tuple[str, ...]
+    # least_connections: taken as round_robin (workers are spread evenly over endpoints
+    # that serve the same namespace, and each keeps its connection)
+    strategy: str = attrs.field(
+        default="round_robin",
+        validator=_choice(("round_robin", "least_connections"), "strategy"),
+    )
+
+
+@attrs.frozen
 class AgentAddress:
     address: str
     id: str | None = None
     # an agent started with ``--processes N``: N agents on consecutive ports from this one
     processes: int = 1
+    # sai3-bench's per-agent overrides: this agent's own worker count, target, endpoints
+    concurrency_override: Count | None = None
+    target_override: str | None = None
+    multi_endpoint: MultiEndpoint | None = None
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -358,7 +382,7 @@ class Distributed:
 
 @attrs.frozen
 class Config:
-    target: str
+    target: str  # required, unless multi_endpoint gives it (config_from_dict)
     workload: tuple[OpSpec, ...]
     duration: Duration = Duration(60_000_000_000)
     concurrency: Count = Count(1)
@@ -374,6 +398,7 @@ class Config:
     s3: S3Options = S3Options()
     seed: int | None = None
     name: str | None = None
+    multi_endpoint: MultiEndpoint | None = None
     # sai3-bench keys read and set aside, with why (shown by validate; never sent to agents)
     notes: tuple[str, ...] = attrs.field(default=(), eq=False)
 
@@ -412,7 +437,12 @@ def expand_agents(agents: Sequence[AgentAddress]) -> tuple[AgentAddress, ...]:
         host = f"[{host}]" if ":" in host else host
         for k in range(agent.processes):
             out.append(
-                AgentAddress(f"{host}:{port + k}", f"{agent.id}-{k + 1}" if agent.id else None)
+                attrs.evolve(
+                    agent,
+                    address=f"{host}:{port + k}",
+                    id=f"{agent.id}-{k + 1}" if agent.id else None,
+                    processes=1,
+                )
             )
     return tuple(out)
 
@@ -599,6 +629,14 @@ def _factor(value: Any, _type: Any) -> float:
     return float(value)
 
 
+def _op_weight(value: Any, _type: Any) -> float:
+    if type(value) not in (int, float):
+        raise ValueError(f"expected a number >= 0, got {_yaml_type(value)}")
+    if not value >= 0 or math.isinf(value):
+        raise ValueError(f"must be a number >= 0, got {value}")
+    return float(value)
+
+
 def _weight(value: Any, _type: Any) -> float:
     if type(value) not in (int, float):
         raise ValueError(f"expected a number > 0, got {_yaml_type(value)}")
@@ -652,6 +690,7 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(Count, _count)
     c.register_structure_hook(Objects, _objects)
     c.register_structure_hook(Weight, _weight)
+    c.register_structure_hook(OpWeight, _op_weight)
     c.register_structure_hook(Factor, _factor)
     c.register_structure_hook(OpName, _op_name)
     c.register_structure_hook(SizeSpec, lambda v, _t: _size_spec_from(v))
@@ -1020,6 +1059,10 @@ def config_from_dict(raw: Any) -> Config:
     raw, notes, mistakes = _set_aside(raw)
     if mistakes:
         raise ConfigError(mistakes)
+    if "target" not in raw:
+        derived = _target_from_endpoints(raw)
+        if derived:  # no target but endpoints: every op goes over them unless it says not
+            raw = {**_spread_by_default(raw), "target": derived}
     rate = raw.get("io_rate")
     if rate == "max" or (isinstance(rate, Mapping) and rate.get("iops") == "max"):
         # sai3-bench's "as fast as possible": no pacing at all (the closed loop)
@@ -1028,6 +1071,9 @@ def config_from_dict(raw: Any) -> Config:
         config = _converter.structure(raw, Config)
     except Exception as exc:
         raise ConfigError(_flatten(exc, "")) from None
+    config, lines = _paths_under_target(config)
+    if lines:
+        raise ConfigError(lines)
     wire = _unstructure(config, human=False)
     lines = validate(config) + wire_problems(wire)
     if not lines:
@@ -1045,6 +1091,52 @@ def config_from_dict(raw: Any) -> Config:
     if notes:
         config = attrs.evolve(config, notes=tuple(notes))
     return config
+
+
+def _paths_under_target(config: Config) -> tuple[Config, list[str]]:
+    """sai3-bench lets an op's path be a whole URI under the target
+    (``file:///mnt/a/data/*``): made relative here, like ``base_uri``."""
+    lines = []
+    ops = list(config.workload)
+    for i, op in enumerate(ops):
+        if "://" in op.path:
+            try:
+                ops[i] = attrs.evolve(op, path=relative_to_target(config.target, op.path))
+            except ValueError as exc:
+                lines.append(f"workload[{i}].path: {exc}")
+    return attrs.evolve(config, workload=tuple(ops)), lines
+
+
+def _spread_by_default(raw: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(raw)
+
+    def spread(entries: Any) -> Any:
+        if not isinstance(entries, list):
+            return entries
+        return [{"use_multi_endpoint": True, **e} if isinstance(e, Mapping) else e for e in entries]
+
+    if "workload" in out:
+        out["workload"] = spread(out["workload"])
+    prepare = out.get("prepare")
+    if isinstance(prepare, Mapping) and "ensure_objects" in prepare:
+        out["prepare"] = {**prepare, "ensure_objects": spread(prepare["ensure_objects"])}
+    return out
+
+
+def _target_from_endpoints(raw: Mapping[str, Any]) -> str | None:
+    """sai3-bench's multi-endpoint configs name no target: the first endpoint (global, else
+    the first agent's) is it (``s3://HOST:PORT/bucket/p/`` gives ``s3://bucket/p/``)."""
+    lists = [raw.get("multi_endpoint")]
+    distributed = raw.get("distributed")
+    if isinstance(distributed, Mapping) and isinstance(distributed.get("agents"), list):
+        lists += [a.get("multi_endpoint") for a in distributed["agents"] if isinstance(a, Mapping)]
+    for spread in lists:
+        if isinstance(spread, Mapping) and isinstance(spread.get("endpoints"), list):
+            first = spread["endpoints"][0] if spread["endpoints"] else None
+            if isinstance(first, str):
+                gateway = s3_endpoint_form(first)
+                return gateway[1] if gateway else first
+    return None
 
 
 def _set_aside(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
@@ -1095,6 +1187,9 @@ def _perf_log(out: dict[str, Any], notes: list[str]) -> list[str]:
     section = out.pop("perf_log")
     if not isinstance(section, Mapping):
         return [f"perf_log: expected a map {{enabled, interval}}, got {_yaml_type(section)}"]
+    section = dict(section)
+    if "interval_seconds" in section and "interval" not in section:  # older spelling
+        section["interval"] = section.pop("interval_seconds")
     extra = sorted(set(section) - {"enabled", "interval"})
     if extra:
         return [f"perf_log.{extra[0]}: unknown key (expected enabled, interval)"]
@@ -1170,6 +1265,11 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
                 **({"block_size": size(op.block_size)} if op.block_size is not None else {}),
                 **({"concurrency": op.concurrency} if op.concurrency is not None else {}),
                 **(_pattern(op, weight) if op.op == "put" else {}),
+                **(
+                    {"use_multi_endpoint": op.use_multi_endpoint}
+                    if op.use_multi_endpoint is not None
+                    else {}
+                ),
             }
             for op in config.workload
         ],
@@ -1180,6 +1280,11 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
                     "count": e.count,
                     **sized(e.size),
                     **_pattern(e, weight),
+                    **(
+                        {"use_multi_endpoint": e.use_multi_endpoint}
+                        if e.use_multi_endpoint is not None
+                        else {}
+                    ),
                 }
                 for e in config.prepare.ensure_objects
             ],
@@ -1192,7 +1297,21 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
         },
         "distributed": {
             "agents": [
-                {"address": a.address, **({"id": a.id} if a.id else {})}
+                {
+                    "address": a.address,
+                    **({"id": a.id} if a.id else {}),
+                    **(
+                        {"concurrency_override": a.concurrency_override}
+                        if a.concurrency_override is not None
+                        else {}
+                    ),
+                    **({"target_override": a.target_override} if a.target_override else {}),
+                    **(
+                        {"multi_endpoint": _spread(a.multi_endpoint)}
+                        if a.multi_endpoint is not None
+                        else {}
+                    ),
+                }
                 for a in config.distributed.agents
             ]
             + [
@@ -1234,10 +1353,16 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
     }
     if config.io_rate is not None:
         out["io_rate"] = {"iops": config.io_rate.iops, "distribution": config.io_rate.distribution}
+    if config.multi_endpoint is not None:
+        out["multi_endpoint"] = _spread(config.multi_endpoint)
     for key in ("max_errors", "seed", "name"):
         if getattr(config, key) is not None:
             out[key] = getattr(config, key)
     return out
+
+
+def _spread(spread: MultiEndpoint) -> dict[str, Any]:
+    return {"strategy": spread.strategy, "endpoints": list(spread.endpoints)}
 
 
 def _pattern(entry: EnsureObjects | OpSpec, weight: Any) -> dict[str, Any]:
@@ -1272,32 +1397,147 @@ def _ssh_settings(ssh: SshSettings, duration: Any) -> dict[str, Any]:
     }
 
 
-def validate(config: Config) -> list[str]:
-    """Checks across fields, after the types are right. Returns one line per mistake."""
-    lines: list[str] = []
-    target = urlsplit(config.target)
+_UNSUPPORTED_SCHEMES = {
+    "gs": "gs:// (Google Cloud Storage) is not supported; its S3-compatible endpoint works: "
+    "s3://bucket/ with s3.endpoint https://storage.googleapis.com and HMAC keys",
+    "az": "az:// (Azure Blob Storage) is not supported",
+    "azure": "azure:// (Azure Blob Storage) is not supported",
+}
+
+
+def target_problems(uri: str, where: str = "target") -> list[str]:
+    """What is wrong with a target URI (or an endpoint, or a target_override)."""
+    if not uri:
+        return [f"{where}: required field missing"]
+    target = urlsplit(uri)
     if target.scheme == "s3":
+        lines = []
         if not _BUCKET.match(target.netloc):
             lines.append(
-                f"target: {show(config.target)}: expected s3://bucket/prefix/ with a valid bucket "
+                f"{where}: {show(uri)}: expected s3://bucket/prefix/ with a valid bucket "
                 "name (3-63 of a-z 0-9 . -)"
             )
         if target.query or target.fragment or "%" in target.path:
-            lines.append(
-                f"target: {show(config.target)}: '?', '#' and percent-encoding are not supported"
-            )
-    elif target.scheme not in SCHEMES:
-        lines.append(
-            f"target: unsupported scheme in {show(config.target)} "
+            lines.append(f"{where}: {show(uri)}: '?', '#' and percent-encoding are not supported")
+        return lines
+    if target.scheme in _UNSUPPORTED_SCHEMES:
+        return [f"{where}: {_UNSUPPORTED_SCHEMES[target.scheme]}"]
+    if target.scheme not in SCHEMES:
+        return [
+            f"{where}: unsupported scheme in {show(uri)} "
             f"(expected {', '.join(s + '://' for s in SCHEMES)})"
-        )
-    elif target.scheme in FILE_SCHEMES and (target.netloc or not target.path.startswith("/")):
-        lines.append(f"target: {show(config.target)} must be {target.scheme}:///absolute/path/")
-    elif target.scheme in FILE_SCHEMES and ("%" in target.path or target.query or target.fragment):
-        lines.append(
-            f"target: {show(config.target)}: percent-encoding, '?' and '#' are not supported in "
+        ]
+    if target.scheme in FILE_SCHEMES and (target.netloc or not target.path.startswith("/")):
+        return [f"{where}: {show(uri)} must be {target.scheme}:///absolute/path/"]
+    if target.scheme in FILE_SCHEMES and ("%" in target.path or target.query or target.fragment):
+        return [
+            f"{where}: {show(uri)}: percent-encoding, '?' and '#' are not supported in "
             f"{target.scheme}:// targets; write the path as it is on disk"
+        ]
+    return []
+
+
+def s3_endpoint_form(uri: str) -> tuple[str, str] | None:
+    """sai3-bench's ``s3://HOST:PORT/bucket/prefix/`` multi-endpoint spelling as (endpoint
+    URL, ``s3://bucket/prefix/``); None for an ordinary ``s3://bucket/prefix/``."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.netloc:
+        return None
+    host = parts.hostname or ""
+    if parts.port is None and not re.fullmatch(r"[\d.]+|[0-9a-f:]+|localhost", host):
+        return None
+    bucket, _, prefix = parts.path.lstrip("/").partition("/")
+    scheme = "https" if parts.port == 443 else "http"
+    return f"{scheme}://{parts.netloc}", f"s3://{bucket}/{prefix}"
+
+
+def endpoint_problems(spread: MultiEndpoint, target: str, where: str) -> list[str]:
+    """Endpoints must be of the target's kind and, for S3, name the target's bucket and
+    prefix (one namespace, several ways to reach it)."""
+    lines = []
+    scheme = urlsplit(target).scheme
+    if not spread.endpoints:
+        lines.append(f"{where}.endpoints: needs at least one endpoint")
+    for i, uri in enumerate(spread.endpoints):
+        here = f"{where}.endpoints[{i}]"
+        gateway = s3_endpoint_form(uri)
+        if gateway is not None:
+            if scheme != "s3" or gateway[1].rstrip("/") != target.rstrip("/"):
+                lines.append(
+                    f"{here}: {show(uri)} names {gateway[1]}, not the target {show(target)}: "
+                    "every endpoint must serve the same bucket and prefix"
+                )
+            continue
+        problems = target_problems(uri, here)
+        if problems:
+            lines += problems
+        elif urlsplit(uri).scheme != scheme:
+            lines.append(f"{here}: {show(uri)} is not a {scheme}:// endpoint like the target")
+        elif scheme == "s3" and uri.rstrip("/") != target.rstrip("/"):
+            lines.append(
+                f"{here}: {show(uri)}: several buckets or prefixes are not one namespace; give "
+                "s3://HOST:PORT/bucket/prefix/ endpoints (gateways) or use s3.endpoints"
+            )
+    return lines
+
+
+def spreads(config: Config) -> bool:
+    """Whether the run's ops and prepared objects go over ``multi_endpoint``."""
+    entries: list[OpSpec | EnsureObjects] = [*config.workload, *config.prepare.ensure_objects]
+    return any(entry.use_multi_endpoint for entry in entries)
+
+
+def _spread_mixed(config: Config) -> bool:
+    entries: list[OpSpec | EnsureObjects] = [*config.workload, *config.prepare.ensure_objects]
+    return spreads(config) and any(entry.use_multi_endpoint is False for entry in entries)
+
+
+def _spread_problems(config: Config) -> list[str]:
+    lines = []
+    if _spread_mixed(config):
+        lines.append(
+            "use_multi_endpoint: triobench spreads an agent's workers over the endpoints, "
+            "so it applies to every op and prepared set or to none (false on some, true on "
+            "others)"
         )
+    if config.multi_endpoint is not None:
+        lines += endpoint_problems(config.multi_endpoint, config.target, "multi_endpoint")
+    for i, agent in enumerate(config.distributed.agents):
+        where = f"distributed.agents[{i}]"
+        target = agent.target_override or config.target
+        if agent.target_override is not None:
+            lines += target_problems(agent.target_override, f"{where}.target_override")
+            if urlsplit(agent.target_override).scheme != config.scheme:
+                lines.append(f"{where}.target_override: must be a {config.scheme}:// target")
+        if agent.multi_endpoint is not None:
+            lines += endpoint_problems(agent.multi_endpoint, target, f"{where}.multi_endpoint")
+        if agent.concurrency_override is not None and agent.concurrency_override > MAX_CONCURRENCY:
+            lines.append(f"{where}.concurrency_override: at most {MAX_CONCURRENCY}")
+    own = any(agent.multi_endpoint for agent in config.distributed.agents)
+    if spreads(config) and config.multi_endpoint is None and not own:
+        lines.append("use_multi_endpoint: there is no multi_endpoint to spread over")
+    return lines
+
+
+def for_agent(config: Config, address: str) -> Config:
+    """The config one agent runs: its entry's overrides (concurrency_override,
+    target_override, multi_endpoint) applied, when it has an entry."""
+    entry = next((a for a in config.distributed.agents if a.address == address), None)
+    if entry is None:
+        return config
+    changes: dict[str, Any] = {}
+    if entry.concurrency_override is not None:
+        changes["concurrency"] = entry.concurrency_override
+    if entry.target_override is not None:
+        changes["target"] = entry.target_override
+    if entry.multi_endpoint is not None:
+        changes["multi_endpoint"] = entry.multi_endpoint
+    return attrs.evolve(config, **changes) if changes else config
+
+
+def validate(config: Config) -> list[str]:
+    """Checks across fields, after the types are right. Returns one line per mistake."""
+    lines: list[str] = target_problems(config.target)
     if config.duration <= 0:
         lines.append("duration: must be longer than 0")
     if config.concurrency > MAX_CONCURRENCY:
@@ -1317,6 +1557,8 @@ def validate(config: Config) -> list[str]:
         lines.append(f"max_errors: must be >= 0, got {config.max_errors}")
     if not config.workload:
         lines.append("workload: needs at least one operation")
+    elif not any(op.weight > 0 for op in config.workload):
+        lines.append("workload: every operation has weight 0; at least one must run")
     for i, entry in enumerate(config.prepare.ensure_objects):
         where = f"prepare.ensure_objects[{i}].base_uri"
         try:
@@ -1372,6 +1614,7 @@ def validate(config: Config) -> list[str]:
                     f"{where}.block_size: direct:// reads whole {format_size(DIRECT_ALIGN)} "
                     f"blocks (O_DIRECT); {format_size(op.block_size)} is not a multiple"
                 )
+    lines += _spread_problems(config)
     dist = config.distributed
     lines += agent_problems(dist.agents)
     lines += ssh_problems(dist)
@@ -1460,6 +1703,9 @@ def describe(config: Config) -> str:
     total = sum(op.weight for op in config.workload)
     out.append("workload")
     for op in config.workload:
+        if not op.weight:
+            out.append(f"  {'never':>6}  {op.op:<6} {op.path} (weight 0)")
+            continue
         size = f" {op.size.describe()} ({describe_data(op)})" if op.size else ""
         if op.block_size is not None:
             size += f" ({format_size(op.block_size)} blocks at random aligned offsets)"

@@ -27,7 +27,7 @@ import trio
 
 from trio_bench import __version__
 from trio_bench.clock import RunClock
-from trio_bench.config import AgentAddress, Config, config_to_dict
+from trio_bench.config import AgentAddress, Config, config_to_dict, for_agent
 from trio_bench.environment import host_facts
 from trio_bench.protocol import (
     PROTOCOL_VERSION,
@@ -358,13 +358,15 @@ class Controller:
         config = config_to_dict(self.config)
         shared = self.settings.shared_storage
         for link in self.links:
+            own = for_agent(self.config, link.address)  # its overrides, if it has any
+            sent = config if own is self.config else config_to_dict(own)
             assert link.hello is not None
             link.apply(PeerEvent.HANDSHAKE_OK, f"{link.hello.hostname} ({link.address})")
             link.send_reliable(
                 functools.partial(
                     Configure,
                     run_id=self.run_id,
-                    config=config,
+                    config=sent,
                     agent_index=link.index,
                     agent_count=len(self.links),
                     path_prefix="" if shared else f"{link.id}/",

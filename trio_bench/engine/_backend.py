@@ -20,7 +20,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, TypeAlias
 from urllib.parse import urlsplit
 
-from trio_bench.config import Config
+import attrs
+
+from trio_bench.config import Config, s3_endpoint_form, spreads
 from trio_bench.stopping import NEVER, StopFlag
 
 
@@ -150,19 +152,33 @@ def open_backend(config: Config, *, root: str | None = None, agent_index: int = 
     from ._file import FileBackend
     from ._null import NullBackend
     from ._s3 import S3Backend
+    from ._spread import SpreadBackend
 
     parts = urlsplit(config.target)
+    endpoints = config.multi_endpoint.endpoints if config.multi_endpoint else ()
+    if not spreads(config):
+        endpoints = ()
     if parts.scheme == "null":
         return NullBackend()
     if parts.scheme == "s3":
+        gateways = [form[0] for form in map(s3_endpoint_form, endpoints) if form]
+        if gateways:  # s3://HOST:PORT/bucket/prefix/: the run's S3 endpoints
+            s3 = attrs.evolve(config.s3, endpoint=None, endpoints=tuple(gateways))
+            config = attrs.evolve(config, s3=s3)
         return S3Backend(config, agent_index=agent_index)
     if parts.scheme in ("file", "direct"):
-        return FileBackend(
-            parts.path,
-            root=root,
-            fsync=config.file.fsync,
-            buffer_size=config.file.buffer_size,
-            page_cache_mode=config.page_cache_mode,
-            direct=parts.scheme == "direct",
-        )
+        backends = [
+            FileBackend(
+                urlsplit(uri).path,
+                root=root,
+                fsync=config.file.fsync,
+                buffer_size=config.file.buffer_size,
+                page_cache_mode=config.page_cache_mode,
+                direct=parts.scheme == "direct",
+            )
+            for uri in endpoints or [config.target]
+        ]
+        if len(backends) == 1:
+            return backends[0]
+        return SpreadBackend(backends, agent_index=agent_index, concurrency=config.concurrency)
     raise BackendError(f"target: no backend for scheme {parts.scheme!r}")

@@ -22,6 +22,7 @@ from ._backend import Backend, open_backend
 from ._data import Pattern, RandomPool, Source, salt_of
 from ._file import FileBackend
 from ._plan import AgentPlan, PreparedSet
+from ._spread import SpreadBackend
 from ._stage import StageRun
 from ._workers import CleanupWorker, PrepareWorker, WorkloadWorker
 
@@ -49,7 +50,7 @@ class Engine:
             run_tag=run_tag,
         )
         self.backend = backend or open_backend(config, root=root, agent_index=agent_index)
-        if isinstance(self.backend, FileBackend):
+        if isinstance(self.backend, FileBackend | SpreadBackend):
             for directory in self.plan.directories():
                 self.backend.check_confined(directory)
         self._existing: dict[str, dict[str, int]] = {}

@@ -196,7 +196,7 @@ class AgentPlan:
         self.run_tag = run_tag
         self.seed = config.seed if config.seed is not None else 0x7B1
         self.prepared = [self._prepared_set(entry) for entry in config.prepare.ensure_objects]
-        self.ops = [self._op_plan(i, op) for i, op in enumerate(config.workload)]
+        self.ops = [self._op_plan(i, op) for i, op in enumerate(config.workload) if op.weight]
         self._link_pools()
 
     # -- construction
