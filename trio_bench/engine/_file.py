@@ -83,6 +83,8 @@ class FileBackend(Backend):
         # files are opened without following a final symlink when confined to a root
         self.nofollow = _NOFOLLOW if self.root is not None else 0
         self._dirs: dict[str, int] = {}  # "" or "a/b/" -> open directory descriptor
+        # the same by what precedes a key's last "/" ("" or "a/b"): the hot path's lookup
+        self._heads: dict[str, int] = {}
         self._dirs_lock = threading.Lock()
         if self.root is not None:
             self.check_confined("")
@@ -133,6 +135,7 @@ class FileBackend(Backend):
             parent_fd = self._open_chain(parent + "/" if parent else "", create)
             fd = self._open_checked(parent_fd, name, directory, create)
         self._dirs[directory] = fd
+        self._heads[directory[:-1]] = fd
         return fd
 
     def listing_fd(self, directory: str) -> int:
@@ -170,6 +173,7 @@ class FileBackend(Backend):
                 except OSError:
                     pass
             self._dirs.clear()
+            self._heads.clear()
 
     # -- checks and listings (run in a thread, not per operation)
 
@@ -288,7 +292,9 @@ class FileIO(WorkerIO):
     def __init__(self, backend: FileBackend) -> None:
         self.backend = backend
         self.dirs = backend._dirs  # read without a lock: dict lookups are atomic
+        self.heads = backend._heads
         self.nofollow = backend.nofollow
+        self.read_flags = _READ | self.nofollow
         self.fsync = backend.fsync
         self.buffer = bytearray(backend.buffer_size)
         self.buffers: list[bytearray | memoryview] = [self.buffer]
@@ -306,14 +312,25 @@ class FileIO(WorkerIO):
         return fd, name
 
     def _open_existing(self, key: str) -> int:
+        head, _, name = key.rpartition("/")
         try:
-            dir_fd, name = self._where(key)
-            return os.open(name, _READ | self.nofollow, dir_fd=dir_fd)
+            dir_fd = self.heads.get(head)
+            if dir_fd is None:
+                dir_fd = self.backend.directory_fd(head + "/" if head else "")
+            return os.open(name, self.read_flags, dir_fd=dir_fd)
         except FileNotFoundError:
             raise ObjectMissing(key) from None
 
     def get(self, key: str) -> int:
-        fd = self._open_existing(key)
+        # the hot path: _open_existing written out (a call less per operation)
+        head, _, name = key.rpartition("/")
+        try:
+            dir_fd = self.heads.get(head)
+            if dir_fd is None:
+                dir_fd = self.backend.directory_fd(head + "/" if head else "")
+            fd = os.open(name, self.read_flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
         try:
             if self.advise is not None:
                 self._advise_before(fd)
@@ -421,13 +438,7 @@ class DirectIO(FileIO):
         self.view = memoryview(self.aligned)
         self.buffers = [self.view]
         self.advise = None  # no page cache to advise
-
-    def _open_existing(self, key: str) -> int:
-        try:
-            dir_fd, name = self._where(key)
-            return os.open(name, _READ | _DIRECT | self.nofollow, dir_fd=dir_fd)
-        except FileNotFoundError:
-            raise ObjectMissing(key) from None
+        self.read_flags = _READ | _DIRECT | self.nofollow
 
     def put(self, key: str, size: int, data: Payload) -> int:
         dir_fd, name = self._where(key, create=True)
