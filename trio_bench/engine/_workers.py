@@ -234,11 +234,11 @@ class WorkloadWorker(Worker):
             self._paced_loop()
             return
         ops = self.plan.ops
-        if len(ops) == 1 and ops[0].pool is not None and ops[0].kind != "delete":
-            if ops[0].limit is None:  # one op picking from a pool: the common read test
-                record, kind, _choose, do, _after = self.table[0]
-                self._pool_loop(record, kind, ops[0].pool.keys, do)
-                return
+        (only, *others) = ops
+        if not others and only.pool is not None and only.kind != "delete" and only.limit is None:
+            record, kind, _choose, do, _after = self.table[0]  # a get or stat test
+            self._pool_loop(record, kind, only.pool.keys, do)
+            return
         table = self.table
         mix = self.mix
         mask = len(mix) - 1
