@@ -562,3 +562,79 @@ def test_sai3_key_mistakes_are_one_line(change: tuple[str, str], line: str) -> N
     with pytest.raises(ConfigError) as caught:
         parse_config(SAI3_PLAIN.replace(*change))
     assert any(got.startswith(line) for got in caught.value.lines), caught.value.lines
+
+
+SAI3_DISTRIBUTED = """
+target: file:///tmp/x/
+duration: 10s
+workload: [{op: get, path: "data/*"}]
+distributed:
+  shared_filesystem: true
+  path_selection: random
+  tree_creation_mode: concurrent
+  grpc_keepalive_interval: 30
+  barrier_sync: {enabled: true, prepare: {type: all_or_nothing}}
+  ssh: {enabled: true, user: bench, key_path: ~/.ssh/k}
+  agents:
+    - {address: "h1:7761", env: {RUST_LOG: info}, listen_port: 7761}
+  stages:
+    - {name: preflight, order: 1, completion: validation_passed, type: validation}
+    - name: run
+      order: 2
+      completion: duration
+      barrier: {type: all_or_nothing}
+      config: {type: execute, duration: 30s}
+"""
+
+
+def test_sai3_benchs_distributed_keys_map_onto_triobenchs_lifecycle() -> None:
+    cfg = parse_config(SAI3_DISTRIBUTED)
+    assert cfg.distributed.shared_storage and cfg.distributed.ssh.key == "~/.ssh/k"
+    assert cfg.duration == 30_000_000_000  # the execute stage's duration is the run's
+    shown = describe(cfg)
+    for key in (
+        "distributed.path_selection",
+        "distributed.tree_creation_mode",
+        "distributed.grpc_keepalive_interval",
+        "distributed.barrier_sync",
+        "distributed.stages: validation, execute",
+        "distributed.agents[].env",
+        "distributed.agents[].listen_port",
+        "duration: the execute stage's (30s) is the run's",
+    ):
+        assert f"set aside    {key}" in shown, key
+
+
+@pytest.mark.parametrize(
+    ("change", "line"),
+    [
+        (
+            ("path_selection: random", "path_selection: exclusive"),
+            "distributed.path_selection: only random",
+        ),
+        (
+            ("prepare: {type: all_or_nothing}", "prepare: {type: majority}"),
+            "distributed.barrier_sync.prepare.type: 'majority' barriers are not implemented",
+        ),
+        (
+            ("type: validation}", "type: custom}"),
+            "distributed.stages[0].type: a 'custom' stage is not supported",
+        ),
+        (("order: 1,", "order: 3,"), "distributed.stages[0]: a validation stage after execute"),
+        (
+            ("  shared_filesystem: true", "  shared_filesystem: true\n  shared_storage: false"),
+            "distributed.shared_filesystem: differs from shared_storage",
+        ),
+        (
+            (
+                "  path_selection: random",
+                "  path_selection: random\n  deployment: {deploy_type: docker}",
+            ),
+            "distributed.deployment: starting agents in containers is not supported",
+        ),
+    ],
+)
+def test_sai3_distributed_mistakes_are_one_line(change: tuple[str, str], line: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(SAI3_DISTRIBUTED.replace(*change))
+    assert any(got.startswith(line) for got in caught.value.lines), caught.value.lines

@@ -1163,6 +1163,8 @@ def _set_aside(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[
         out["warmup"] = out.pop("warmup_period")
     if "perf_log" in out:
         mistakes += _perf_log(out, notes)
+    if isinstance(out.get("distributed"), Mapping):
+        mistakes += _sai3_distributed(out, notes)
     prepare = out.get("prepare")
     if isinstance(prepare, Mapping) and "cleanup_mode" in prepare:
         prepare = dict(prepare)
@@ -1181,6 +1183,163 @@ def _set_aside(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[
     return out, notes, mistakes
 
 
+_STAGE_TYPES = ("validation", "prepare", "execute", "cleanup")  # triobench's, in its order
+_SET_ASIDE_DISTRIBUTED = {
+    "grpc_keepalive_interval": "gRPC keepalives: triobench's liveness is ping_interval, "
+    "warn_after and dead_after",
+    "grpc_keepalive_timeout": "gRPC keepalives: triobench's liveness is ping_interval, "
+    "warn_after and dead_after",
+    "agent_ready_timeout": "triobench waits connect_timeout for agents and "
+    "configure_timeout for their preflight",
+    "path_template": "an agent's own prefix is always <agent id>/ (without shared_storage)",
+    "partition_overlap": "only path_selection: random is implemented",
+}
+
+
+def _sai3_distributed(out: dict[str, Any], notes: list[str]) -> list[str]:
+    """sai3-bench's distributed keys: those that name what triobench does anyway become
+    notes; those that ask for something it does not do are refused, one line each."""
+    dist = dict(out["distributed"])
+    out["distributed"] = dist
+    mistakes: list[str] = []
+    if "shared_filesystem" in dist:
+        shared = dist.pop("shared_filesystem")
+        if type(shared) is not bool:
+            mistakes.append("distributed.shared_filesystem: expected true or false")
+        elif dist.get("shared_storage", shared) != shared:
+            mistakes.append("distributed.shared_filesystem: differs from shared_storage (one key)")
+        else:
+            dist["shared_storage"] = shared
+    if "path_selection" in dist:
+        if dist.pop("path_selection") != "random":
+            mistakes.append(
+                "distributed.path_selection: only random is implemented (every agent picks "
+                "from every object)"
+            )
+        else:
+            notes.append("distributed.path_selection: random is how every agent picks objects")
+    if "tree_creation_mode" in dist:
+        mode = dist.pop("tree_creation_mode")
+        if mode not in ("isolated", "coordinator", "concurrent"):
+            mistakes.append(
+                f"distributed.tree_creation_mode: unknown mode {show(mode)} (expected "
+                "isolated, coordinator, concurrent)"
+            )
+        notes.append(
+            "distributed.tree_creation_mode: directories are made by the agent that writes "
+            "there first (mkdir is idempotent), so every mode ends with the same tree"
+        )
+    for key, why in _SET_ASIDE_DISTRIBUTED.items():
+        if key in dist:
+            dist.pop(key)
+            notes.append(f"distributed.{key}: {why}")
+    if "barrier_sync" in dist:
+        mistakes += _barriers(dist.pop("barrier_sync"), "distributed.barrier_sync")
+        notes.append(
+            "distributed.barrier_sync: every stage starts once every agent is ready for it "
+            "(all_or_nothing); stalls and losses follow warn_after, dead_after, give_up_after"
+        )
+    if "stages" in dist:
+        mistakes += _stages(dist.pop("stages"), out, notes)
+    if "deployment" in dist:
+        dist.pop("deployment")
+        mistakes.append(
+            "distributed.deployment: starting agents in containers is not supported; run "
+            "`triobench agent` on each host, or give agents as {ssh: user@host}"
+        )
+    ssh = dist.get("ssh")
+    if isinstance(ssh, Mapping):
+        ssh = dict(ssh)
+        dist["ssh"] = ssh
+        if "key_path" in ssh:  # sai3-bench's name
+            ssh["key"] = ssh.pop("key_path")
+        if ssh.pop("enabled", True) is False:
+            notes.append("distributed.ssh.enabled: false: SSH is used for {ssh: ...} agents only")
+    agents = dist.get("agents")
+    if isinstance(agents, list):
+        dist["agents"] = [_set_aside_agent(a, notes) for a in agents]
+    return mistakes
+
+
+def _set_aside_agent(agent: Any, notes: list[str]) -> Any:
+    if not isinstance(agent, Mapping) or "ssh" in agent:
+        return agent
+    agent = dict(agent)
+    for key, why in (
+        ("env", "environment for the agent process: set it where the agent is started"),
+        ("listen_port", "the port the agent listens on is the one in its address"),
+    ):
+        if key in agent:
+            agent.pop(key)
+            note = f"distributed.agents[].{key}: {why}"
+            if note not in notes:
+                notes.append(note)
+    return agent
+
+
+def _barriers(section: Any, where: str) -> list[str]:
+    """A barrier section, at any depth: only all_or_nothing barriers are what happens."""
+    if isinstance(section, Mapping):
+        kind = section.get("type")
+        if kind is not None and kind != "all_or_nothing":
+            return [f"{where}.type: {show(kind)} barriers are not implemented (all_or_nothing)"]
+        lines = []
+        for key, value in section.items():
+            lines += _barriers(value, f"{where}.{key}")
+        return lines
+    return []
+
+
+def _stages(stages: Any, out: dict[str, Any], notes: list[str]) -> list[str]:
+    """sai3-bench's stage list must be triobench's lifecycle: validation, prepare, execute,
+    cleanup, in that order (any may be left out); an execute stage's duration is the run's."""
+    if not isinstance(stages, list):
+        return ["distributed.stages: expected a list of stages"]
+    mistakes: list[str] = []
+    kinds: list[str] = []
+    ordered = sorted(
+        enumerate(stages),
+        key=lambda item: item[1].get("order", item[0]) if isinstance(item[1], Mapping) else 0,
+    )
+    for i, stage in ordered:
+        where = f"distributed.stages[{i}]"
+        if not isinstance(stage, Mapping):
+            mistakes.append(f"{where}: expected a map")
+            continue
+        config = stage.get("config")
+        body: Mapping[str, Any] = config if isinstance(config, Mapping) else {}
+        kind = stage.get("type", body.get("type"))
+        if kind not in _STAGE_TYPES:
+            mistakes.append(
+                f"{where}.type: a {show(kind)} stage is not supported (triobench runs "
+                "validation, prepare, execute and cleanup stages)"
+            )
+            continue
+        if kinds and _STAGE_TYPES.index(kind) <= _STAGE_TYPES.index(kinds[-1]):
+            mistakes.append(f"{where}: a {kind} stage after {kinds[-1]} is not supported")
+        kinds.append(kind)
+        mistakes += _barriers(stage.get("barrier"), f"{where}.barrier")
+        duration = stage.get("duration", body.get("duration"))
+        if kind == "execute" and duration is not None:
+            given = out.get("duration")
+            try:
+                if given is not None and parse_duration(given) != parse_duration(duration):
+                    notes.append(
+                        f"duration: the execute stage's ({duration}) is the run's, as in "
+                        f"sai3-bench; the top-level {given} is not used"
+                    )
+            except ValueError as exc:
+                mistakes.append(f"{where}.duration: {exc}")
+                continue
+            out["duration"] = duration
+    if not mistakes:
+        notes.append(
+            f"distributed.stages: {', '.join(kinds)}: triobench's stages, run in that order "
+            "by every agent together"
+        )
+    return mistakes
+
+
 def _perf_log(out: dict[str, Any], notes: list[str]) -> list[str]:
     """sai3-bench's ``perf_log: {enabled, interval}``: perf_log.tsv is always written, one row
     per stats interval, so ``interval`` is ``distributed.stats_interval``."""
@@ -1190,6 +1349,9 @@ def _perf_log(out: dict[str, Any], notes: list[str]) -> list[str]:
     section = dict(section)
     if "interval_seconds" in section and "interval" not in section:  # older spelling
         section["interval"] = section.pop("interval_seconds")
+    if "path" in section:
+        section.pop("path")
+        notes.append("perf_log.path: perf_log.tsv is written in the results directory")
     extra = sorted(set(section) - {"enabled", "interval"})
     if extra:
         return [f"perf_log.{extra[0]}: unknown key (expected enabled, interval)"]
