@@ -6,6 +6,7 @@ from ._model import (
     AgentAddress,
     Config,
     ConfigError,
+    DirectoryStructure,
     Distributed,
     EnsureObjects,
     FileOptions,
@@ -35,6 +36,8 @@ from ._model import (
     split_address,
     split_pattern,
     spreads,
+    tree_base,
+    tree_op,
     wire_problems,
 )
 from ._units import format_duration, format_size, parse_duration, parse_size
@@ -45,6 +48,7 @@ __all__ = [
     "AgentAddress",
     "Config",
     "ConfigError",
+    "DirectoryStructure",
     "Distributed",
     "EnsureObjects",
     "FileOptions",
@@ -78,5 +82,7 @@ __all__ = [
     "split_address",
     "split_pattern",
     "spreads",
+    "tree_base",
+    "tree_op",
     "wire_problems",
 ]

@@ -77,10 +77,12 @@ class ConfigError(Exception):
 def _choice(options: tuple[str, ...], what: str) -> Any:
     def check(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         if value not in options:
-            raise ValueError(
+            exc = ValueError(
                 f"unknown {what} {show(value)}{_did_you_mean(value, options)} "
                 f"(expected {', '.join(options)})"
             )
+            exc.__notes__ = [f"@.{attribute.name}"]  # the field, in the error's path
+            raise exc
 
     return check
 
@@ -234,8 +236,42 @@ class EnsureObjects:
 
 
 @attrs.frozen
+class DirectoryStructure:
+    """sai3-bench's directory tree: ``width`` subdirectories per directory, ``depth`` levels,
+    ``files_per_dir`` files in each leaf (``bottom``) or in every directory (``all``).
+    Directory names come from ``dir_mask`` (its two %d: the level, from 1, and the
+    position under the parent, from 1); files are ``file_NNNNNNNN.dat``, numbered across
+    the tree in level order. The prepare entry beside it gives the files' size and data."""
+
+    width: Count
+    depth: Count
+    files_per_dir: Objects = Objects(0)
+    distribution: str = attrs.field(
+        default="bottom", validator=_choice(("bottom", "all"), "distribution")
+    )
+    dir_mask: str = "sai3bench.d%d_w%d.dir"
+
+    @property
+    def directories(self) -> int:
+        return sum(self.width**level for level in range(1, self.depth + 1))
+
+    @property
+    def file_directories(self) -> int:
+        return self.width**self.depth if self.distribution == "bottom" else self.directories
+
+    @property
+    def files(self) -> int:
+        return self.file_directories * self.files_per_dir
+
+
+# A tree's directory names are kept in memory by each agent (about 100 bytes each).
+MAX_TREE_DIRECTORIES = 2_000_000
+
+
+@attrs.frozen
 class Prepare:
     ensure_objects: tuple[EnsureObjects, ...] = ()
+    directory_structure: DirectoryStructure | None = None
     cleanup: bool = False
     # after an abort (Ctrl-C, a failed agent, a lost controller), an agent with cleanup: true
     # spends at most this long deleting what the run created; 0 keeps everything
@@ -850,6 +886,8 @@ def _flatten(exc: BaseException, path: str) -> list[str]:
         for sub in exc.exceptions:
             sub_path = path
             for note in getattr(sub, "__notes__", []):
+                if type(note) is str:  # ours ("@.field"): read by the call below
+                    continue
                 name = getattr(note, "name", None)
                 index = getattr(note, "index", None)
                 if name is not None:
@@ -1139,6 +1177,41 @@ def _target_from_endpoints(raw: Mapping[str, Any]) -> str | None:
     return None
 
 
+_TREE_FILE_KEYS = ("file_size", "fill", "dedup_factor", "compress_factor")
+
+
+def _tree_file_keys(prepare: Mapping[str, Any]) -> dict[str, Any]:
+    """sai3-bench's older spelling: the tree's files' ``file_size`` ({dist, min, max}),
+    ``fill`` and factors at prepare level; they go to the ensure_objects entries that do
+    not say (a size given there wins)."""
+    prepare = dict(prepare)
+    moved = {k: prepare.pop(k) for k in _TREE_FILE_KEYS if k in prepare}
+    if isinstance(moved.get("file_size"), Mapping):
+        spec = dict(moved.pop("file_size"))
+        if "dist" in spec:
+            spec["type"] = spec.pop("dist")
+        moved["size_spec"] = spec
+    elif "file_size" in moved:
+        moved["object_size"] = moved.pop("file_size")
+    entries = prepare.get("ensure_objects")
+    if isinstance(entries, list):
+        sized = (*_SIZE_KEYS, "size_spec", "object_size")
+        prepare["ensure_objects"] = [
+            {
+                **{
+                    k: v
+                    for k, v in moved.items()
+                    if not (k in ("size_spec", "object_size") and any(s in e for s in sized))
+                },
+                **e,
+            }
+            if isinstance(e, Mapping)
+            else e
+            for e in entries
+        ]
+    return prepare
+
+
 def _set_aside(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
     """sai3-bench keys that need no work here, or map onto ours: (the config without them,
     notes saying what became of each, mistakes)."""
@@ -1166,6 +1239,8 @@ def _set_aside(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[
     if isinstance(out.get("distributed"), Mapping):
         mistakes += _sai3_distributed(out, notes)
     prepare = out.get("prepare")
+    if isinstance(prepare, Mapping) and any(k in prepare for k in _TREE_FILE_KEYS):
+        out["prepare"] = prepare = _tree_file_keys(prepare)
     if isinstance(prepare, Mapping) and "cleanup_mode" in prepare:
         prepare = dict(prepare)
         mode = prepare.pop("cleanup_mode")
@@ -1456,6 +1531,11 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
             "prepare_strategy": config.prepare.prepare_strategy,
             "skip_verification": config.prepare.skip_verification,
             "force_overwrite": config.prepare.force_overwrite,
+            **(
+                {"directory_structure": attrs.asdict(config.prepare.directory_structure)}
+                if config.prepare.directory_structure is not None
+                else {}
+            ),
         },
         "distributed": {
             "agents": [
@@ -1643,6 +1723,58 @@ def endpoint_problems(spread: MultiEndpoint, target: str, where: str) -> list[st
     return lines
 
 
+def tree_op(config: Config, op: OpSpec) -> bool:
+    """Whether ``op`` works on the prepared directory tree: a get or stat whose path is "/"
+    (sai3-bench's "the whole tree") or names files in subdirectories (a wildcard before the
+    last "/", or **); a put whose path is "/" (new files in the tree's directories)."""
+    if config.prepare.directory_structure is None:
+        return False
+    if op.path == "/":
+        return op.op in ("get", "stat", "put")
+    head = op.path.rpartition("/")[0]
+    return op.op in ("get", "stat") and ("**" in op.path or any(c in head for c in "*?["))
+
+
+def tree_base(config: Config) -> str:
+    """Where the tree starts, relative to the target ("" or "a/b/")."""
+    (entry,) = config.prepare.ensure_objects[:1] or (None,)
+    base = relative_to_target(config.target, entry.base_uri) if entry else ""
+    return base if not base or base.endswith("/") else base + "/"
+
+
+def _tree_problems(config: Config) -> list[str]:
+    tree = config.prepare.directory_structure
+    if tree is None:
+        return []
+    where = "prepare.directory_structure"
+    lines = []
+    mask = tree.dir_mask
+    if mask.count("%d") != 2 or "/" in mask or "%" in mask.replace("%d", "") or mask in (".", ".."):
+        lines.append(
+            f"{where}.dir_mask: {show(mask)} must hold two %d (level, position) and no / or other %"
+        )
+    if tree.directories > MAX_TREE_DIRECTORIES:
+        lines.append(
+            f"{where}: {tree.directories:,} directories; at most {MAX_TREE_DIRECTORIES:,} "
+            "(each agent keeps their names)"
+        )
+    entries = config.prepare.ensure_objects
+    if len(entries) != 1:
+        lines.append(
+            f"{where}: needs exactly one ensure_objects entry (its base_uri, size and data "
+            f"are the tree's files'), got {len(entries)}"
+        )
+    elif entries[0].count not in (0, tree.files):
+        lines.append(
+            f"prepare.ensure_objects[0].count: the tree holds {tree.files:,} files "
+            f"({tree.file_directories:,} directories x {tree.files_per_dir}); give 0 or that"
+        )
+    for i, op in enumerate(config.workload):
+        if op.path == "/" and not tree_op(config, op):
+            lines.append(f"workload[{i}].path: {op.op} on the whole tree is not supported")
+    return lines
+
+
 def spreads(config: Config) -> bool:
     """Whether the run's ops and prepared objects go over ``multi_endpoint``."""
     entries: list[OpSpec | EnsureObjects] = [*config.workload, *config.prepare.ensure_objects]
@@ -1732,8 +1864,10 @@ def validate(config: Config) -> list[str]:
         lines += _pattern_problems(entry, f"prepare.ensure_objects[{i}]")
     for i, op in enumerate(config.workload):
         where = f"workload[{i}]"
+        in_tree = tree_op(config, op)
         try:
-            check_relative_path(op.path)
+            if op.path != "/" or not in_tree:
+                check_relative_path(op.path)
         except ValueError as exc:
             lines.append(f"{where}.path: {exc}")
             continue
@@ -1751,12 +1885,14 @@ def validate(config: Config) -> list[str]:
                 "(only put writes objects)"
             )
         lines += _pattern_problems(op, where)
-        if op.op in ("get", "stat", "delete"):
+        if op.op in ("get", "stat", "delete") and not in_tree:
             try:
                 _dir, pattern = split_pattern(op.path)
                 re.compile(fnmatch.translate(pattern))
             except (ValueError, re.error) as exc:
                 lines.append(f"{where}.path: {exc}")
+        if in_tree and op.block_size is not None:
+            lines.append(f"{where}.block_size: ranged gets in a directory tree are not supported")
         if op.op == "put" and any(ch in op.path.removesuffix("*") for ch in "*?["):
             lines.append(f"{where}.path: put writes new objects; its path takes no wildcards")
         if op.concurrency is not None and op.concurrency > MAX_CONCURRENCY:
@@ -1777,6 +1913,7 @@ def validate(config: Config) -> list[str]:
                     f"blocks (O_DIRECT); {format_size(op.block_size)} is not a multiple"
                 )
     lines += _spread_problems(config)
+    lines += _tree_problems(config)
     dist = config.distributed
     lines += agent_problems(dist.agents)
     lines += ssh_problems(dist)
@@ -1861,6 +1998,15 @@ def describe(config: Config) -> str:
                 f"  {e.count} x {e.size.describe()} ({describe_data(e)}) as "
                 f"{base}{prepared_name(0)}..."
             )
+    tree = config.prepare.directory_structure
+    if tree is not None:
+        base = tree_base(config)
+        out.append(
+            f"tree         {tree.width} wide, {tree.depth} deep under {base or 'the target'}: "
+            f"{tree.directories:,} directories, {tree.files:,} files "
+            f"({tree.files_per_dir} in each {'leaf' if tree.distribution == 'bottom' else 'one'}"
+            f"), named {tree.dir_mask}/.../file_NNNNNNNN.dat"
+        )
     out.append(f"cleanup      {'yes' if config.prepare.cleanup else 'no'}")
     total = sum(op.weight for op in config.workload)
     out.append("workload")

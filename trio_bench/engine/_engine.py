@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import trio
 
 from trio_bench.clock import RunClock
-from trio_bench.config import Config, ConfigError, prepared_name
+from trio_bench.config import Config, ConfigError
 from trio_bench.environment import host_facts
 from trio_bench.stopping import StopFlag
 
@@ -25,6 +25,10 @@ from ._plan import AgentPlan, PreparedSet
 from ._spread import SpreadBackend
 from ._stage import StageRun
 from ._workers import CleanupWorker, PrepareWorker, WorkloadWorker
+
+# Preflight lists the directories prepared objects go to, to skip those already there; a
+# directory tree with more (one listing each) is not listed.
+MAX_LISTINGS = 10_000
 
 
 class Engine:
@@ -81,11 +85,21 @@ class Engine:
             return checks
         total = present = 0
         for pset in self.plan.prepared:
-            if pset.directory not in self._existing:
-                self._existing[pset.directory] = self.backend.scan(pset.directory)
-            names = self._existing[pset.directory]
+            directories = pset.directories()
+            if len(directories) > MAX_LISTINGS:
+                checks.append(
+                    f"{len(directories):,} directories not listed (more than "
+                    f"{MAX_LISTINGS:,}): every prepared object is written; "
+                    "prepare.skip_verification assumes they exist instead"
+                )
+                continue
+            for directory in directories:
+                if directory not in self._existing:
+                    self._existing[directory] = self.backend.scan(directory)
             total += len(pset.indices)
-            present += sum(1 for i in pset.indices if prepared_name(i) in names)
+            for i in pset.indices:
+                name = pset.name(i)
+                present += name in self._existing[pset.key(i)[: -len(name)]]
         if total:
             checks.append(f"{present} of {total} prepared objects already exist")
         return checks
@@ -112,9 +126,9 @@ class Engine:
         count = self._worker_count()
         prepare = self.config.prepare
         existing: dict[str, int] | None = {
-            pset.directory + name: size
-            for pset in self.plan.prepared
-            for name, size in self._existing.get(pset.directory, {}).items()
+            directory + name: size
+            for directory, names in self._existing.items()
+            for name, size in names.items()
         }
         if prepare.skip_verification and not prepare.force_overwrite:
             existing = None  # every object is assumed to be there

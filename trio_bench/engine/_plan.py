@@ -32,9 +32,12 @@ from trio_bench.config import (
     prepared_name,
     relative_to_target,
     split_pattern,
+    tree_base,
+    tree_op,
 )
 
 from ._data import Pattern
+from ._tree import Tree, TreePool, TreePutKeys
 
 MIX_LENGTH = 4096  # op-mix cycle per worker: exact weights over every 4096 ops, no RNG per op
 # How many objects created during a stage a pool remembers beyond those it listed (about
@@ -113,9 +116,22 @@ class PreparedSet:
     size: SizeSpec
     data: Pattern
     seed: int
+    tree: Tree | None = None  # the directory tree's files (sai3-bench's directory_structure)
 
     def key(self, index: int) -> str:
+        if self.tree is not None:
+            return self.directory + self.tree.path(index)
         return self.directory + prepared_name(index)
+
+    def directories(self) -> list[str]:
+        """The directories its objects are in (one, or the tree's that hold files)."""
+        if self.tree is None:
+            return [self.directory]
+        return [self.directory + d for d in self.tree.file_dirs]
+
+    def name(self, index: int) -> str:
+        """The object's name in its directory."""
+        return prepared_name(index) if self.tree is None else f"file_{index:08d}.dat"
 
     def size_of(self, index: int) -> int:
         """Deterministic per object, the same on every agent and every run: prepare can
@@ -137,9 +153,11 @@ class OpPlan:
     data: Pattern | None = None  # put: what it writes
     block_size: int | None = None  # get: one block at a random aligned offset
     limit: threading.Semaphore | None = None  # at most so many in flight (all workers)
-    pool: Pool | None = None  # get/stat/delete
+    tree: Tree | None = None  # put: new files go into the tree's directories
+    pool: Pool | TreePool | None = None  # get/stat/delete
     feeds: list[Pool] = attrs.Factory(list)  # put: pools its new objects belong to
-    created: list[PutKeys] = attrs.Factory(list)  # put: what each worker created (for cleanup)
+    # put: what each worker created (for cleanup)
+    created: list[PutKeys | TreePutKeys] = attrs.Factory(list)
 
 
 class PutKeys:
@@ -195,6 +213,8 @@ class AgentPlan:
         self.shared = config.distributed.shared_storage
         self.run_tag = run_tag
         self.seed = config.seed if config.seed is not None else 0x7B1
+        shape = config.prepare.directory_structure
+        self.tree = Tree(shape) if shape is not None else None
         self.prepared = [self._prepared_set(entry) for entry in config.prepare.ensure_objects]
         self.ops = [self._op_plan(i, op) for i, op in enumerate(config.workload) if op.weight]
         self._link_pools()
@@ -208,10 +228,11 @@ class AgentPlan:
         base = relative_to_target(self.config.target, entry.base_uri)
         if base and not base.endswith("/"):
             base += "/"
+        count = entry.count if self.tree is None else self.tree.files
         if self.shared:
-            indices = range(self.agent_index, entry.count, self.agent_count)
+            indices = range(self.agent_index, count, self.agent_count)
         else:
-            indices = range(entry.count)
+            indices = range(count)
         return PreparedSet(
             directory=self.prefix + base,
             base=base,
@@ -219,14 +240,36 @@ class AgentPlan:
             size=entry.size,
             data=Pattern(entry.fill, entry.dedup_factor, entry.compress_factor),
             seed=self.seed,
+            tree=self.tree,
         )
 
     def _op_plan(self, index: int, op: object) -> OpPlan:
         assert isinstance(op, OpSpec)
-        plan = self._op_shape(index, op)
+        plan = self._tree_op(index, op) if tree_op(self.config, op) else self._op_shape(index, op)
         if op.concurrency is not None and op.concurrency < self.config.concurrency:
             plan.limit = threading.Semaphore(op.concurrency)
         return plan
+
+    def _tree_op(self, index: int, op: OpSpec) -> OpPlan:
+        """An op on the directory tree: get/stat pick any of its files; put writes new
+        files into its directories."""
+        assert self.tree is not None
+        directory = self.prefix + tree_base(self.config)
+        if op.op == "put":
+            return OpPlan(
+                index,
+                op.op,
+                op.weight,
+                op.path,
+                directory,
+                "obj-",
+                size=op.size,
+                data=Pattern(op.fill, op.dedup_factor, op.compress_factor),
+                tree=self.tree,
+            )
+        return OpPlan(
+            index, op.op, op.weight, op.path, directory, "**", pool=TreePool(self.tree, directory)
+        )
 
     def _op_shape(self, index: int, op: OpSpec) -> OpPlan:
         if op.op == "list":
@@ -260,14 +303,14 @@ class AgentPlan:
         """One pool per distinct (directory, pattern); puts feed the pools they match."""
         pools: dict[tuple[str, str], Pool] = {}
         for op in self.ops:
-            if op.kind in ("get", "stat", "delete"):
+            if op.kind in ("get", "stat", "delete") and op.pool is None:
                 key = (op.directory, op.pattern)
                 op.pool = pools.setdefault(key, Pool(*key))
                 if op.block_size is not None and op.pool.sizes is None:
                     op.pool.sizes = {}  # a ranged get picks an offset within the object
         self.pools = list(pools.values())
         for op in self.ops:
-            if op.kind == "put":
+            if op.kind == "put" and op.tree is None:
                 sample = self.put_name(op, 0, 0)
                 op.feeds = [
                     pool
@@ -281,13 +324,17 @@ class AgentPlan:
         """Unique across agents, workers and runs: <prefix><run>-a<agent>-w<worker>-<n>."""
         return f"{op.pattern}{self.run_tag}-a{self.agent_index}-w{worker}-{n:010d}"
 
-    def put_keys(self, op: OpPlan, worker: int) -> PutKeys:
+    def put_keys(self, op: OpPlan, worker: int) -> PutKeys | TreePutKeys:
         """A new name counter for one worker's put, recorded in ``op.created``."""
-        keys = PutKeys(op.directory + self.put_name(op, worker, 0)[:-10])
+        keys: PutKeys | TreePutKeys
+        if op.tree is not None:
+            keys = TreePutKeys(op.directory, op.tree, self.put_name(op, worker, 0)[:-10])
+        else:
+            keys = PutKeys(op.directory + self.put_name(op, worker, 0)[:-10])
         op.created.append(keys)
         return keys
 
-    def created(self) -> list[PutKeys]:
+    def created(self) -> list[PutKeys | TreePutKeys]:
         return [keys for op in self.ops for keys in op.created]
 
     def leftover_puts(self, scan: Callable[[str], dict[str, int]]) -> list[str]:
@@ -299,6 +346,10 @@ class AgentPlan:
             if op.kind != "put":
                 continue
             head = f"{op.pattern}{self.run_tag}-a{self.agent_index}-w"
+            if op.tree is not None:  # spread over the tree's directories: list each
+                for directory in {op.directory + d for d in op.tree.file_dirs}:
+                    found += [directory + n for n in scan(directory) if n.startswith(head)]
+                continue
             if (op.directory, head) in listed:
                 continue
             listed.add((op.directory, head))
@@ -307,8 +358,10 @@ class AgentPlan:
 
     # -- facts the engine and preflight need
 
-    def fed(self, pool: Pool) -> bool:
+    def fed(self, pool: Pool | TreePool) -> bool:
         """Whether this run itself creates objects for ``pool`` (prepare or a put)."""
+        if isinstance(pool, TreePool):
+            return True  # prepare makes the tree
         for pset in self.prepared:
             if pset.directory == pool.directory and pool.matches(prepared_name(0)):
                 return True

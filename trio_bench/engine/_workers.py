@@ -25,7 +25,7 @@ from trio_bench.stopping import GATE, Interrupted, StopFlag
 
 from ._backend import ObjectMissing, WorkerIO, error_code
 from ._data import Source
-from ._plan import AgentPlan, OpPlan, PreparedSet, op_mix
+from ._plan import AgentPlan, OpPlan, Pool, PreparedSet, op_mix
 
 _LAST_BIN = NBINS - 1
 
@@ -227,6 +227,7 @@ class WorkloadWorker(Worker):
             io.delete(key)
             return 0
 
+        assert isinstance(pool, Pool)  # never a tree's: its files are not taken away
         return record, op.kind, pool.take, do_delete, None
 
     def loop(self) -> None:
@@ -235,9 +236,10 @@ class WorkloadWorker(Worker):
             return
         ops = self.plan.ops
         (only, *others) = ops
-        if not others and only.pool is not None and only.kind != "delete" and only.limit is None:
+        pool = only.pool
+        if not others and isinstance(pool, Pool) and only.kind != "delete" and only.limit is None:
             record, kind, _choose, do, _after = self.table[0]  # a get or stat test
-            self._pool_loop(record, kind, only.pool.keys, do)
+            self._pool_loop(record, kind, pool.keys, do)
             return
         table = self.table
         mix = self.mix

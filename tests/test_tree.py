@@ -1,0 +1,124 @@
+"""sai3-bench's directory trees: the layout its docs give (names, counts, where files go),
+prepared, read, stat'ed and written into, then cleaned up, on real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trio_bench.config import ConfigError, parse_config
+from trio_bench.engine import Engine
+from trio_bench.engine._tree import Tree
+
+from .test_engine import run_stages
+
+BASIC = """
+version: 1
+duration: 300ms
+concurrency: 4
+target: "file://{root}"
+prepare:
+  directory_structure:
+    width: 3
+    depth: 2
+    files_per_dir: 5
+    distribution: "{distribution}"
+    dir_mask: "d%d_w%d.dir"
+  ensure_objects:
+    - base_uri: "file://{root}"
+      count: 0
+      size_spec: {{type: uniform, min: 1024, max: 4096}}
+      fill: random
+  cleanup: {cleanup}
+workload:
+  - {{op: get, path: "/", weight: 50}}
+  - {{op: put, path: "/", object_size: 2048, weight: 30}}
+  - {{op: stat, path: "/", weight: 20}}
+"""
+
+
+def tree_config(root: Path, distribution: str = "bottom", cleanup: str = "false") -> object:
+    return parse_config(BASIC.format(root=root, distribution=distribution, cleanup=cleanup))
+
+
+def test_the_layout_is_sai3_benchs() -> None:
+    cfg = tree_config(Path("/x"))
+    shape = cfg.prepare.directory_structure
+    tree = Tree(shape)
+    # level by level, each directory's children numbered from 1 under it
+    assert tree.directories[:4] == [
+        "d1_w1.dir/",
+        "d1_w2.dir/",
+        "d1_w3.dir/",
+        "d1_w1.dir/d2_w1.dir/",
+    ]
+    assert len(tree.directories) == 3 + 9 and tree.files == 45  # 9 leaves x 5
+    assert tree.path(0) == "d1_w1.dir/d2_w1.dir/file_00000000.dat"
+    assert tree.path(7) == "d1_w1.dir/d2_w2.dir/file_00000007.dat"
+    assert tree.path(44) == "d1_w3.dir/d2_w3.dir/file_00000044.dat"
+    every = Tree(tree_config(Path("/x"), "all").prepare.directory_structure)
+    assert every.files == 12 * 5 and every.path(0) == "d1_w1.dir/file_00000000.dat"
+
+
+@pytest.mark.parametrize("distribution", ["bottom", "all"])
+async def test_a_tree_is_prepared_read_written_into_and_cleaned_up(
+    tmp_path: Path, distribution: str
+) -> None:
+    root = tmp_path / "tree"
+    engine = Engine(tree_config(root, distribution, cleanup="true"), run_tag="t")
+    await engine.preflight()
+    seen: dict[str, int] = {}
+
+    def look() -> None:
+        for path in root.rglob("*"):
+            if path.is_file():
+                seen[str(path.relative_to(root))] = path.stat().st_size
+
+    summaries = await run_stages(engine, after_prepare=look)
+    files = 45 if distribution == "bottom" else 60
+    assert summaries["prepare"].ops["put"].ops == files and len(seen) == files
+    assert all(1024 <= size <= 4096 for size in seen.values())
+    if distribution == "bottom":
+        assert all(name.count("/") == 2 for name in seen)  # only in the leaves
+    ops = summaries["workload"].ops
+    for kind in ("get", "stat", "put"):
+        assert ops[kind].ops > 0 and ops[kind].errors == 0, summaries["workload"].error_samples
+    assert summaries["cleanup"].ops["delete"].errors == 0
+    assert not [p for p in root.rglob("*") if p.is_file()]  # the tree's files and the puts'
+
+
+async def test_shared_agents_split_the_tree_and_a_second_prepare_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "tree"
+    text = BASIC.format(root=root, distribution="bottom", cleanup="false")
+    cfg = parse_config(text + "distributed: {shared_filesystem: true}\n")
+    for a in range(2):
+        engine = Engine(cfg, agent_index=a, agent_count=2)
+        await engine.preflight()
+        run = engine.prepare_stage()
+        await run.run(engine.clock.now_ns())
+        assert run.summary("completed").ops["put"].ops in (22, 23)
+    assert len([p for p in root.rglob("*") if p.is_file()]) == 45
+    again = Engine(cfg, agent_index=0, agent_count=2)
+    assert "23 of 23 prepared objects already exist" in await again.preflight()
+
+
+@pytest.mark.parametrize(
+    ("change", "line"),
+    [
+        (("count: 0", "count: 7"), "prepare.ensure_objects[0].count: the tree holds 45 files"),
+        (('"d%d_w%d.dir"', '"d%d.dir"'), "prepare.directory_structure.dir_mask: 'd%d.dir' must"),
+        (("width: 3", "width: 2000"), "prepare.directory_structure: 4,002,000 directories"),
+        (
+            ('distribution: "bottom"', 'distribution: "top"'),
+            "prepare.directory_structure.distribution",
+        ),
+    ],
+)
+def test_tree_mistakes_are_one_line(change: tuple[str, str], line: str) -> None:
+    text = BASIC.format(root="/x", distribution="bottom", cleanup="false")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text.replace(*change))
+    assert any(got.startswith(line) for got in caught.value.lines), caught.value.lines
