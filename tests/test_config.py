@@ -573,6 +573,7 @@ distributed:
   path_selection: random
   tree_creation_mode: concurrent
   grpc_keepalive_interval: 30
+  deployment: {deploy_type: docker, image: "sai3bench:v0.6.11"}
   barrier_sync: {enabled: true, prepare: {type: all_or_nothing}}
   ssh: {enabled: true, user: bench, key_path: ~/.ssh/k}
   agents:
@@ -596,6 +597,7 @@ def test_sai3_benchs_distributed_keys_map_onto_triobenchs_lifecycle() -> None:
         "distributed.path_selection",
         "distributed.tree_creation_mode",
         "distributed.grpc_keepalive_interval",
+        "distributed.deployment: triobench starts no containers",
         "distributed.barrier_sync",
         "distributed.stages: validation, execute",
         "distributed.agents[].env",
@@ -625,16 +627,35 @@ def test_sai3_benchs_distributed_keys_map_onto_triobenchs_lifecycle() -> None:
             ("  shared_filesystem: true", "  shared_filesystem: true\n  shared_storage: false"),
             "distributed.shared_filesystem: differs from shared_storage",
         ),
-        (
-            (
-                "  path_selection: random",
-                "  path_selection: random\n  deployment: {deploy_type: docker}",
-            ),
-            "distributed.deployment: starting agents in containers is not supported",
-        ),
     ],
 )
 def test_sai3_distributed_mistakes_are_one_line(change: tuple[str, str], line: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(SAI3_DISTRIBUTED.replace(*change))
     assert any(got.startswith(line) for got in caught.value.lines), caught.value.lines
+
+
+def test_more_sai3_spellings_are_understood() -> None:
+    cfg = parse_config(
+        """
+target: file:///tmp/x/
+duration: 0s
+force_overwrite: true
+cleanup: {enabled: false}
+s3dlio_optimization: {gcs_rapid_mode: true}
+prepare:
+  ensure_objects: [{base_uri: d/, count: 3, size_spec: {type: lognormal, mean: 1MiB, std_dev: 64KiB}}]
+workload: [{op: put, path: "", object_size: 1KiB}]
+distributed:
+  barrier_sync: {cleanup: {type: best_effort}}
+"""
+    )
+    assert cfg.duration == 0 and cfg.prepare.force_overwrite and not cfg.prepare.cleanup
+    size = cfg.prepare.ensure_objects[0].size
+    assert (size.min, size.max) == (1, 1024**4)  # bounds are optional in sai3-bench
+    assert "set aside    s3dlio_optimization" in describe(cfg)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            "target: null://\ncleanup: {paths: [data/]}\nworkload: [{op: get, path: 'a/*'}]\n"
+        )
+    assert caught.value.lines[0].startswith("cleanup: only {enabled: true|false} is supported")

@@ -501,3 +501,12 @@ workload: [{{op: get, path: "data/*"}}]
     await run.run(engine.clock.now_ns())
     summary = run.summary("completed")
     assert summary.ops["put"].ops == rewritten and summary.done == summary.total == 10
+
+
+async def test_a_duration_of_zero_prepares_and_runs_no_workload(tmp_path: Path) -> None:
+    engine = Engine(config(f"file://{tmp_path}/", count=10, duration="0s"), prefix="a/")
+    await engine.preflight()
+    summaries = await run_stages(engine)
+    assert summaries["prepare"].ops["put"].ops == 10
+    assert sum(op.ops for op in summaries["workload"].ops.values()) == 0
+    assert summaries["cleanup"].done == 10

@@ -146,6 +146,7 @@ class SizeSpec:
         )
 
 
+LOGNORMAL_MAX = 1024**4  # a lognormal size's bound where the config gives none
 _SIZE_KEYS = ("object_size", "size_spec", "size_distribution", "min_size", "max_size")
 
 
@@ -181,6 +182,8 @@ def _size_spec_from(value: Any) -> SizeSpec:
     extra = sorted(set(spec) - set(allowed))
     if extra:
         raise ValueError(f"{kind} size distribution does not take {', '.join(extra)}")
+    if kind == "lognormal":  # sai3-bench's bounds are optional: 1 byte to 1 TiB
+        spec = {"min": 1, "max": LOGNORMAL_MAX, **spec}
     missing = [k for k in allowed if k not in spec]
     if missing:
         raise ValueError(f"{kind} size distribution needs {', '.join(missing)}")
@@ -1230,6 +1233,25 @@ def _set_aside(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[
             "enable_metadata_cache: sai3-bench's agent-side cache of object lists; triobench "
             "keeps none (it lists each directory once per stage)"
         )
+    if "s3dlio_optimization" in out:
+        out.pop("s3dlio_optimization")
+        notes.append(
+            "s3dlio_optimization: tuning of sai3-bench's storage library; triobench has its "
+            "own S3 client"
+        )
+    for key in ("force_overwrite", "skip_verification"):  # also spelled at the top
+        if key in out:
+            out["prepare"] = {key: out.pop(key), **(out.get("prepare") or {})}
+    if isinstance(out.get("cleanup"), Mapping):  # sai3-bench's {enabled: false}
+        section = dict(out.pop("cleanup"))
+        if set(section) - {"enabled"} or type(section.get("enabled", True)) is not bool:
+            mistakes.append(
+                "cleanup: only {enabled: true|false} is supported (prepare.cleanup); "
+                "cleanup removes what the run created"
+            )
+        else:
+            enabled = section.get("enabled", True)
+            out["prepare"] = {"cleanup": enabled, **(out.get("prepare") or {})}
     if "warmup_period" in out:  # sai3-bench's older name
         if "warmup" in out:
             mistakes.append("warmup_period: give warmup or warmup_period, not both")
@@ -1318,9 +1340,9 @@ def _sai3_distributed(out: dict[str, Any], notes: list[str]) -> list[str]:
         mistakes += _stages(dist.pop("stages"), out, notes)
     if "deployment" in dist:
         dist.pop("deployment")
-        mistakes.append(
-            "distributed.deployment: starting agents in containers is not supported; run "
-            "`triobench agent` on each host, or give agents as {ssh: user@host}"
+        notes.append(
+            "distributed.deployment: triobench starts no containers; the agents at the listed "
+            "addresses must be running (`triobench agent`), or give them as {ssh: user@host}"
         )
     ssh = dist.get("ssh")
     if isinstance(ssh, Mapping):
@@ -1352,10 +1374,13 @@ def _set_aside_agent(agent: Any, notes: list[str]) -> Any:
     return agent
 
 
-def _barriers(section: Any, where: str) -> list[str]:
-    """A barrier section, at any depth: only all_or_nothing barriers are what happens."""
+def _barriers(section: Any, where: str, cleanup: bool = False) -> list[str]:
+    """A barrier section, at any depth: all_or_nothing barriers are what happens; so is
+    best_effort for cleanup (each agent cleans up what it made, failures or not)."""
     if isinstance(section, Mapping):
         kind = section.get("type")
+        if kind == "best_effort" and (cleanup or where.endswith(".cleanup")):
+            kind = None
         if kind is not None and kind != "all_or_nothing":
             return [f"{where}.type: {show(kind)} barriers are not implemented (all_or_nothing)"]
         lines = []
@@ -1393,7 +1418,7 @@ def _stages(stages: Any, out: dict[str, Any], notes: list[str]) -> list[str]:
         if kinds and _STAGE_TYPES.index(kind) <= _STAGE_TYPES.index(kinds[-1]):
             mistakes.append(f"{where}: a {kind} stage after {kinds[-1]} is not supported")
         kinds.append(kind)
-        mistakes += _barriers(stage.get("barrier"), f"{where}.barrier")
+        mistakes += _barriers(stage.get("barrier"), f"{where}.barrier", kind == "cleanup")
         duration = stage.get("duration", body.get("duration"))
         if kind == "execute" and duration is not None:
             given = out.get("duration")
@@ -1781,18 +1806,27 @@ def spreads(config: Config) -> bool:
     return any(entry.use_multi_endpoint for entry in entries)
 
 
+def prepare_spreads(config: Config) -> bool:
+    """Whether prepare (and cleanup of what it made) goes over ``multi_endpoint``."""
+    return any(entry.use_multi_endpoint for entry in config.prepare.ensure_objects)
+
+
 def _spread_mixed(config: Config) -> bool:
-    entries: list[OpSpec | EnsureObjects] = [*config.workload, *config.prepare.ensure_objects]
-    return spreads(config) and any(entry.use_multi_endpoint is False for entry in entries)
+    """true beside false within one stage (prepare's entries, or the workload's ops)."""
+    return any(
+        any(e.use_multi_endpoint for e in entries)
+        and any(e.use_multi_endpoint is False for e in entries)
+        for entries in (config.workload, config.prepare.ensure_objects)
+    )
 
 
 def _spread_problems(config: Config) -> list[str]:
     lines = []
     if _spread_mixed(config):
         lines.append(
-            "use_multi_endpoint: triobench spreads an agent's workers over the endpoints, "
-            "so it applies to every op and prepared set or to none (false on some, true on "
-            "others)"
+            "use_multi_endpoint: triobench spreads a stage's workers over the endpoints, so "
+            "it applies to all the workload's ops or none, and to all prepared sets or none "
+            "(false on some, true on others)"
         )
     if config.multi_endpoint is not None:
         lines += endpoint_problems(config.multi_endpoint, config.target, "multi_endpoint")
@@ -1832,8 +1866,10 @@ def for_agent(config: Config, address: str) -> Config:
 def validate(config: Config) -> list[str]:
     """Checks across fields, after the types are right. Returns one line per mistake."""
     lines: list[str] = target_problems(config.target)
-    if config.duration <= 0:
-        lines.append("duration: must be longer than 0")
+    if config.duration < 0:
+        lines.append("duration: must not be negative")
+    elif config.duration == 0 and config.warmup:
+        lines.append("warmup: a run of duration 0 (prepare only) has no workload to warm up")
     if config.concurrency > MAX_CONCURRENCY:
         lines.append(
             f"concurrency: at most {MAX_CONCURRENCY} worker threads per agent, got "
@@ -1866,8 +1902,8 @@ def validate(config: Config) -> list[str]:
         where = f"workload[{i}]"
         in_tree = tree_op(config, op)
         try:
-            if op.path != "/" or not in_tree:
-                check_relative_path(op.path)
+            if not (op.path == "/" and in_tree) and not (op.path == "" and op.op == "put"):
+                check_relative_path(op.path)  # ("" for a put: new objects in the target)
         except ValueError as exc:
             lines.append(f"{where}.path: {exc}")
             continue

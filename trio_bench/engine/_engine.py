@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import trio
 
 from trio_bench.clock import RunClock
-from trio_bench.config import Config, ConfigError
+from trio_bench.config import Config, ConfigError, prepare_spreads
 from trio_bench.environment import host_facts
 from trio_bench.stopping import StopFlag
 
@@ -132,11 +132,14 @@ class Engine:
         }
         if prepare.skip_verification and not prepare.force_overwrite:
             existing = None  # every object is assumed to be there
+        backend = self.backend
+        if isinstance(backend, SpreadBackend) and not prepare_spreads(self.config):
+            backend = backend.first  # use_multi_endpoint: false on prepare's entries
         workers = [
             PrepareWorker(
                 w,
                 stop,
-                self.backend.worker_io(w),
+                backend.worker_io(w),
                 self._prepare_items(w, count),
                 existing,
                 [self.source(p.data, "prepare", w, i) for i, p in enumerate(self.plan.prepared)],
@@ -179,7 +182,8 @@ class Engine:
 
     def workload_stage(self) -> StageRun:
         stop = StopFlag()
-        count = self._worker_count()
+        # duration 0 (sai3-bench's prepare-only run): a workload stage with no workers
+        count = self._worker_count() if self.config.duration else 0
         rate = self.config.io_rate
         interval = count / rate.iops if rate else None
         workers = [
