@@ -615,8 +615,8 @@ def test_sai3_benchs_distributed_keys_map_onto_triobenchs_lifecycle() -> None:
             "distributed.path_selection: only random",
         ),
         (
-            ("prepare: {type: all_or_nothing}", "prepare: {type: majority}"),
-            "distributed.barrier_sync.prepare.type: 'majority' barriers are not implemented",
+            ("prepare: {type: all_or_nothing}", "prepare: {type: quorum}"),
+            "distributed.barrier_sync.prepare.type: 'quorum' barriers are not implemented",
         ),
         (
             ("type: validation}", "type: custom}"),

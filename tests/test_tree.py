@@ -122,3 +122,65 @@ def test_tree_mistakes_are_one_line(change: tuple[str, str], line: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(text.replace(*change))
     assert any(got.startswith(line) for got in caught.value.lines), caught.value.lines
+
+
+async def test_mkdir_makes_directories_rmdir_removes_them_and_cleanup_the_rest(
+    tmp_path: Path,
+) -> None:
+    cfg = parse_config(
+        f"""
+target: file://{tmp_path}/
+duration: 300ms
+concurrency: 2
+prepare: {{cleanup: true}}
+workload:
+  - {{op: mkdir, path: "test-dirs/", weight: 3}}
+  - {{op: rmdir, path: "test-dirs/", weight: 1}}
+"""
+    )
+    engine = Engine(cfg, prefix="a/", run_tag="t")
+    await engine.preflight()
+    left: list[str] = []
+
+    async def run(name: str) -> object:
+        stage = getattr(engine, f"{name}_stage")()
+        await stage.run(engine.clock.now_ns())
+        return stage.summary("completed")
+
+    await run("prepare")
+    await engine.after_prepare()
+    workload = await run("workload")
+    made, removed = workload.ops["mkdir"], workload.ops["rmdir"]
+    assert made.ops > 10 and made.errors == 0 and removed.ops > 0
+    assert removed.errors <= 2  # at most a take when none was made yet, per worker
+    left = sorted(p.name for p in (tmp_path / "a" / "test-dirs").iterdir())
+    assert len(left) == made.ops - removed.ops and all(p.startswith("dir-t-a0-w") for p in left)
+    assert all((tmp_path / "a" / "test-dirs" / p).is_dir() for p in left)
+    cleanup = await run("cleanup")
+    assert cleanup.ops["delete"].errors == 0
+    assert not any((tmp_path / "a" / "test-dirs").iterdir())
+
+
+async def test_exclusive_path_selection_keeps_each_agent_in_its_directories(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "tree"
+    text = BASIC.format(root=root, distribution="bottom", cleanup="false")
+    text = text.replace('  - {op: put, path: "/", object_size: 2048, weight: 30}\n', "")
+    cfg = parse_config(text + "distributed: {shared_storage: true, path_selection: exclusive}\n")
+    from trio_bench.engine import AgentPlan
+
+    picked: list[set[str]] = []
+    for a in range(3):
+        pool = AgentPlan(cfg, agent_index=a, agent_count=3).ops[0].pool
+        assert pool is not None
+        picked.append({pool.pick(i / 500).rpartition("/")[0] for i in range(500)})
+    # 12 directories dealt in turn: the 9 leaves (positions 3-11) go 3 to each agent
+    assert [len(dirs) for dirs in picked] == [3, 3, 3]
+    assert not (picked[0] & picked[1]) and not (picked[1] & picked[2])
+    weighted = parse_config(
+        text
+        + "distributed: {shared_storage: true, path_selection: weighted, partition_overlap: 1}\n"
+    )
+    pool = AgentPlan(weighted, agent_index=0, agent_count=3).ops[0].pool
+    assert len({pool.pick(i / 500).rpartition("/")[0] for i in range(500)}) == 9  # any

@@ -42,7 +42,7 @@ from ._units import (
     show,
 )
 
-OPS = ("get", "put", "stat", "list", "delete")
+OPS = ("get", "put", "stat", "list", "delete", "mkdir", "rmdir")
 SCHEMES = ("file", "direct", "null", "s3")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 SIZE_KINDS = ("fixed", "uniform", "lognormal")
@@ -297,6 +297,8 @@ class OpSpec:
     size: SizeSpec | None = None
     # get only: read one block of this size at a random aligned offset in the object
     block_size: Size | None = None
+    # rmdir: sai3-bench's; only false (the directories removed are the run's empty ones)
+    recursive: bool = False
     # at most this many of this op in flight at once per agent (sai3-bench's per-op
     # concurrency: a limit below the global concurrency; at or above it, no limit)
     concurrency: Count | None = None
@@ -403,6 +405,12 @@ class Distributed:
     ssh_agents: tuple[SshAgents, ...] = ()  # entries of ``agents`` with ``ssh`` (expanded)
     ssh: SshSettings = SshSettings()
     shared_storage: bool = False
+    # sai3-bench's: which of a directory tree's directories an agent's gets and stats use
+    path_selection: str = attrs.field(
+        default="random",
+        validator=_choice(("random", "partitioned", "exclusive", "weighted"), "path_selection"),
+    )
+    partition_overlap: float = 0.3  # partitioned/weighted: the share picked from any directory
     failure_policy: str = attrs.field(
         default="abort", validator=_choice(FAILURE_POLICIES, "failure_policy")
     )
@@ -780,8 +788,10 @@ def _make_converter() -> cattrs.Converter:
             if not isinstance(value, Mapping):
                 raise ValueError(f"expected a map, got {_yaml_type(value)}")
             raw = dict(value)
-            if "size" in raw:
-                raise ForbiddenExtraKeysError("", cls, {"size"})
+            if "size" in raw:  # a spelling sai3-bench's configs use for a fixed size
+                if "object_size" in raw:
+                    raise ValueError("give one size: object_size or size, not both")
+                raw["object_size"] = raw.pop("size")
             size = _pop_size(raw)
             if size is not None:
                 raw["size"] = size
@@ -1289,7 +1299,6 @@ _SET_ASIDE_DISTRIBUTED = {
     "agent_ready_timeout": "triobench waits connect_timeout for agents and "
     "configure_timeout for their preflight",
     "path_template": "an agent's own prefix is always <agent id>/ (without shared_storage)",
-    "partition_overlap": "only path_selection: random is implemented",
 }
 
 
@@ -1307,14 +1316,6 @@ def _sai3_distributed(out: dict[str, Any], notes: list[str]) -> list[str]:
             mistakes.append("distributed.shared_filesystem: differs from shared_storage (one key)")
         else:
             dist["shared_storage"] = shared
-    if "path_selection" in dist:
-        if dist.pop("path_selection") != "random":
-            mistakes.append(
-                "distributed.path_selection: only random is implemented (every agent picks "
-                "from every object)"
-            )
-        else:
-            notes.append("distributed.path_selection: random is how every agent picks objects")
     if "tree_creation_mode" in dist:
         mode = dist.pop("tree_creation_mode")
         if mode not in ("isolated", "coordinator", "concurrent"):
@@ -1333,8 +1334,10 @@ def _sai3_distributed(out: dict[str, Any], notes: list[str]) -> list[str]:
     if "barrier_sync" in dist:
         mistakes += _barriers(dist.pop("barrier_sync"), "distributed.barrier_sync")
         notes.append(
-            "distributed.barrier_sync: every stage starts once every agent is ready for it "
-            "(all_or_nothing); stalls and losses follow warn_after, dead_after, give_up_after"
+            "distributed.barrier_sync: every stage starts once every live agent is ready for "
+            "it (all_or_nothing, majority too: with failure_policy: continue a failed agent "
+            "is dropped and the others go on); stalls and losses follow warn_after, "
+            "dead_after, give_up_after"
         )
     if "stages" in dist:
         mistakes += _stages(dist.pop("stages"), out, notes)
@@ -1358,13 +1361,20 @@ def _sai3_distributed(out: dict[str, Any], notes: list[str]) -> list[str]:
     return mistakes
 
 
+AGENT_PORT = 7761  # `triobench agent`'s default
+
+
 def _set_aside_agent(agent: Any, notes: list[str]) -> Any:
     if not isinstance(agent, Mapping) or "ssh" in agent:
         return agent
     agent = dict(agent)
+    address = agent.get("address")
+    if isinstance(address, str) and re.fullmatch(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]", address):
+        agent["address"] = f"{address}:{AGENT_PORT}"  # a host alone: the agent's default port
     for key, why in (
         ("env", "environment for the agent process: set it where the agent is started"),
         ("listen_port", "the port the agent listens on is the one in its address"),
+        ("volumes", "container volumes: triobench starts no containers"),
     ):
         if key in agent:
             agent.pop(key)
@@ -1376,13 +1386,18 @@ def _set_aside_agent(agent: Any, notes: list[str]) -> Any:
 
 def _barriers(section: Any, where: str, cleanup: bool = False) -> list[str]:
     """A barrier section, at any depth: all_or_nothing barriers are what happens; so is
-    best_effort for cleanup (each agent cleans up what it made, failures or not)."""
+    best_effort for cleanup (each agent cleans up what it made, failures or not), and
+    majority is read as all_or_nothing (said in the note): every stage starts with every
+    live agent, and failure_policy: continue drops a failed one and goes on."""
     if isinstance(section, Mapping):
         kind = section.get("type")
         if kind == "best_effort" and (cleanup or where.endswith(".cleanup")):
             kind = None
-        if kind is not None and kind != "all_or_nothing":
-            return [f"{where}.type: {show(kind)} barriers are not implemented (all_or_nothing)"]
+        if kind is not None and kind not in ("all_or_nothing", "majority"):
+            return [
+                f"{where}.type: {show(kind)} barriers are not implemented (all_or_nothing, "
+                "majority read as all_or_nothing)"
+            ]
         lines = []
         for key, value in section.items():
             lines += _barriers(value, f"{where}.{key}")
@@ -1595,6 +1610,8 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
                 else {}
             ),
             "shared_storage": config.distributed.shared_storage,
+            "path_selection": config.distributed.path_selection,
+            "partition_overlap": config.distributed.partition_overlap,
             "failure_policy": config.distributed.failure_policy,
             **{
                 f.name: duration(getattr(config.distributed, f.name))
@@ -1755,9 +1772,29 @@ def tree_op(config: Config, op: OpSpec) -> bool:
     if config.prepare.directory_structure is None:
         return False
     if op.path == "/":
-        return op.op in ("get", "stat", "put")
+        return op.op in ("get", "stat", "put", "mkdir", "rmdir")
     head = op.path.rpartition("/")[0]
     return op.op in ("get", "stat") and ("**" in op.path or any(c in head for c in "*?["))
+
+
+def _directory_op_problems(config: Config, op: OpSpec, where: str) -> list[str]:
+    """mkdir makes new directories in its path; rmdir removes those, made by a mkdir on
+    the same path in this run (never a directory that was there before)."""
+    lines = []
+    if any(ch in op.path for ch in "*?["):
+        lines.append(f"{where}.path: {op.op} takes a directory, not a pattern")
+    if op.recursive:
+        lines.append(
+            f"{where}.recursive: removing directories with what is in them is not supported"
+        )
+    if op.op == "rmdir" and not any(
+        other.op == "mkdir" and other.path == op.path for other in config.workload
+    ):
+        lines.append(
+            f"{where}: rmdir removes the directories a mkdir on the same path makes; there is "
+            f"no mkdir on {show(op.path)}"
+        )
+    return lines
 
 
 def tree_base(config: Config) -> str:
@@ -1833,10 +1870,8 @@ def _spread_problems(config: Config) -> list[str]:
     for i, agent in enumerate(config.distributed.agents):
         where = f"distributed.agents[{i}]"
         target = agent.target_override or config.target
-        if agent.target_override is not None:
+        if agent.target_override is not None:  # any kind: the agent checks its own config
             lines += target_problems(agent.target_override, f"{where}.target_override")
-            if urlsplit(agent.target_override).scheme != config.scheme:
-                lines.append(f"{where}.target_override: must be a {config.scheme}:// target")
         if agent.multi_endpoint is not None:
             lines += endpoint_problems(agent.multi_endpoint, target, f"{where}.multi_endpoint")
         if agent.concurrency_override is not None and agent.concurrency_override > MAX_CONCURRENCY:
@@ -1909,6 +1944,8 @@ def validate(config: Config) -> list[str]:
             continue
         if op.op == "put" and op.size is None:
             lines.append(f"{where}: put needs a size (object_size, size_spec or size_distribution)")
+        if op.recursive and op.op != "rmdir":
+            lines.append(f"{where}.recursive: only rmdir takes it")
         if op.op != "put" and op.size is not None:
             lines.append(f"{where}: {op.op} does not take a size (only put writes objects)")
         if op.op != "put" and (op.fill, op.dedup_factor, op.compress_factor) != (
@@ -1929,6 +1966,8 @@ def validate(config: Config) -> list[str]:
                 lines.append(f"{where}.path: {exc}")
         if in_tree and op.block_size is not None:
             lines.append(f"{where}.block_size: ranged gets in a directory tree are not supported")
+        if op.op in ("mkdir", "rmdir"):
+            lines += _directory_op_problems(config, op, where)
         if op.op == "put" and any(ch in op.path.removesuffix("*") for ch in "*?["):
             lines.append(f"{where}.path: put writes new objects; its path takes no wildcards")
         if op.concurrency is not None and op.concurrency > MAX_CONCURRENCY:
@@ -1982,6 +2021,8 @@ def validate(config: Config) -> list[str]:
         lines.append("s3.part_size: S3 requires parts of at least 5 MiB")
     if s3.multipart_threshold < s3.part_size:
         lines.append("s3.multipart_threshold: must be at least part_size")
+    if not 0 <= dist.partition_overlap <= 1:
+        lines.append("distributed.partition_overlap: must be between 0 and 1")
     if dist.give_up_after < dist.dead_after:
         lines.append("distributed.give_up_after: must be at least dead_after")
     for name in ("stats_interval", "ping_interval", "probe_timeout", "resend_interval"):
@@ -2087,6 +2128,20 @@ def describe(config: Config) -> str:
         out.append(f"over SSH     {count} agent(s) on {shown}: {dist.ssh.command} agent ...")
     storage = "shared (objects split by agent index)" if dist.shared_storage else "per-agent prefix"
     out.append(f"storage      {storage}; failure policy: {dist.failure_policy}")
+    if dist.path_selection != "random":
+        out.append(
+            f"paths        {dist.path_selection}"
+            + (
+                f" (partition_overlap {dist.partition_overlap:g})"
+                if dist.path_selection == "weighted"
+                else ""
+            )
+            + (
+                ": the tree's directories are dealt to agents in turn"
+                if config.prepare.directory_structure
+                else ": no effect without a directory tree"
+            )
+        )
     if config.prepare.skip_verification or config.prepare.force_overwrite:
         out.append(
             "prepare      "

@@ -97,7 +97,16 @@ class WorkerIO(abc.ABC):
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
-        """Remove the object; ``ObjectMissing`` if it does not exist."""
+        """Remove the object; ``ObjectMissing`` if it does not exist. A key ending in "/" is
+        a directory made by ``mkdir`` (removed as ``rmdir`` does: cleanup deletes both)."""
+
+    def mkdir(self, key: str) -> None:
+        """Make the directory ``key`` (ends in "/"); its parents are made as needed."""
+        raise NotImplementedError(f"mkdir is not implemented for {type(self).__name__}")
+
+    def rmdir(self, key: str) -> None:
+        """Remove the empty directory ``key`` (ends in "/"); ``ObjectMissing`` if gone."""
+        self.delete(key)
 
     # how many keys ``delete_many`` takes at once (1: it deletes one by one)
     batch_delete = 1

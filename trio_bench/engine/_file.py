@@ -419,10 +419,17 @@ class FileIO(WorkerIO):
 
     def delete(self, key: str) -> None:
         try:
-            dir_fd, name = self._where(key)
-            os.unlink(name, dir_fd=dir_fd)
+            dir_fd, name = self._where(key.rstrip("/"))
+            if key.endswith("/"):
+                os.rmdir(name, dir_fd=dir_fd)
+            else:
+                os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             raise ObjectMissing(key) from None
+
+    def mkdir(self, key: str) -> None:
+        dir_fd, name = self._where(key.rstrip("/"), create=True)
+        os.mkdir(name, 0o777, dir_fd=dir_fd)
 
 
 class DirectIO(FileIO):

@@ -38,7 +38,7 @@ class NullBackend(Backend):
 
 
 def _split(key: str) -> tuple[str, str]:
-    directory, _, name = key.rpartition("/")
+    directory, _, name = key.rstrip("/").rpartition("/")
     return (directory + "/" if directory else ""), name
 
 
@@ -75,6 +75,9 @@ class NullIO(WorkerIO):
 
     def list(self, directory: str) -> int:
         return len(self.directories.get(directory, ()))
+
+    def mkdir(self, key: str) -> None:
+        self.put(key, 0, b"")
 
     def delete(self, key: str) -> None:
         directory, name = _split(key)

@@ -166,18 +166,19 @@ class PutKeys:
     A key counts as created as soon as it is handed out (before its put), so a put that
     failed half way or was interrupted is still found by cleanup. Constant memory."""
 
-    def __init__(self, head: str) -> None:
+    def __init__(self, head: str, suffix: str = "") -> None:
         self.head = head
+        self.suffix = suffix  # "/" for the directories a mkdir makes
         self.count = 0
 
     def next_key(self) -> str:
         self.count += 1
-        return f"{self.head}{self.count:010d}"
+        return f"{self.head}{self.count:010d}{self.suffix}"
 
     def keys(self, start: int = 0, step: int = 1) -> Iterator[str]:
         """Every ``step``-th key from the ``start``-th (0-based), in creation order."""
-        head = self.head
-        return (f"{head}{n:010d}" for n in range(start + 1, self.count + 1, step))
+        head, suffix = self.head, self.suffix
+        return (f"{head}{n:010d}{suffix}" for n in range(start + 1, self.count + 1, step))
 
 
 def op_mix(ops: list[OpPlan], rng: random.Random) -> list[int]:
@@ -255,6 +256,8 @@ class AgentPlan:
         files into its directories."""
         assert self.tree is not None
         directory = self.prefix + tree_base(self.config)
+        if op.op in ("mkdir", "rmdir"):  # new directories in the tree's directories
+            return OpPlan(index, op.op, op.weight, op.path, directory, "dir-", tree=self.tree)
         if op.op == "put":
             return OpPlan(
                 index,
@@ -267,11 +270,21 @@ class AgentPlan:
                 data=Pattern(op.fill, op.dedup_factor, op.compress_factor),
                 tree=self.tree,
             )
-        return OpPlan(
-            index, op.op, op.weight, op.path, directory, "**", pool=TreePool(self.tree, directory)
+        dist = self.config.distributed
+        pool = TreePool(
+            self.tree,
+            directory,
+            selection=dist.path_selection,
+            overlap=dist.partition_overlap,
+            agent_index=self.agent_index,
+            agent_count=self.agent_count,
         )
+        return OpPlan(index, op.op, op.weight, op.path, directory, "**", pool=pool)
 
     def _op_shape(self, index: int, op: OpSpec) -> OpPlan:
+        if op.op in ("mkdir", "rmdir"):  # new directories named dir-<run>-a<agent>-w<w>-<n>
+            directory = op.path if op.path.endswith("/") or not op.path else op.path + "/"
+            return OpPlan(index, op.op, op.weight, op.path, self.prefix + directory, "dir-")
         if op.op == "list":
             directory = op.path if op.path.endswith("/") else op.path + "/"
             return OpPlan(index, op.op, op.weight, op.path, self.prefix + directory, "")
@@ -309,6 +322,13 @@ class AgentPlan:
                 if op.block_size is not None and op.pool.sizes is None:
                     op.pool.sizes = {}  # a ranged get picks an offset within the object
         self.pools = list(pools.values())
+        made: dict[str, Pool] = {}  # rmdir takes what the mkdir on its path made
+        for op in self.ops:
+            if op.kind == "rmdir":
+                op.pool = made.setdefault(op.path, Pool(op.directory, "dir-*"))
+        for op in self.ops:
+            if op.kind == "mkdir" and op.path in made:
+                op.feeds = [made[op.path]]
         for op in self.ops:
             if op.kind == "put" and op.tree is None:
                 sample = self.put_name(op, 0, 0)
@@ -327,10 +347,11 @@ class AgentPlan:
     def put_keys(self, op: OpPlan, worker: int) -> PutKeys | TreePutKeys:
         """A new name counter for one worker's put, recorded in ``op.created``."""
         keys: PutKeys | TreePutKeys
+        suffix = "/" if op.kind == "mkdir" else ""
         if op.tree is not None:
-            keys = TreePutKeys(op.directory, op.tree, self.put_name(op, worker, 0)[:-10])
+            keys = TreePutKeys(op.directory, op.tree, self.put_name(op, worker, 0)[:-10], suffix)
         else:
-            keys = PutKeys(op.directory + self.put_name(op, worker, 0)[:-10])
+            keys = PutKeys(op.directory + self.put_name(op, worker, 0)[:-10], suffix)
         op.created.append(keys)
         return keys
 

@@ -184,6 +184,9 @@ class S3WorkerIO(WorkerIO):
     def delete(self, key: str) -> None:
         self._call(self.client.delete, self.prefix + key)
 
+    def mkdir(self, key: str) -> None:  # a directory marker: an empty object named "dir/"
+        self._call(self.client.put, self.prefix + key, 0, b"")
+
     def delete_many(self, keys: Sequence[str]) -> builtins.list[tuple[str, str, str]]:
         failed = self._call(self.client.delete_many, [self.prefix + k for k in keys])
         return [(k[len(self.prefix) :], code, message) for k, code, message in failed]

@@ -45,17 +45,46 @@ class TreePool:
     """A get/stat pool over every file of a tree (under ``directory``, the base with the
     agent prefix): picks compute a path, nothing is listed or stored."""
 
-    def __init__(self, tree: Tree, directory: str) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        directory: str,
+        *,
+        selection: str = "random",
+        overlap: float = 0.3,
+        agent_index: int = 0,
+        agent_count: int = 1,
+    ) -> None:
         self.tree = tree
         self.directory = directory
         self.pattern = "**"
         self.sizes: dict[str, int] | None = None
         self.not_remembered = 0
+        # sai3-bench's path selection: the tree's directories are dealt to the agents in
+        # turn (in level order); exclusive picks only in this agent's, partitioned 70 % of
+        # the time, weighted (1 - partition_overlap) of the time, the rest anywhere
+        self.own_share = {"random": 0.0, "exclusive": 1.0, "partitioned": 0.7}.get(
+            selection, 1.0 - overlap
+        )
+        position = {d: i for i, d in enumerate(tree.directories)}
+        self.own = [
+            n
+            for n, d in enumerate(tree.file_dirs)
+            if position[d] % agent_count == agent_index % agent_count
+        ]
+        if not self.own:  # fewer directories than agents: sai3-bench falls back to any
+            self.own_share = 0.0
 
     def pick(self, r: float) -> str | None:
         tree = self.tree
         if not tree.files:
             return None
+        share = self.own_share
+        if r < share:  # one uniform number does both: which half, then where in it
+            x = int(r / share * len(self.own) * tree.per_dir)
+            directory = self.own[x // tree.per_dir]
+            return self.directory + tree.path(directory * tree.per_dir + x % tree.per_dir)
+        r = (r - share) / (1.0 - share)
         return self.directory + tree.path(int(r * tree.files))
 
     def matches(self, name: str) -> bool:
@@ -72,15 +101,16 @@ class TreePutKeys:
     """The files one worker's put created in the tree: the n-th goes to file directory
     n mod (their number), named ``<head><n>``; like ``PutKeys``, described by a counter."""
 
-    def __init__(self, directory: str, tree: Tree, head: str) -> None:
+    def __init__(self, directory: str, tree: Tree, head: str, suffix: str = "") -> None:
         self.directory = directory
         self.tree = tree
         self.head = head
+        self.suffix = suffix  # "/" for the directories a mkdir makes
         self.count = 0
 
     def _key(self, n: int) -> str:
         dirs = self.tree.file_dirs
-        return f"{self.directory}{dirs[n % len(dirs)]}{self.head}{n:010d}"
+        return f"{self.directory}{dirs[n % len(dirs)]}{self.head}{n:010d}{self.suffix}"
 
     def next_key(self) -> str:
         self.count += 1

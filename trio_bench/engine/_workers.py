@@ -195,6 +195,19 @@ class WorkloadWorker(Worker):
                     pool.add(*target)
 
             return record, op.kind, choose_put, do_put, after_put
+        if op.kind == "mkdir":  # a new directory, counted as made before it is made
+            next_dir = self.plan.put_keys(op, self.index).next_key
+            mkdir, made = io.mkdir, op.feeds
+
+            def do_mkdir(key: str) -> int:
+                mkdir(key)
+                return 0
+
+            def after_mkdir(key: str) -> None:
+                for pool in made:
+                    pool.add(key)
+
+            return record, op.kind, lambda _r: next_dir(), do_mkdir, after_mkdir
         if op.kind == "list":
             directory = op.directory
 
@@ -227,8 +240,12 @@ class WorkloadWorker(Worker):
             io.delete(key)
             return 0
 
+        def do_rmdir(key: str) -> int:
+            io.rmdir(key)
+            return 0
+
         assert isinstance(pool, Pool)  # never a tree's: its files are not taken away
-        return record, op.kind, pool.take, do_delete, None
+        return record, op.kind, pool.take, do_rmdir if op.kind == "rmdir" else do_delete, None
 
     def loop(self) -> None:
         if self.interval_s is not None:
@@ -237,7 +254,12 @@ class WorkloadWorker(Worker):
         ops = self.plan.ops
         (only, *others) = ops
         pool = only.pool
-        if not others and isinstance(pool, Pool) and only.kind != "delete" and only.limit is None:
+        if (
+            not others
+            and isinstance(pool, Pool)
+            and only.kind in ("get", "stat")
+            and only.limit is None
+        ):
             record, kind, _choose, do, _after = self.table[0]  # a get or stat test
             self._pool_loop(record, kind, pool.keys, do)
             return

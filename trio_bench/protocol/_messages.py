@@ -28,7 +28,7 @@ from ._histogram import NBINS
 PROTOCOL_VERSION = 5
 
 STAGES = ("prepare", "workload", "cleanup")
-OP_KINDS = ("get", "put", "stat", "list", "delete")
+OP_KINDS = ("get", "put", "stat", "list", "delete", "mkdir", "rmdir")
 OUTCOMES = ("completed", "aborted", "failed")
 ERROR_CODES = (
     "version_mismatch",  # handshake: the two sides speak different protocol versions
