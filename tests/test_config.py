@@ -131,7 +131,7 @@ def replaced(old: str, new: str) -> str:
     [
         (
             replaced("op: get,", "op: gett,"),
-            "workload[0].op: unknown operation 'gett' (did you mean 'get'?) (expected get, put, stat, list, delete)",
+            "workload[0].op: unknown operation 'gett' (did you mean 'get'?) (expected get, put, stat, list, delete, mkdir, rmdir)",
         ),
         (replaced("concurrency: 8", "concurrency: 0"), "concurrency: must be at least 1, got 0"),
         (
@@ -207,8 +207,8 @@ def replaced(old: str, new: str) -> str:
             "workload[0].path: path '*/x': wildcards are only supported in the last path segment",
         ),
         (
-            replaced('{address: "127.0.0.1:7762", id: a2}', '{address: "127.0.0.1", id: a1}'),
-            "distributed.agents[1].address: '127.0.0.1' is not HOST:PORT",
+            replaced('{address: "127.0.0.1:7762", id: a2}', '{address: "127.0.0.1:x", id: a1}'),
+            "distributed.agents[1].address: '127.0.0.1:x' is not HOST:PORT",
         ),
         (
             replaced('{address: "127.0.0.1:7762", id: a2}', '{address: "h:65535", processes: 2}'),
@@ -380,7 +380,7 @@ def test_compound_durations_and_near_misses() -> None:
     assert sorted(lines) == [
         "duraton: unknown key (did you mean 'duration'?)",
         "workload[0].op: unknown operation 'delte' (did you mean 'delete'?) "
-        "(expected get, put, stat, list, delete)",
+        "(expected get, put, stat, list, delete, mkdir, rmdir)",
         "workload[1].objectsize: unknown key (did you mean 'object_size'?)",
     ]
 
@@ -593,8 +593,8 @@ def test_sai3_benchs_distributed_keys_map_onto_triobenchs_lifecycle() -> None:
     assert cfg.distributed.shared_storage and cfg.distributed.ssh.key == "~/.ssh/k"
     assert cfg.duration == 30_000_000_000  # the execute stage's duration is the run's
     shown = describe(cfg)
+    assert cfg.distributed.path_selection == "random"
     for key in (
-        "distributed.path_selection",
         "distributed.tree_creation_mode",
         "distributed.grpc_keepalive_interval",
         "distributed.deployment: triobench starts no containers",
@@ -611,8 +611,8 @@ def test_sai3_benchs_distributed_keys_map_onto_triobenchs_lifecycle() -> None:
     ("change", "line"),
     [
         (
-            ("path_selection: random", "path_selection: exclusive"),
-            "distributed.path_selection: only random",
+            ("path_selection: random", "path_selection: sideways"),
+            "distributed.path_selection: unknown path_selection 'sideways'",
         ),
         (
             ("prepare: {type: all_or_nothing}", "prepare: {type: quorum}"),

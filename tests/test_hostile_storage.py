@@ -241,7 +241,7 @@ def test_what_puts_create_is_a_counter_not_a_list() -> None:
     made = [keys.next_key() for _ in range(10)]
     assert list(keys.keys()) == made
     assert [list(keys.keys(w, 3)) for w in range(3)] == [made[0::3], made[1::3], made[2::3]]
-    assert keys.__dict__.keys() == {"head", "count"}  # nothing grows with the count
+    assert keys.__dict__.keys() == {"head", "suffix", "count"}  # nothing grows with the count
 
 
 def test_a_pool_remembers_a_bounded_number_of_new_objects() -> None:

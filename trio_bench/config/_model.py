@@ -1190,6 +1190,11 @@ def _target_from_endpoints(raw: Mapping[str, Any]) -> str | None:
     return None
 
 
+_NOT_SUPPORTED = {
+    "autotune": "sai3-bench's automatic tuning is not supported; run with fixed settings",
+    "processes": "worker processes per agent are not a config key here: start agents with "
+    "`triobench agent --processes N` (or `triobench run --agents N`)",
+}
 _TREE_FILE_KEYS = ("file_size", "fill", "dedup_factor", "compress_factor")
 
 
@@ -1243,6 +1248,10 @@ def _set_aside(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[
             "enable_metadata_cache: sai3-bench's agent-side cache of object lists; triobench "
             "keeps none (it lists each directory once per stage)"
         )
+    for key, why in _NOT_SUPPORTED.items():
+        if key in out:
+            out.pop(key)
+            mistakes.append(f"{key}: {why}")
     if "s3dlio_optimization" in out:
         out.pop("s3dlio_optimization")
         notes.append(
