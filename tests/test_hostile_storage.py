@@ -24,7 +24,7 @@ from attrs import evolve
 
 from trio_bench.config import AgentAddress, parse_config
 from trio_bench.engine import Engine, Interrupted, StopFlag
-from trio_bench.engine._data import UNIT, Pattern, RandomPool, Source
+from trio_bench.engine._data import PIECE, Pattern, RandomPool, Source
 from trio_bench.engine._file import FileBackend
 from trio_bench.engine._null import NULL_DIRECTORY_LIMIT, NullBackend
 from trio_bench.engine._plan import POOL_GROWTH, Pool, PutKeys
@@ -161,7 +161,7 @@ def test_a_large_put_stops_between_pieces_once_the_stage_stops(tmp_path: Path) -
     data = Source(Pattern(), RandomPool(0), salt=1).object(1024 * 1024 * 1024)
     with pytest.raises(Interrupted):
         io.put("big", 1024 * 1024 * 1024, data)
-    assert (tmp_path / "big").stat().st_size == UNIT  # one piece, not 1 GiB
+    assert (tmp_path / "big").stat().st_size == PIECE  # one piece, not 1 GiB
 
 
 def test_a_large_get_stops_between_buffers_once_the_stage_stops(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from collections.abc import Iterator
 import attrs
 
 UNIT = 64 * 1024  # the deduplication unit
+PIECE = 1024 * 1024  # a larger object is written in pieces of up to this
 BLOCK = 4096  # the compression block; each starts with a stamp
 STAMP = struct.Struct("<QQ")
 POOL_SIZE = 4 * 1024 * 1024  # small enough to stay in cache beside the hot loop
@@ -76,7 +77,9 @@ def salt_of(*parts: object) -> int:
 class Source:
     """One worker's stream of units for one pattern. Not shared between threads."""
 
-    def __init__(self, pattern: Pattern, pool: RandomPool | None, salt: int) -> None:
+    def __init__(
+        self, pattern: Pattern, pool: RandomPool | None, salt: int, piece: int = PIECE
+    ) -> None:
         if pool is None and pattern.fill != "zero":
             raise ValueError("random data needs a pool")
         self.pattern = pattern
@@ -84,8 +87,10 @@ class Source:
         self.position = 0  # units handed out so far
         self._pool = pool.data if pool is not None else memoryview(b"")
         self._span = max(1, len(self._pool) - UNIT)
+        # a larger object is made and written in pieces of this many units (one write each)
+        self.piece_units = max(1, piece // UNIT)
         # page-aligned (an mmap), so direct:// writes it without a copy
-        self._view = memoryview(mmap.mmap(-1, UNIT))
+        self._view = memoryview(mmap.mmap(-1, self.piece_units * UNIT))
         self._zero = pattern.fill == "zero"
         self._unique = pattern.dedup == 1
         # bytes of random data at the start of each block (the rest of the block stays zero)
@@ -114,10 +119,10 @@ class Source:
             return unique
         return ((position * _GOLDEN) & _MASK) % (unique + 1)
 
-    def unit(self, position: int, length: int) -> memoryview:
-        """The bytes of the unit at ``position``, ``length`` <= UNIT of them (a view of the
-        reused buffer, valid until the next call)."""
-        view = self._view
+    def unit(self, position: int, length: int, at: int = 0) -> memoryview:
+        """The bytes of the unit at ``position``, ``length`` <= UNIT of them, made at ``at``
+        in the reused buffer (a view of it, valid until the buffer is written again)."""
+        view = self._view[at:] if at else self._view
         if self._zero:
             return view[:length]
         k = position if self._unique else self.content_id(position)
@@ -147,7 +152,8 @@ class Source:
 
 
 class ObjectData:
-    """One object's bytes, as pieces of at most one unit. Iterate again for the same bytes."""
+    """One object's bytes, as pieces of up to the source's piece size (1 MiB by default).
+    Iterate again for the same bytes."""
 
     __slots__ = ("first", "size", "source")
     volatile = True  # each piece is overwritten by the next
@@ -167,13 +173,17 @@ class ObjectData:
         return self.range(0, self.size)
 
     def range(self, offset: int, length: int) -> Iterator[memoryview]:
-        """The bytes from ``offset`` to ``offset + length`` (a multipart upload's part)."""
+        """The bytes from ``offset`` to ``offset + length`` (a multipart upload's part), in
+        pieces of up to the source's piece size (units made side by side in its buffer)."""
         end = min(self.size, offset + length)
-        unit = self.source.unit
+        source = self.source
+        unit, buffer, count = source.unit, source._view, source.piece_units
         while offset < end:
             index, skip = divmod(offset, UNIT)
-            whole = min(UNIT, self.size - index * UNIT)
-            piece = unit(self.first + index, whole)[skip : skip + end - offset]
+            made = 0
+            for i in range(index, min(index + count, -(-end // UNIT))):
+                made += len(unit(self.first + i, min(UNIT, self.size - i * UNIT), made))
+            piece = buffer[skip : min(made, end - index * UNIT)]
             offset += len(piece)
             yield piece
 
