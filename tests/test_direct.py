@@ -98,3 +98,32 @@ def test_direct_reads_blocks_in_whole_4k() -> None:
         "workload[0].block_size: direct:// reads whole 4KiB blocks (O_DIRECT); 1000B is not "
         "a multiple"
     ]
+
+
+@pytest.mark.parametrize("scheme", ["file", "direct"])
+async def test_objects_streamed_block_by_block_one_op_per_block(
+    tmp_path: Path, scheme: str
+) -> None:
+    if scheme == "direct" and not o_direct_works(tmp_path):
+        pytest.skip(f"the file system of {tmp_path} refuses O_DIRECT")
+    cfg = parse_config(
+        f"""
+target: {scheme}://{tmp_path}/
+duration: 300ms
+prepare:
+  ensure_objects: [{{base_uri: data/, count: 4, object_size: 1MiB}}]
+workload:
+  - {{op: get, path: "data/*", block_size: 64KiB, access: sequential}}
+  - {{op: put, path: "new/", object_size: 300KiB, block_size: 64KiB}}
+"""
+    )
+    engine = Engine(cfg, run_tag="t")
+    await engine.preflight()
+    summaries = await run_stages(engine)
+    get, put = summaries["workload"].ops["get"], summaries["workload"].ops["put"]
+    assert get.errors == put.errors == 0, summaries["workload"].error_samples
+    assert get.ops > 16 and get.bytes == get.ops * 64 * 1024  # whole blocks of whole files
+    assert put.ops > 5 and put.bytes <= put.ops * 64 * 1024
+    made = sorted((tmp_path / "new").iterdir())
+    # every object but the last one in flight when the stage ended is whole: 4 blocks + 44 KiB
+    assert sum(p.stat().st_size == 300 * 1024 for p in made) >= len(made) - 1

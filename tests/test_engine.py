@@ -365,9 +365,19 @@ async def test_ranged_gets_count_blocks_not_objects(tmp_path: Path) -> None:
     "workload, extra, message",
     [
         (
-            "{op: put, path: x/, object_size: 1KiB, block_size: 4KiB}",
+            "{op: stat, path: 'x/*', block_size: 4KiB}",
             "",
-            "workload[0].block_size: only get reads blocks",
+            "workload[0].block_size: only get and put take blocks",
+        ),
+        (
+            "{op: put, path: x/, object_size: 1KiB, block_size: 4KiB}",
+            "s3",
+            "workload[0].block_size: a put in blocks is for file:// and direct://",
+        ),
+        (
+            "{op: put, path: x/, object_size: 1KiB, access: sequential}",
+            "",
+            "workload[0].access: sequential is for a get with block_size",
         ),
         (
             "{op: get, path: 'x/*', block_size: 2MiB}",

@@ -295,8 +295,13 @@ class OpSpec:
     path: str
     weight: OpWeight = OpWeight(1.0)  # 0: never run (sai3-bench's way to switch one off)
     size: SizeSpec | None = None
-    # get only: read one block of this size at a random aligned offset in the object
+    # get: read one block of this size at a random aligned offset in the object, or (access:
+    # sequential) the next block of the object being read; put: write the object in blocks
+    # of this size. Each block is one op (fio's bs).
     block_size: Size | None = None
+    access: str = attrs.field(
+        default="random", validator=_choice(("random", "sequential"), "access")
+    )
     # rmdir: sai3-bench's; only false (the directories removed are the run's empty ones)
     recursive: bool = False
     # at most this many of this op in flight at once per agent (sai3-bench's per-op
@@ -1549,6 +1554,7 @@ def _unstructure(config: Config, human: bool) -> dict[str, Any]:
                 "weight": weight(op.weight),
                 **(sized(op.size) if op.size else {}),
                 **({"block_size": size(op.block_size)} if op.block_size is not None else {}),
+                **({"access": op.access} if op.access != "random" else {}),
                 **({"concurrency": op.concurrency} if op.concurrency is not None else {}),
                 **(_pattern(op, weight) if op.op == "put" else {}),
                 **(
@@ -1981,9 +1987,21 @@ def validate(config: Config) -> list[str]:
             lines.append(f"{where}.path: put writes new objects; its path takes no wildcards")
         if op.concurrency is not None and op.concurrency > MAX_CONCURRENCY:
             lines.append(f"{where}.concurrency: at most {MAX_CONCURRENCY}, got {op.concurrency}")
-        if op.block_size is not None:
+        if op.access == "sequential" and (op.op != "get" or op.block_size is None):
+            lines.append(f"{where}.access: sequential is for a get with block_size")
+        if op.block_size is not None and op.op == "put":
+            if config.scheme == "s3":
+                lines.append(f"{where}.block_size: a put in blocks is for file:// and direct://")
+            elif config.scheme == "direct" and op.block_size % DIRECT_ALIGN:
+                lines.append(
+                    f"{where}.block_size: direct:// writes whole {format_size(DIRECT_ALIGN)} "
+                    f"blocks (O_DIRECT); {format_size(op.block_size)} is not a multiple"
+                )
+            elif op.block_size <= 0:
+                lines.append(f"{where}.block_size: must be at least 1 byte")
+        elif op.block_size is not None:
             if op.op != "get":
-                lines.append(f"{where}.block_size: only get reads blocks (ranged reads)")
+                lines.append(f"{where}.block_size: only get and put take blocks")
             elif op.block_size <= 0:
                 lines.append(f"{where}.block_size: must be at least 1 byte")
             elif op.block_size > config.file.buffer_size:

@@ -17,7 +17,7 @@ import builtins
 import errno
 import random
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 from urllib.parse import urlsplit
 
 import attrs
@@ -99,6 +99,28 @@ class WorkerIO(abc.ABC):
     def delete(self, key: str) -> None:
         """Remove the object; ``ObjectMissing`` if it does not exist. A key ending in "/" is
         a directory made by ``mkdir`` (removed as ``rmdir`` does: cleanup deletes both)."""
+
+    # -- streams: an object read or written in blocks, one op per block (fio's bs)
+
+    def open_read(self, key: str) -> tuple[Any, int]:
+        """(a handle to read ``key`` block by block, its size); ``ObjectMissing`` if it
+        does not exist."""
+        raise NotImplementedError(f"block reads are not implemented for {type(self).__name__}")
+
+    def read_at(self, handle: Any, offset: int, length: int) -> int:
+        """Read ``length`` bytes at ``offset`` (fewer at the end); return how many."""
+        raise NotImplementedError(f"block reads are not implemented for {type(self).__name__}")
+
+    def open_write(self, key: str) -> Any:
+        """A handle to write ``key`` (created or emptied) block by block."""
+        raise NotImplementedError(f"block writes are not implemented for {type(self).__name__}")
+
+    def write_piece(self, handle: Any, data: bytes | memoryview) -> int:
+        """Append ``data``; return the bytes written."""
+        raise NotImplementedError(f"block writes are not implemented for {type(self).__name__}")
+
+    def close_stream(self, handle: Any, *, wrote: bool = False) -> None:  # noqa: B027
+        """Done with a handle (``wrote``: a whole object was written: fsync if asked)."""
 
     def mkdir(self, key: str) -> None:
         """Make the directory ``key`` (ends in "/"); its parents are made as needed."""

@@ -152,6 +152,7 @@ class OpPlan:
     size: SizeSpec | None = None
     data: Pattern | None = None  # put: what it writes
     block_size: int | None = None  # get: one block at a random aligned offset
+    access: str = "random"  # get with block_size: sequential reads an object block by block
     limit: threading.Semaphore | None = None  # at most so many in flight (all workers)
     tree: Tree | None = None  # put: new files go into the tree's directories
     pool: Pool | TreePool | None = None  # get/stat/delete
@@ -267,6 +268,7 @@ class AgentPlan:
                 directory,
                 "obj-",
                 size=op.size,
+                block_size=op.block_size,
                 data=Pattern(op.fill, op.dedup_factor, op.compress_factor),
                 tree=self.tree,
             )
@@ -299,6 +301,7 @@ class AgentPlan:
                 self.prefix + directory,
                 name_prefix or "obj-",
                 size=op.size,
+                block_size=op.block_size,
                 data=Pattern(op.fill, op.dedup_factor, op.compress_factor),
             )
         directory, pattern = split_pattern(op.path)
@@ -310,6 +313,7 @@ class AgentPlan:
             self.prefix + directory,
             pattern,
             block_size=op.block_size,
+            access=op.access,
         )
 
     def _link_pools(self) -> None:

@@ -184,6 +184,12 @@ class S3WorkerIO(WorkerIO):
     def delete(self, key: str) -> None:
         self._call(self.client.delete, self.prefix + key)
 
+    def open_read(self, key: str) -> tuple[str, int]:
+        return key, self._call(self.client.head, self.prefix + key)
+
+    def read_at(self, handle: str, offset: int, length: int) -> int:
+        return self._call(self.client.get_range, self.prefix + handle, offset, length)
+
     def mkdir(self, key: str) -> None:  # a directory marker: an empty object named "dir/"
         self._call(self.client.put, self.prefix + key, 0, b"")
 

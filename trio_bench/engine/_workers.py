@@ -30,6 +30,10 @@ from ._plan import AgentPlan, OpPlan, Pool, PreparedSet, op_mix
 _LAST_BIN = NBINS - 1
 
 
+# a table entry: (record, kind, choose(r) -> target, do(target) -> bytes, after(target) | None)
+Entry = tuple[Record, str, Callable[..., Any], Callable[..., Any], Any]
+
+
 def wait_until(target_perf_ns: int, stop: StopFlag | None = None) -> None:
     """Sleep until a perf_counter instant, waking at once if ``stop`` is set meanwhile. Long
     waits sleep on the stop event (no periodic wake-ups: thousands of waiting workers cost
@@ -75,6 +79,7 @@ class Worker:
         self.started_perf_ns = 0
         self.finished_perf_ns = 0
         self.crash: BaseException | None = None
+        self.closers: list[Callable[[], None]] = []
 
     def snapshot(self) -> Snapshot:
         """A copy of every record, each copied atomically (``list.copy`` runs under the GIL)."""
@@ -108,6 +113,8 @@ class Worker:
         finally:
             self.finished_perf_ns = perf_counter_ns()
             try:
+                for close in self.closers:  # objects left open between blocks
+                    close()
                 self.io.close()
             except Exception as exc:  # closing must not hide the run's results
                 self.error_samples.setdefault("close", []).append(str(exc))
@@ -194,6 +201,8 @@ class WorkloadWorker(Worker):
                 for pool in feeds:
                     pool.add(*target)
 
+            if op.block_size is not None:
+                return self._put_in_blocks(op, record, choose_put, after_put)
             return record, op.kind, choose_put, do_put, after_put
         if op.kind == "mkdir":  # a new directory, counted as made before it is made
             next_dir = self.plan.put_keys(op, self.index).next_key
@@ -218,6 +227,8 @@ class WorkloadWorker(Worker):
             return record, op.kind, lambda _r: directory, do_list, None
         pool = op.pool
         assert pool is not None
+        if op.kind == "get" and op.access == "sequential":
+            return self._get_in_blocks(op, record, pool.pick)
         if op.kind == "get" and op.block_size is not None:
             block, rng, sizes = op.block_size, self.rng, pool.sizes
             assert sizes is not None
@@ -247,6 +258,81 @@ class WorkloadWorker(Worker):
         assert isinstance(pool, Pool)  # never a tree's: its files are not taken away
         return record, op.kind, pool.take, do_rmdir if op.kind == "rmdir" else do_delete, None
 
+    def _get_in_blocks(self, op: OpPlan, record: Record, pick: Callable[[float], Any]) -> Entry:
+        """access: sequential: each op reads the next ``block_size`` of the object being
+        read (kept open, as fio keeps its file), from its start to its end; then the next
+        op picks another object."""
+        io, block = self.io, op.block_size
+        assert block is not None
+        state: list[Any] = [None, None, 0, 0]  # key, handle, offset, size
+
+        def choose(r: float) -> Any:
+            return state[0] if state[1] is not None else pick(r)
+
+        def close() -> None:
+            if state[1] is not None:
+                handle, state[1] = state[1], None
+                io.close_stream(handle)
+
+        def do(key: str) -> int:
+            if state[1] is None:
+                handle, size = io.open_read(key)
+                state[:] = [key, handle, 0, size]
+            try:
+                n = io.read_at(state[1], state[2], block)
+            except BaseException:
+                close()
+                raise
+            state[2] += n
+            if n < block or state[2] >= state[3]:  # the object's end
+                close()
+            return n
+
+        self.closers.append(close)
+        return record, op.kind, choose, do, None
+
+    def _put_in_blocks(
+        self,
+        op: OpPlan,
+        record: Record,
+        choose_put: Callable[[float], tuple[str, int]],
+        after_put: Callable[[tuple[str, int]], None],
+    ) -> Entry:
+        """A put with ``block_size``: each op writes the next block of the object being
+        written (kept open), from its start to its end; the object then counts as made."""
+        io, block, data_of = self.io, op.block_size, self.sources[op.index].object
+        assert block is not None
+        state: list[Any] = [None, None, 0, None]  # (key, size), handle, written, data
+
+        def choose(r: float) -> Any:
+            return state[0] if state[1] is not None else choose_put(r)
+
+        def close(wrote: bool = False) -> None:
+            if state[1] is not None:
+                handle, state[1] = state[1], None
+                io.close_stream(handle, wrote=wrote)
+
+        def do(target: tuple[str, int]) -> int:
+            if state[1] is None:
+                state[:] = [target, io.open_write(target[0]), 0, data_of(target[1])]
+            done, size, data = state[2], target[1], state[3]
+            try:
+                if isinstance(data, memoryview):
+                    n = io.write_piece(state[1], data[done : done + block])
+                else:
+                    n = sum(io.write_piece(state[1], p) for p in data.range(done, block))
+                state[2] = done + n
+                if state[2] >= size:
+                    close(wrote=True)
+                    after_put(target)
+            except BaseException:
+                close()
+                raise
+            return n
+
+        self.closers.append(close)
+        return record, op.kind, choose, do, None
+
     def loop(self) -> None:
         if self.interval_s is not None:
             self._paced_loop()
@@ -259,6 +345,7 @@ class WorkloadWorker(Worker):
             and isinstance(pool, Pool)
             and only.kind in ("get", "stat")
             and only.limit is None
+            and only.access == "random"
         ):
             record, kind, _choose, do, _after = self.table[0]  # a get or stat test
             self._pool_loop(record, kind, pool.keys, do)
