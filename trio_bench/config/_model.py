@@ -2096,12 +2096,12 @@ def describe(config: Config) -> str:
         )
     if config.prepare.ensure_objects:
         out.append("prepare")
+        shape = config.prepare.directory_structure
         for e in config.prepare.ensure_objects:
             base = relative_to_target(config.target, e.base_uri)
-            out.append(
-                f"  {e.count} x {e.size.describe()} ({describe_data(e)}) as "
-                f"{base}{prepared_name(0)}..."
-            )
+            names = "the tree's files" if shape else f"{base}{prepared_name(0)}..."
+            count = shape.files if shape else e.count
+            out.append(f"  {count:,} x {e.size.describe()} ({describe_data(e)}) as {names}")
     tree = config.prepare.directory_structure
     if tree is not None:
         base = tree_base(config)
