@@ -184,3 +184,20 @@ async def test_exclusive_path_selection_keeps_each_agent_in_its_directories(
     )
     pool = AgentPlan(weighted, agent_index=0, agent_count=3).ops[0].pool
     assert len({pool.pick(i / 500).rpartition("/")[0] for i in range(500)}) == 9  # any
+
+
+async def test_a_pattern_into_the_tree_must_take_all_its_files(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    text = BASIC.format(root=root, distribution="bottom", cleanup="false")
+    good = parse_config(
+        text.replace('{op: get, path: "/", weight: 50}', '{op: get, path: "d*_w*.dir/**/*"}')
+    )
+    await Engine(good).preflight()  # matches every file
+    bad = parse_config(
+        text.replace('{op: get, path: "/", weight: 50}', '{op: get, path: "d1_w1.dir/**/*"}')
+    )
+    with pytest.raises(ConfigError) as caught:
+        await Engine(bad).preflight()
+    assert caught.value.lines[0].startswith(
+        "workload[0].path: 'd1_w1.dir/**/*' does not take every file of the directory tree"
+    )

@@ -37,7 +37,7 @@ from trio_bench.config import (
 )
 
 from ._data import Pattern
-from ._tree import Tree, TreePool, TreePutKeys
+from ._tree import Tree, TreePool, TreePutKeys, sample_paths
 
 MIX_LENGTH = 4096  # op-mix cycle per worker: exact weights over every 4096 ops, no RNG per op
 # How many objects created during a stage a pool remembers beyond those it listed (about
@@ -408,6 +408,9 @@ class AgentPlan:
         """Patterns that match nothing now and that nothing in this run will create."""
         lines = []
         for op in self.ops:
+            if isinstance(op.pool, TreePool):
+                lines += self._tree_unmatched(op, op.pool)
+                continue
             if op.pool is None or self.fed(op.pool):
                 continue
             names = scan(op.pool.directory)
@@ -419,6 +422,22 @@ class AgentPlan:
                     "and nothing in this run creates any"
                 )
         return lines
+
+    def _tree_unmatched(self, op: OpPlan, pool: TreePool) -> list[str]:
+        """A pattern into the tree must take its files (it picks from all of them): checked
+        on the first, the last and a few between."""
+        if op.path == "/":
+            return []
+        base = tree_base(self.config)
+        samples = [base + p for p in sample_paths(pool.tree, random.Random(self.seed))]
+        missed = [p for p in samples if not fnmatch.fnmatchcase(p, op.path)]
+        if not missed:
+            return []
+        return [
+            f"workload[{op.index}].path: {op.path!r} does not take every file of the "
+            f"directory tree (not {missed[0]!r}); a get or stat in a tree picks from all of "
+            "them: give '/' or a pattern that matches them all"
+        ]
 
     def resolve_pools(self, scan: Callable[[str], dict[str, int]]) -> None:
         """Fill every pool from one listing of its directory (run in a thread: it is I/O)."""
