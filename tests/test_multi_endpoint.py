@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from trio_bench.config import ConfigError, config_from_dict, config_to_dict, for_agent, parse_config
+from trio_bench.config import (
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    describe,
+    for_agent,
+    parse_config,
+)
 from trio_bench.engine import Engine
 from trio_bench.engine._spread import SpreadBackend
 
@@ -89,6 +96,9 @@ distributed:
     - {address: "h3:7761"}
 """
     )
+    shown = describe(cfg)
+    assert "endpoints    2 (round_robin): file:///mnt/a/, file:///mnt/b/" in shown
+    assert "?@h1:7761 [concurrency 2], ?@h2:7761 [target file:///mnt/c/, 2 endpoint(s)]" in shown
     one, two, three = (for_agent(cfg, f"h{i}:7761") for i in (1, 2, 3))
     assert (one.concurrency, one.target) == (2, "file:///mnt/a/")
     assert two.target == "file:///mnt/c/" and two.multi_endpoint is not None

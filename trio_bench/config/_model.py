@@ -2082,6 +2082,18 @@ def describe_data(entry: EnsureObjects | OpSpec) -> str:
     )
 
 
+def _overrides(agent: AgentAddress) -> str:
+    """An agent's own settings, as validate shows them: `` [concurrency 8, 2 endpoints]``."""
+    parts = []
+    if agent.concurrency_override is not None:
+        parts.append(f"concurrency {agent.concurrency_override}")
+    if agent.target_override is not None:
+        parts.append(f"target {agent.target_override}")
+    if agent.multi_endpoint is not None:
+        parts.append(f"{len(agent.multi_endpoint.endpoints)} endpoint(s)")
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
 def describe(config: Config) -> str:
     """The resolved plan, for ``triobench validate`` and the start of a run."""
     out = [
@@ -2144,9 +2156,16 @@ def describe(config: Config) -> str:
             + (f" against {s3.ca_bundle}" if s3.ca_bundle else "")
             + (f"; profile {s3.profile}" if s3.profile else "")
         )
+    if config.multi_endpoint is not None:
+        spread = config.multi_endpoint
+        out.append(
+            f"endpoints    {len(spread.endpoints)} ({spread.strategy}"
+            f"{'' if spreads(config) else '; no op or prepared set uses them'}): "
+            + ", ".join(spread.endpoints)
+        )
     dist = config.distributed
     if dist.agents:
-        listed = ", ".join(f"{a.id or '?'}@{a.address}" for a in dist.agents)
+        listed = ", ".join(f"{a.id or '?'}@{a.address}{_overrides(a)}" for a in dist.agents)
         out.append(f"agents       {listed}")
     if dist.ssh_agents:
         hosts = [a.ssh for a in dist.ssh_agents]
