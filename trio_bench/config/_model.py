@@ -657,44 +657,31 @@ def _yaml_type(value: Any) -> str:
     }.get(type(value), show(value))
 
 
-def _count(value: Any, _type: Any) -> int:
-    if type(value) is not int:
-        raise ValueError(f"expected a whole number >= 1, got {_yaml_type(value)}")
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
+def _whole_number(least: int) -> Any:
+    """A structure hook: an integer >= ``least`` (Count: 1, Objects: 0)."""
+
+    def structure(value: Any, _type: Any) -> int:
+        if type(value) is not int:
+            raise ValueError(f"expected a whole number >= {least}, got {_yaml_type(value)}")
+        if value < least:
+            raise ValueError(f"must be at least {least}, got {value}")
+        return value
+
+    return structure
 
 
-def _objects(value: Any, _type: Any) -> int:
-    if type(value) is not int:
-        raise ValueError(f"expected a whole number >= 0, got {_yaml_type(value)}")
-    if value < 0:
-        raise ValueError(f"must be at least 0, got {value}")
-    return value
+def _number(least: float, *, above: bool = False, meaning: str = "") -> Any:
+    """A structure hook: a finite number >= ``least`` (> with ``above``), as a float."""
+    bound = f"{'>' if above else '>='} {least:g}"
 
+    def structure(value: Any, _type: Any) -> float:
+        if type(value) not in (int, float):
+            raise ValueError(f"expected a number {bound}, got {_yaml_type(value)}")
+        if not (value > least if above else value >= least) or math.isinf(value):
+            raise ValueError(f"must be a number {bound}{meaning}, got {value}")
+        return float(value)
 
-def _factor(value: Any, _type: Any) -> float:
-    if type(value) not in (int, float):
-        raise ValueError(f"expected a number >= 1, got {_yaml_type(value)}")
-    if not value >= 1 or math.isinf(value):
-        raise ValueError(f"must be a number >= 1 (1 = none), got {value}")
-    return float(value)
-
-
-def _op_weight(value: Any, _type: Any) -> float:
-    if type(value) not in (int, float):
-        raise ValueError(f"expected a number >= 0, got {_yaml_type(value)}")
-    if not value >= 0 or math.isinf(value):
-        raise ValueError(f"must be a number >= 0, got {value}")
-    return float(value)
-
-
-def _weight(value: Any, _type: Any) -> float:
-    if type(value) not in (int, float):
-        raise ValueError(f"expected a number > 0, got {_yaml_type(value)}")
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"must be a number > 0, got {value}")
-    return float(value)
+    return structure
 
 
 def _number_or_string(text: str) -> Any:
@@ -739,11 +726,11 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(bool, _strict(bool, "true or false"))
     c.register_structure_hook(Size, lambda v, _t: parse_size(v))
     c.register_structure_hook(Duration, lambda v, _t: parse_duration(v))
-    c.register_structure_hook(Count, _count)
-    c.register_structure_hook(Objects, _objects)
-    c.register_structure_hook(Weight, _weight)
-    c.register_structure_hook(OpWeight, _op_weight)
-    c.register_structure_hook(Factor, _factor)
+    c.register_structure_hook(Count, _whole_number(1))
+    c.register_structure_hook(Objects, _whole_number(0))
+    c.register_structure_hook(Weight, _number(0, above=True))
+    c.register_structure_hook(OpWeight, _number(0))
+    c.register_structure_hook(Factor, _number(1, meaning=" (1 = none)"))
     c.register_structure_hook(OpName, _op_name)
     c.register_structure_hook(SizeSpec, lambda v, _t: _size_spec_from(v))
 

@@ -377,20 +377,22 @@ class FileIO(WorkerIO):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
 
     def put(self, key: str, size: int, data: Payload) -> int:
-        dir_fd, name = self._where(key, create=True)
-        fd = os.open(name, _WRITE | self.nofollow, 0o644, dir_fd=dir_fd)
+        fd = self.open_write(key)
         try:
             written = 0
             stop = self.stop
+            # direct:// writes through write_piece (aligned blocks); file:// inline (hot path)
+            through = self.write_piece if self.write_flags & _DIRECT else None
             for piece in (data,) if isinstance(data, bytes | memoryview) else data:
                 if written and stop.stopped:  # a large object: stop between pieces
                     raise Interrupted(key)
+                if through is not None:
+                    written += through(fd, piece)
+                    continue
                 n = os.write(fd, piece)
+                if n < len(piece):  # a short write (a full disk says ENOSPC next)
+                    n += self.write_piece(fd, memoryview(piece)[n:])
                 written += n
-                while n < len(piece):  # a short write (a full disk says ENOSPC next)
-                    piece = memoryview(piece)[n:]
-                    n = os.write(fd, piece)
-                    written += n
             if self.fsync:
                 os.fsync(fd)
         finally:
@@ -454,10 +456,9 @@ class FileIO(WorkerIO):
         return os.open(name, self.write_flags, 0o644, dir_fd=dir_fd)
 
     def write_piece(self, handle: int, data: bytes | memoryview) -> int:
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            done += os.write(handle, view[done:])
+        done = os.write(handle, data)
+        while done < len(data):  # a short write (a full disk says ENOSPC next)
+            done += os.write(handle, memoryview(data)[done:])
         return done
 
     def close_stream(self, handle: int, *, wrote: bool = False) -> None:
@@ -482,10 +483,7 @@ class DirectIO(FileIO):
 
     def __init__(self, backend: FileBackend) -> None:
         super().__init__(backend)
-        self.aligned = aligned_buffer(len(self.buffer))
-        self.buffer = self.aligned  # type: ignore[assignment]
-        self.view = memoryview(self.aligned)
-        self.buffers = [self.view]
+        self._grow(len(self.buffer))  # the read buffer, page-aligned
         self.advise = None  # no page cache to advise
         self.read_flags = _READ | _DIRECT | self.nofollow
         self.write_flags = _WRITE | _DIRECT | self.nofollow
@@ -500,35 +498,11 @@ class DirectIO(FileIO):
         """Whole blocks with O_DIRECT; an object's last partial block after clearing it."""
         view = self._aligned(data)
         whole = len(view) - len(view) % ALIGN
-        done = self._write_all(handle, view[:whole]) if whole else 0
+        done = super().write_piece(handle, view[:whole]) if whole else 0
         if whole < len(view):
             fcntl.fcntl(handle, fcntl.F_SETFL, fcntl.fcntl(handle, fcntl.F_GETFL) & ~_DIRECT)
-            done += self._write_all(handle, view[whole:])
+            done += super().write_piece(handle, view[whole:])
         return done
-
-    def put(self, key: str, size: int, data: Payload) -> int:
-        dir_fd, name = self._where(key, create=True)
-        fd = os.open(name, _WRITE | _DIRECT | self.nofollow, 0o644, dir_fd=dir_fd)
-        try:
-            written = 0
-            direct = True
-            stop = self.stop
-            for piece in (data,) if isinstance(data, bytes | memoryview) else data:
-                if written and stop.stopped:
-                    raise Interrupted(key)
-                view = self._aligned(piece)
-                whole = len(view) - len(view) % ALIGN if direct else len(view)
-                if whole:
-                    written += self._write_all(fd, view[:whole])
-                if whole < len(view):  # the file's last partial block
-                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_DIRECT)
-                    direct = False
-                    written += self._write_all(fd, view[whole:])
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        return written
 
     def _aligned(self, piece: bytes | memoryview) -> memoryview:
         """The piece itself if it starts at an aligned address (the data source's buffer
@@ -537,15 +511,6 @@ class DirectIO(FileIO):
         if isinstance(piece, memoryview) and isinstance(piece.obj, mmap.mmap):
             return view
         if len(view) > len(self.aligned):
-            self.aligned = aligned_buffer(len(view))
-            self.view = memoryview(self.aligned)
-            self.buffers = [self.view]
+            self._grow(len(view))
         self.view[: len(view)] = view
         return self.view[: len(view)]
-
-    @staticmethod
-    def _write_all(fd: int, view: memoryview) -> int:
-        done = 0
-        while done < len(view):
-            done += os.write(fd, view[done:])
-        return done

@@ -147,8 +147,7 @@ class WorkloadWorker(Worker):
         self.distribution = distribution
         self.table = [self._entry(op) for op in plan.ops]
 
-    def _entry(self, op: OpPlan) -> tuple[Record, str, Callable[..., Any], Callable[..., Any], Any]:
-        """(record, kind, choose(r) -> target, do(target) -> bytes, after(target) | None)."""
+    def _entry(self, op: OpPlan) -> Entry:
         record, kind, choose, do, after = self._bare_entry(op)
         limit = op.limit
         if limit is None:
@@ -174,9 +173,7 @@ class WorkloadWorker(Worker):
 
         return record, kind, choose_in_turn, do_in_turn, after
 
-    def _bare_entry(
-        self, op: OpPlan
-    ) -> tuple[Record, str, Callable[..., Any], Callable[..., Any], Any]:
+    def _bare_entry(self, op: OpPlan) -> Entry:
         io = self.io
         record = self.records[op.kind]
         if op.kind == "put":
