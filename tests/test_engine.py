@@ -520,3 +520,34 @@ async def test_a_duration_of_zero_prepares_and_runs_no_workload(tmp_path: Path) 
     assert summaries["prepare"].ops["put"].ops == 10
     assert sum(op.ops for op in summaries["workload"].ops.values()) == 0
     assert summaries["cleanup"].done == 10
+
+
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+async def test_each_ensure_objects_entry_is_prepared_in_its_own_directory(
+    tmp_path: Path, strategy: str
+) -> None:
+    """Several entries: each its own directory, count and size (every entry used to be
+    written as the last one: its directory and size, with the others' counts)."""
+    text = f"""
+target: file://{tmp_path}/
+duration: 100ms
+concurrency: 3
+prepare:
+  prepare_strategy: {strategy}
+  ensure_objects:
+    - {{base_uri: small/, count: 7, size_spec: 4KiB}}
+    - {{base_uri: big/, count: 5, size_spec: 100KiB}}
+    - {{base_uri: odd/, count: 4, size_spec: {{type: uniform, min: 1000, max: 2000}}}}
+workload: [{{op: get, path: "small/*"}}, {{op: get, path: "big/*"}}, {{op: get, path: "odd/*"}}]
+"""
+    engine = Engine(parse_config(text))
+    await engine.preflight()
+    run = engine.prepare_stage()
+    await run.run(engine.clock.now_ns())
+    sizes = {
+        d: sorted((tmp_path / d / f).stat().st_size for f in os.listdir(tmp_path / d))
+        for d in ("small", "big", "odd")
+    }
+    assert sizes["small"] == [4096] * 7 and sizes["big"] == [102_400] * 5
+    assert len(sizes["odd"]) == 4 and all(1000 <= s <= 2000 for s in sizes["odd"])
+    assert run.summary("completed").ops["put"].ops == 16

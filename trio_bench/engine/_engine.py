@@ -161,9 +161,13 @@ class Engine:
     def _prepare_items(self, worker: int, count: int) -> Iterator[tuple[int, PreparedSet, int]]:
         """This worker's share as (set number, set, index), lazily (millions of objects must
         not become a list)."""
-        slices = [
-            ((n, p, i) for i in p.indices[worker::count]) for n, p in enumerate(self.plan.prepared)
-        ]
+
+        def share(n: int, pset: PreparedSet) -> Iterator[tuple[int, PreparedSet, int]]:
+            # a function, not a nested generator expression: that one would see the last
+            # set's ``n`` and ``pset`` by the time it runs (every set written as the last)
+            return ((n, pset, i) for i in pset.indices[worker::count])
+
+        slices = [share(n, pset) for n, pset in enumerate(self.plan.prepared)]
         if self.config.prepare.prepare_strategy == "sequential":
             return itertools.chain(*slices)
         interleaved = itertools.zip_longest(*slices)
