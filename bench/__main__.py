@@ -244,9 +244,7 @@ def _measuring_loop(paths: list[str], seconds: float) -> float:
 def _through_the_cli(text: str, agent: AgentAddress, work: Path) -> float:
     """get ops/s of one real run: a local agent process and the controller (in this process)."""
     result = _run_controller(parse_config(text), [agent], work)
-    with open(result.results_dir / "summary.tsv") as f:
-        rows = {r["op"]: r for r in csv.DictReader(f, delimiter="\t")}
-    return float(rows["get"]["ops_per_s"])
+    return float(_tsv_row(result.results_dir / "summary.tsv", "get")["ops_per_s"])
 
 
 def bench_get4k(quick: bool, work: Path) -> list[Row]:
@@ -643,7 +641,7 @@ def _runs(values: list[float]) -> str:
 def _tsv_row(path: Path, op: str) -> dict[str, str]:
     with open(path) as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    return next(r for r in rows if r["op"] == op)
+    return next(r for r in rows if r["op"] == op and r.get("size", "all") == "all")
 
 
 def bench_skew(quick: bool, work: Path) -> list[Row]:
@@ -1248,6 +1246,7 @@ def bench_frames(quick: bool, work: Path) -> list[Row]:
         cpu_user_ns=10**10,
         cpu_system_ns=10**9,
         at_ns=1_800_000_000 * 10**9,
+        sizes={kind: {"1B-8KiB": None} for kind in ops},
     )
     ping = p.Ping(t1_ns=1_800_000_000 * 10**9, nonce=12345)
     key = bytes(range(32))

@@ -67,6 +67,7 @@ def _packed_ops(ops: dict[str, p.OpStats]) -> bytes:
             cpu_user_ns=0,
             cpu_system_ns=0,
             at_ns=0,
+            sizes={},
         )
     )
     body = msgpack.unpackb(frame[4:], raw=False)
@@ -75,14 +76,17 @@ def _packed_ops(ops: dict[str, p.OpStats]) -> bytes:
 
 PACKED = [_packed_ops(ops) for ops in STEP_OPS]
 _PACK = msgpack.Packer(use_bin_type=True)
+# as an agent sends them when each kind's operations are all of one size (the usual case)
+SIZES = _PACK.pack({kind: {"1B-8KiB": None} for kind in STEP_OPS[0]})
 
 
 def stats_frame(seq: int, stage: str, elapsed_ns: int, at_ns: int, step: int) -> bytes:
     """One STATS frame from pre-encoded parts (the ``ops`` map is the expensive part)."""
     ops = PACKED[min(step, len(PACKED)) - 1] if step > 0 else _PACK.pack({})
+    sizes = SIZES if step > 0 else _PACK.pack({})
     body = b"".join(
         (
-            b"\x8c",  # a map of 12 entries
+            b"\x8d",  # a map of 13 entries
             _PACK.pack("t"),
             _PACK.pack("stats"),
             _PACK.pack("seq"),
@@ -107,6 +111,8 @@ def stats_frame(seq: int, stage: str, elapsed_ns: int, at_ns: int, step: int) ->
             _PACK.pack(elapsed_ns // 50),
             _PACK.pack("at_ns"),
             _PACK.pack(at_ns),
+            _PACK.pack("sizes"),
+            sizes,
         )
     )
     return len(body).to_bytes(4, "big") + body
@@ -128,6 +134,7 @@ def _summary(stage: str, started: int, ended: int, step: int) -> p.StageSummary:
         message="",
         cpu_user_ns=0,
         cpu_system_ns=0,
+        sizes={kind: {"1B-8KiB": None} for kind in ops},
     )
 
 

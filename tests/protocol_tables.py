@@ -42,14 +42,20 @@ def _type(annotation: object) -> str:
     for name in ("StageSummary", "OpStats", "SessionInfo"):
         text = text.replace(f"trio_bench.protocol._messages.{name}", name)
     text = text.replace("<class '", "").replace("'>", "").replace(" | None", " or nil")
-    text = text.replace("dict[str, OpStats]", "map[str → OpStats]")
-    text = text.replace("dict[str, tuple[str, ...]]", "map[str → array[str]]")
+    while (start := text.rfind("dict[str, ")) >= 0:  # innermost first: map[str → ...]
+        depth, end = 0, start + 4
+        for end in range(start + 4, len(text)):
+            depth += {"[": 1, "]": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+        inner = text[start + len("dict[str, ") : end]
+        text = f"{text[:start]}map[str → {inner}]{text[end + 1 :]}"
     return {
         "int": "uint64",
         "bytes": "bin",
         "bool": "bool",
         "str": "str",
-        "dict[str, Any]": "map (the workload config)",
+        "map[str → Any]": "map (the workload config)",
     }.get(text, text.replace("int", "uint64").replace("tuple[", "array[").replace(", ...]", "]"))
 
 

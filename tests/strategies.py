@@ -8,6 +8,7 @@ import attrs
 from hypothesis import strategies as st
 
 from trio_bench import protocol as p
+from trio_bench.stats import merge_ops
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 small = st.integers(min_value=0, max_value=10**12)
@@ -43,27 +44,53 @@ def op_stats(draw: Any) -> p.OpStats:
 
 
 ops_maps = st.dictionaries(st.sampled_from(p.OP_KINDS), op_stats(), max_size=3)
-stage_summaries = st.builds(
-    p.StageSummary,
-    stage=st.sampled_from(p.STAGES),
-    outcome=st.sampled_from(p.OUTCOMES),
-    started_at_ns=small,
-    ended_at_ns=small,
-    measured_ns=small,
-    done=small,
-    total=small,
-    ops=ops_maps,
-    error_samples=st.dictionaries(
-        st.sampled_from(p.OP_KINDS), st.lists(text, max_size=3).map(tuple), max_size=2
-    ),
-    error_codes=st.dictionaries(
-        st.sampled_from(p.OP_KINDS), st.dictionaries(text, u64, max_size=3), max_size=2
-    ),
-    message=text,
-    cpu_user_ns=u64,
-    cpu_system_ns=u64,
-)
 
+
+@st.composite
+def ops_with_sizes(draw: Any) -> tuple[dict[str, p.OpStats], dict[str, dict[str, Any]]]:
+    """An ``ops`` map and a ``sizes`` map that agree: some kinds split over size buckets
+    (the kind's numbers merged from them), some as one nil bucket, some not split."""
+    ops = draw(ops_maps)
+    sizes: dict[str, dict[str, Any]] = {}
+    for kind in list(ops):
+        form = draw(st.sampled_from(("none", "nil", "split")))
+        if form == "nil":
+            sizes[kind] = {draw(st.sampled_from(p.SIZE_LABELS)): None}
+        elif form == "split":
+            labels = draw(
+                st.lists(st.sampled_from(p.SIZE_LABELS), min_size=1, max_size=3, unique=True)
+            )
+            buckets = {label: draw(op_stats()) for label in labels}
+            buckets = {label: attrs.evolve(b, errors=0) for label, b in buckets.items()}
+            merged = merge_ops(buckets.values())
+            ops[kind] = attrs.evolve(merged, errors=ops[kind].errors)
+            sizes[kind] = buckets
+    return ops, sizes
+
+
+stage_summaries = ops_with_sizes().flatmap(
+    lambda pair: st.builds(
+        p.StageSummary,
+        ops=st.just(pair[0]),
+        sizes=st.just(pair[1]),
+        stage=st.sampled_from(p.STAGES),
+        outcome=st.sampled_from(p.OUTCOMES),
+        started_at_ns=small,
+        ended_at_ns=small,
+        measured_ns=small,
+        done=small,
+        total=small,
+        error_samples=st.dictionaries(
+            st.sampled_from(p.OP_KINDS), st.lists(text, max_size=3).map(tuple), max_size=2
+        ),
+        error_codes=st.dictionaries(
+            st.sampled_from(p.OP_KINDS), st.dictionaries(text, u64, max_size=3), max_size=2
+        ),
+        message=text,
+        cpu_user_ns=u64,
+        cpu_system_ns=u64,
+    )
+)
 _BY_NAME: dict[str, st.SearchStrategy[Any]] = {
     "stage": st.sampled_from(p.STAGES),
     "code": st.sampled_from(p.ERROR_CODES),
@@ -102,10 +129,17 @@ _BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
 
 def message_of(cls: type[p.Message]) -> st.SearchStrategy[p.Message]:
     kwargs = {}
+    names = {field.name for field in attrs.fields(cls)}  # type: ignore[arg-type]
     for field in attrs.fields(cls):  # type: ignore[arg-type]
+        if field.name in ("ops", "sizes") and "sizes" in names:
+            continue  # drawn together: sizes must agree with ops
         strategy = _BY_NAME.get(field.name)
         kwargs[field.name] = strategy if strategy is not None else _BY_TYPE[field.type]
-    return st.builds(cls, **kwargs)
+    if "sizes" not in names:
+        return st.builds(cls, **kwargs)
+    return ops_with_sizes().flatmap(
+        lambda pair: st.builds(cls, ops=st.just(pair[0]), sizes=st.just(pair[1]), **kwargs)
+    )
 
 
 messages = st.sampled_from(p.MESSAGE_TYPES).flatmap(message_of)
@@ -124,5 +158,6 @@ def stats_message(seq: int = 1, **fields: Any) -> p.Stats:
         "cpu_user_ns": 0,
         "cpu_system_ns": 0,
         "at_ns": 0,
+        "sizes": {},
     }
     return p.Stats(seq=seq, **{**defaults, **fields})

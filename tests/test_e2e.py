@@ -61,8 +61,17 @@ def controller_for(cfg, agents, tmp_path: Path) -> Controller:
 
 
 def tsv(path: Path) -> dict[str, dict[str, str]]:
+    """A summary table's per-kind rows by op (its size-bucket rows: ``sizes``)."""
     with open(path) as f:
-        return {row["op"]: row for row in csv.DictReader(f, delimiter="\t")}
+        rows = csv.DictReader(f, delimiter="\t")
+        return {row["op"]: row for row in rows if row["size"] == "all"}
+
+
+def sizes(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """A summary table's size-bucket rows by (op, size)."""
+    with open(path) as f:
+        rows = csv.DictReader(f, delimiter="\t")
+        return {(row["op"], row["size"]): row for row in rows if row["size"] != "all"}
 
 
 def run_json(result) -> dict:
@@ -103,8 +112,22 @@ async def test_two_agents_aggregate_equals_the_sum_of_the_agents(tmp_path: Path)
         for op, row in total.items():
             for column in ("ops", "bytes", "errors"):
                 assert int(row[column]) == sum(int(p[op][column]) for p in parts), (name, op)
+        # the size-bucket rows add up too: across agents, and to their op kind's row
+        by_size = sizes(directory / name)
+        parts_by_size = [sizes(directory / "agents" / a.id / name) for a in agents]
+        for key, row in by_size.items():
+            for column in ("ops", "bytes"):
+                assert int(row[column]) == sum(
+                    int(p[key][column]) for p in parts_by_size if key in p
+                )
+        for op, row in total.items():
+            if op != "all" and int(row["ops"]):
+                split = [r for (o, _), r in by_size.items() if o == op]
+                assert int(row["ops"]) == sum(int(r["ops"]) for r in split), (name, op)
+                assert int(row["bytes"]) == sum(int(r["bytes"]) for r in split), (name, op)
     workload = tsv(directory / "summary.tsv")
     assert int(workload["get"]["ops"]) > 1000
+    assert {size for op, size in sizes(directory / "summary.tsv") if op == "stat"} == {"zero"}
     # both agents run on this host: its per-host numbers are the whole run's
     (host,) = (directory / "hosts").iterdir()
     assert host.name == socket.gethostname()

@@ -131,6 +131,7 @@ class Agent:
             message="",
             cpu_user_ns=0,
             cpu_system_ns=0,
+            sizes={},
         )
 
     def step(self, now_ns: int) -> bool:

@@ -72,8 +72,10 @@ def controller_through(
 
 
 def tsv(path: Path) -> dict[str, dict[str, str]]:
+    """A summary table's per-kind rows by op (its size-bucket rows: ``sizes``)."""
     with open(path) as f:
-        return {row["op"]: row for row in csv.DictReader(f, delimiter="\t")}
+        rows = csv.DictReader(f, delimiter="\t")
+        return {row["op"]: row for row in rows if row["size"] == "all"}
 
 
 def assert_nothing_lost(result, tmp_path: Path, agents: list[LocalAgent]) -> int:

@@ -78,6 +78,7 @@ def test_each_missing_field_is_named(message: p.Message) -> None:
                 "cpu_user_ns": 0,
                 "cpu_system_ns": 0,
                 "at_ns": 0,
+                "sizes": {},
             },
             "unknown op kind 'gett'",
         ),

@@ -119,6 +119,7 @@ class VirtualStage:
             message="",
             cpu_user_ns=0,
             cpu_system_ns=0,
+            sizes={},
         )
 
 

@@ -50,7 +50,12 @@ from trio_bench.protocol import (
     printable,
     unstructure,
 )
-from trio_bench.stats import merge_snapshots, snapshot_from_wire, snapshot_to_wire
+from trio_bench.stats import (
+    merge_snapshots,
+    sizes_to_wire,
+    snapshot_from_wire,
+    snapshot_to_wire,
+)
 from trio_bench.transport import Connection
 
 if TYPE_CHECKING:
@@ -423,6 +428,7 @@ class Session:
                     done=progress.done,
                     total=progress.total,
                     ops=snapshot_to_wire(progress.snapshot),
+                    sizes=sizes_to_wire(progress.snapshot),
                     error_codes=progress.error_codes,
                     cpu_user_ns=progress.cpu_user_ns,
                     cpu_system_ns=progress.cpu_system_ns,
@@ -480,7 +486,9 @@ class Session:
 def _continued(first: StageSummary, then: StageSummary) -> StageSummary:
     """A cleanup stage cut by an abort and the cleanup after it, as one summary: operations
     and errors added, the second part's progress (it went over every key again)."""
-    ops = merge_snapshots([snapshot_from_wire(first.ops), snapshot_from_wire(then.ops)])
+    ops = merge_snapshots(
+        [snapshot_from_wire(first.ops, first.sizes), snapshot_from_wire(then.ops, then.sizes)]
+    )
     codes = {kind: dict(counts) for kind, counts in first.error_codes.items()}
     for kind, counts in then.error_codes.items():
         merged = codes.setdefault(kind, {})
@@ -491,6 +499,7 @@ def _continued(first: StageSummary, then: StageSummary) -> StageSummary:
         started_at_ns=first.started_at_ns,
         measured_ns=first.measured_ns + then.measured_ns,
         ops=snapshot_to_wire(ops),
+        sizes=sizes_to_wire(ops),
         error_codes=codes,
         cpu_user_ns=first.cpu_user_ns + then.cpu_user_ns,
         cpu_system_ns=first.cpu_system_ns + then.cpu_system_ns,

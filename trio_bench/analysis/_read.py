@@ -32,6 +32,7 @@ class Results:
     directory: Path
     run: dict[str, Any]  # run.json
     summaries: dict[str, Table]  # stage -> summary rows (op, ops, ..., p999_us, max_us)
+    sizes: dict[str, Table]  # stage -> per op kind and size bucket rows (same columns)
     perf_log: Table
     op_log: Table
     histograms: dict[str, Any]  # histograms.json "stages"
@@ -55,10 +56,18 @@ class Results:
     def as_json(self) -> dict[str, Any]:
         """The final numbers for scripts: per stage and op kind, summary.tsv's columns as
         numbers; the run's id and per-agent outcome."""
+
+        def numbers(row: dict[str, str]) -> dict[str, int | float | str]:
+            return {k: _typed(v) for k, v in row.items() if k not in ("op", "size")}
+
         stages = {
-            stage: {row["op"]: {k: _typed(v) for k, v in row.items() if k != "op"} for row in rows}
+            stage: {row["op"]: numbers(row) for row in rows}
             for stage, rows in self.summaries.items()
         }
+        sizes: dict[str, dict[str, dict[str, Any]]] = {}
+        for stage, rows in self.sizes.items():
+            for row in rows:
+                sizes.setdefault(stage, {}).setdefault(row["op"], {})[row["size"]] = numbers(row)
         agents = [
             {key: a.get(key) for key in ("id", "hostname", "final_state", "failure")}
             for a in self.run.get("agents", [])
@@ -68,6 +77,7 @@ class Results:
             "run_id": self.run.get("run_id"),
             "name": self.name,
             "stages": stages,
+            "sizes": sizes,
             "agents": agents,
         }
 
@@ -104,13 +114,21 @@ def _json(path: Path, required: bool) -> Any:
         raise ResultsError(f"{path}: cannot read: {exc}") from None
 
 
+def _split_sizes(rows: Table) -> tuple[Table, Table]:
+    """A summary table's per-kind rows (``size`` ``all``, or no size column: results written
+    before size rows existed) and its per-size-bucket rows."""
+    kinds = [r for r in rows if r.get("size", "all") == "all"]
+    sizes = [r for r in rows if r.get("size", "all") != "all"]
+    return kinds, sizes
+
+
 def _per_folder(base: Path) -> dict[str, dict[str, Table]]:
     out: dict[str, dict[str, Table]] = {}
     if not base.is_dir():
         return out
     for folder in sorted(p for p in base.iterdir() if p.is_dir()):
         tables = {stage: _table(folder / name, False) for stage, name in STAGE_FILES.items()}
-        out[folder.name] = {stage: rows for stage, rows in tables.items() if rows}
+        out[folder.name] = {stage: _split_sizes(rows)[0] for stage, rows in tables.items() if rows}
     return out
 
 
@@ -122,7 +140,8 @@ def read_results(directory: Path | str) -> Results:
     run = _json(path / "run.json", True)
     if not isinstance(run, dict):
         raise ResultsError(f"{path / 'run.json'}: expected a JSON object")
-    summaries = {stage: _table(path / name, False) for stage, name in STAGE_FILES.items()}
+    tables = {stage: _table(path / name, False) for stage, name in STAGE_FILES.items()}
+    split = {stage: _split_sizes(rows) for stage, rows in tables.items() if rows}
     histograms = _json(path / "histograms.json", False)
     try:
         config_text = (path / "config.yaml").read_text(encoding="utf-8", errors="replace")
@@ -131,7 +150,8 @@ def read_results(directory: Path | str) -> Results:
     return Results(
         directory=path,
         run=run,
-        summaries={stage: rows for stage, rows in summaries.items() if rows},
+        summaries={stage: kinds for stage, (kinds, _) in split.items()},
+        sizes={stage: sizes for stage, (_, sizes) in split.items() if sizes},
         perf_log=_table(path / "perf_log.tsv", False),
         op_log=_table(path / "op_log.tsv", False),
         histograms=histograms.get("stages", {}) if isinstance(histograms, dict) else {},

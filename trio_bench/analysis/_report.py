@@ -133,6 +133,8 @@ def _cdfs(results: Results) -> dict[str, Any]:
         kinds = results.histograms.get(stage, {}).get("all", {})
         points: dict[str, dict[float, float]] = {}
         for kind in kinds:
+            if " " in kind:  # a size bucket's histogram: the summary's size rows show it
+                continue
             stats = results.histogram(stage, kind)
             if stats is None or not stats.ops:
                 continue
@@ -248,6 +250,7 @@ def report_data(results: Results) -> dict[str, Any]:
             )
         },
         "summaries": results.summaries,
+        "sizes": results.sizes,
         "throughput": {
             "ops": _by_time(op_log, "op", "ops_per_s", {}),
             "mib": _by_time(op_log, "op", "mib_per_s", {}),

@@ -168,6 +168,12 @@
     if (!rows) continue;
     s1.appendChild(el("h3", {}, stage));
     s1.appendChild(table(summaryColumns, rows));
+    const sized = (data.sizes || {})[stage];
+    if (sized && sized.length) {
+      s1.appendChild(el("h4", {}, `${stage} by object size`));
+      s1.appendChild(el("p", {class: "note"}, "Each op kind split by the bytes an operation moved (sai3-bench's size buckets; metadata operations are 'zero'). Errors are counted on the op kind's row only."));
+      s1.appendChild(table(["op", "size"].concat(summaryColumns.slice(1)), sized));
+    }
   }
 
   // --- over time

@@ -2,7 +2,8 @@
 before it.
 
     config.yaml            the configuration as run (agents resolved)
-    summary.tsv            workload stage, one row per op kind plus ``all``
+    summary.tsv            workload stage, one row per op kind plus ``all``, then one per op
+                           kind and size bucket (``size``; ``all`` on the others)
     prepare.tsv            prepare stage, same columns (cleanup.tsv likewise)
     agents/<id>/*.tsv      the same files for each agent
     perf_log.tsv           one row per stats interval, per agent and ``all``
@@ -35,10 +36,13 @@ from trio_bench.protocol import OpStats, StageSummary, Stats, bucket_bounds, to_
 from trio_bench.stats import (
     Snapshot,
     format_tsv,
+    is_sized,
     merge_snapshots,
+    ops_of,
     snapshot_from_wire,
     snapshot_to_wire,
     summary_rows,
+    to_wire,
 )
 
 from ._aggregate import OP_LOG_COLUMNS, PERF_LOG_COLUMNS, WindowRows
@@ -103,12 +107,12 @@ class AgentStageResult:
             else {}
         )
         if summary is not None:
-            self.snapshot: Snapshot = snapshot_from_wire(summary.ops)
+            self.snapshot: Snapshot = snapshot_from_wire(summary.ops, summary.sizes)
             self.seconds = summary.measured_ns / 1e9
             end = to_controller_clock(summary.ended_at_ns, offset_ns)
             self.window: tuple[int, int] | None = (end - summary.measured_ns, end)
         elif last_stats is not None:
-            self.snapshot = snapshot_from_wire(last_stats.ops)
+            self.snapshot = snapshot_from_wire(last_stats.ops, last_stats.sizes)
             self.seconds = last_stats.elapsed_ns / 1e9
             self.window = None
         else:
@@ -145,14 +149,16 @@ def utc_iso(ns: int) -> str:
 HISTOGRAM_FORMAT = (
     "stages.<stage>.all|hosts.<host>.<op>: ops, bytes, errors, sum_ns, max_ns, and hist: "
     "[low_ns, high_ns, count] per non-empty bucket (values low_ns <= v < high_ns); merge "
-    "histograms by adding the counts of equal buckets"
+    "histograms by adding the counts of equal buckets. <op> is an op kind, or an op kind, "
+    "a space and a size bucket (e.g. 'get 1B-8KiB': that kind's operations of that size)"
 )
 
 
 def histograms_json(snapshot: Snapshot) -> dict[str, Any]:
     """One stage's histograms.json entry (``HISTOGRAM_FORMAT``) for a merged snapshot."""
     out = {}
-    for kind, stats in snapshot_to_wire(snapshot).items():
+    sized = {k: to_wire(r) for k, r in snapshot.items() if is_sized(k) and ops_of(r)}
+    for kind, stats in {**snapshot_to_wire(snapshot), **sized}.items():
         out[kind] = {**_totals(stats), "hist": [_bucket(i, n) for i, n in stats.hist]}
     return out
 

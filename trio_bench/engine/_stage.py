@@ -23,8 +23,10 @@ from trio_bench.stats import (
     ERRORS,
     Snapshot,
     merge_snapshots,
+    sizes_to_wire,
     snapshot_difference,
     snapshot_to_wire,
+    with_totals,
 )
 from trio_bench.stopping import StopFlag
 
@@ -104,6 +106,7 @@ class StageRun:
         snapshot = self._merged()
         if self.baseline:
             snapshot = snapshot_difference(snapshot, self.baseline)
+        with_totals(snapshot)
         now = perf_counter_ns()
         since = self.start_perf_ns + (0 if self.in_warmup else self.warmup_ns)
         user, system = self._cpu_to or _cpu_now()
@@ -158,6 +161,7 @@ class StageRun:
             done=progress.done,
             total=self.total,
             ops=snapshot_to_wire(progress.snapshot),
+            sizes=sizes_to_wire(progress.snapshot),
             error_samples={k: tuple(v) for k, v in samples.items() if k in progress.snapshot},
             error_codes={k: v for k, v in progress.error_codes.items() if k in progress.snapshot},
             message=printable(message, 1000),

@@ -1,8 +1,9 @@
-"""Worker threads: tight closed loops against the backend, one record per op kind each.
+"""Worker threads: tight closed loops against the backend, one record per op kind and size.
 
 This is the hot path. Per operation a workload worker does: take the next op from a
 pre-shuffled mix, pick a target from a pool, time the backend call with two
-``perf_counter_ns`` reads, and add to its own flat record (histogram bucket, bytes, sum, max).
+``perf_counter_ns`` reads, and add to its own flat record (histogram bucket, bytes, sum, max)
+of the op's kind and size bucket (the bytes it moved: ``protocol.size_bucket``).
 No locks, no allocation beyond the backend's, no Trio. The Trio side reads records with
 ``list.copy()`` while workers run and stops them by setting ``StopFlag.stopped``, which every
 loop checks before each operation: stopping takes at most the operation in flight. Between
@@ -19,8 +20,15 @@ from collections.abc import Callable, Iterable, Sequence
 from time import perf_counter_ns
 from typing import Any
 
-from trio_bench.protocol import MAX_ERROR_SAMPLES, MAX_TEXT, NBINS, printable
-from trio_bench.stats import BYTES, ERRORS, MAX_NS, SUM_NS, Record, Snapshot, new_record
+from trio_bench.protocol import (
+    MAX_ERROR_SAMPLES,
+    MAX_TEXT,
+    NBINS,
+    SIZE_LABELS,
+    SIZE_OF_BITS,
+    printable,
+)
+from trio_bench.stats import BYTES, ERRORS, MAX_NS, SUM_NS, Record, Snapshot, new_record, sized_key
 from trio_bench.stopping import GATE, Interrupted, StopFlag
 
 from ._backend import ObjectMissing, WorkerIO, error_code
@@ -30,8 +38,10 @@ from ._plan import AgentPlan, OpPlan, Pool, PreparedSet, op_mix
 _LAST_BIN = NBINS - 1
 
 
-# a table entry: (record, kind, choose(r) -> target, do(target) -> bytes, after(target) | None)
-Entry = tuple[Record, str, Callable[..., Any], Callable[..., Any], Any]
+# A kind's records by size bucket (index: ``size_bucket``), each made when first needed.
+Slots = list[Record | None]
+# a table entry: (slots, kind, choose(r) -> target, do(target) -> bytes, after(target) | None)
+Entry = tuple[Slots, str, Callable[..., Any], Callable[..., Any], Any]
 
 
 def wait_until(target_perf_ns: int, stop: StopFlag | None = None) -> None:
@@ -72,7 +82,9 @@ class Worker:
         self.io = io
         io.stop = stop  # operations made of pieces check it between pieces
         self.interrupted = 0  # operations cut short by the stop (not counted as ops or errors)
+        # the plain kind's record holds what has no size (errors); operations go to sized ones
         self.records: dict[str, Record] = {kind: new_record() for kind in self.kinds}
+        self.slots: dict[str, Slots] = {kind: [None] * len(SIZE_LABELS) for kind in self.kinds}
         self.error_samples: dict[str, list[str]] = {}
         self.error_codes: dict[str, dict[str, int]] = {}  # op kind -> error code -> count
         self.progress = 0  # objects done (prepare/cleanup)
@@ -82,8 +94,20 @@ class Worker:
         self.closers: list[Callable[[], None]] = []
 
     def snapshot(self) -> Snapshot:
-        """A copy of every record, each copied atomically (``list.copy`` runs under the GIL)."""
-        return {kind: record.copy() for kind, record in self.records.items()}
+        """A copy of every record, each copied atomically (``list.copy`` runs under the GIL;
+        so does ``list`` of the items, while the worker may add a size bucket)."""
+        return {key: record.copy() for key, record in list(self.records.items())}
+
+    def record_for(self, kind: str, nbytes: int) -> Record:
+        """The record of ``kind``'s operations that moved ``nbytes`` bytes (made on first use:
+        a worker that only ever reads 4 KiB objects keeps one record, not nine)."""
+        bucket = nbytes and SIZE_OF_BITS[(nbytes - 1).bit_length()]
+        slots = self.slots[kind]
+        record = slots[bucket]
+        if record is None:
+            record = slots[bucket] = new_record()
+            self.records[sized_key(kind, SIZE_LABELS[bucket])] = record
+        return record
 
     def codes_snapshot(self) -> dict[str, dict[str, int]]:
         return {kind: dict(codes) for kind, codes in list(self.error_codes.items())}
@@ -175,7 +199,7 @@ class WorkloadWorker(Worker):
 
     def _bare_entry(self, op: OpPlan) -> Entry:
         io = self.io
-        record = self.records[op.kind]
+        record = self.slots[op.kind]
         if op.kind == "put":
             # The key is counted as created when it is chosen, before the put: a put that
             # fails or is interrupted may still have left an object, and cleanup must find it.
@@ -255,7 +279,7 @@ class WorkloadWorker(Worker):
         assert isinstance(pool, Pool)  # never a tree's: its files are not taken away
         return record, op.kind, pool.take, do_rmdir if op.kind == "rmdir" else do_delete, None
 
-    def _get_in_blocks(self, op: OpPlan, record: Record, pick: Callable[[float], Any]) -> Entry:
+    def _get_in_blocks(self, op: OpPlan, record: Slots, pick: Callable[[float], Any]) -> Entry:
         """access: sequential: each op reads the next ``block_size`` of the object being
         read (kept open, as fio keeps its file), from its start to its end; then the next
         op picks another object."""
@@ -291,7 +315,7 @@ class WorkloadWorker(Worker):
     def _put_in_blocks(
         self,
         op: OpPlan,
-        record: Record,
+        record: Slots,
         choose_put: Callable[[float], tuple[str, int]],
         after_put: Callable[[tuple[str, int]], None],
     ) -> Entry:
@@ -344,8 +368,8 @@ class WorkloadWorker(Worker):
             and only.limit is None
             and only.access == "random"
         ):
-            record, kind, _choose, do, _after = self.table[0]  # a get or stat test
-            self._pool_loop(record, kind, pool.keys, do)
+            _slots, kind, _choose, do, _after = self.table[0]  # a get or stat test
+            self._pool_loop(kind, pool.keys, do)
             return
         table = self.table
         mix = self.mix
@@ -355,10 +379,12 @@ class WorkloadWorker(Worker):
         clock = perf_counter_ns
         j = self.index * 7 & mask
         gate = GATE
+        by_bits = SIZE_OF_BITS
+        record_for = self.record_for
         while not stop.stopped:
             if gate.closed:
                 gate.wait()
-            record, kind, choose, do, after = table[mix[j]]
+            slots, kind, choose, do, after = table[mix[j]]
             j = (j + 1) & mask
             target = choose(rnd())
             if target is None:
@@ -376,6 +402,9 @@ class WorkloadWorker(Worker):
                 self.note_error(kind, _shown(target), exc)
                 continue
             latency = clock() - t0
+            record = slots[nbytes and by_bits[(nbytes - 1).bit_length()]] or record_for(
+                kind, nbytes
+            )
             shift = latency.bit_length() - 7
             index = (shift << 6) + (latency >> shift) if shift > 0 else latency
             record[index if index < NBINS else _LAST_BIN] += 1
@@ -386,17 +415,18 @@ class WorkloadWorker(Worker):
             if after is not None:
                 after(target)
 
-    def _pool_loop(
-        self, record: Record, kind: str, keys: list[str], do: Callable[[str], int]
-    ) -> None:
+    def _pool_loop(self, kind: str, keys: list[str], do: Callable[[str], int]) -> None:
         """``loop`` for a workload of one op that picks from a pool (a get or stat test):
         the same steps with the mix, the pick and the bookkeeping written out, because per
         operation each Python call is a measurable share of a 4 KiB read from page cache.
-        ``keys`` is the pool's list itself (puts and deletes change it in place)."""
+        ``keys`` is the pool's list itself (puts and deletes change it in place). The record
+        is looked up again only when an op's size differs from the one before."""
         rnd = self.rng.random
         stop = self.stop
         clock = perf_counter_ns
         gate = GATE
+        last_nbytes = -1  # no op yet: the first one looks its record up
+        record: Record = []
         while not stop.stopped:
             if gate.closed:
                 gate.wait()
@@ -415,6 +445,9 @@ class WorkloadWorker(Worker):
                 self.note_error(kind, key, exc)
                 continue
             latency = clock() - t0
+            if nbytes != last_nbytes:
+                record = self.record_for(kind, nbytes)
+                last_nbytes = nbytes
             shift = latency.bit_length() - 7
             index = (shift << 6) + (latency >> shift) if shift > 0 else latency
             record[index if index < NBINS else _LAST_BIN] += 1
@@ -456,7 +489,7 @@ class WorkloadWorker(Worker):
             if stop.stopped:
                 break
             GATE.wait()
-            record, kind, choose, do, after = table[mix[j]]
+            _slots, kind, choose, do, after = table[mix[j]]
             j = (j + 1) & mask
             target = choose(rnd())
             if target is None:
@@ -473,7 +506,8 @@ class WorkloadWorker(Worker):
             except Exception as exc:
                 self.note_error(kind, _shown(target), exc)
                 continue
-            record_latency(record, max(0, perf_counter_ns() - start), nbytes)
+            latency = max(0, perf_counter_ns() - start)
+            record_latency(self.record_for(kind, nbytes), latency, nbytes)
             if after is not None:
                 after(target)
 
@@ -499,7 +533,6 @@ class PrepareWorker(Worker):
         self.created = 0
 
     def loop(self) -> None:
-        record = self.records["put"]
         existing = self.existing
         for n, pset, i in self.items:
             if self.stop.stopped:
@@ -518,7 +551,7 @@ class PrepareWorker(Worker):
                     self.note_error("put", key, exc)
                     self.progress += 1
                     continue
-                record_latency(record, perf_counter_ns() - t0, nbytes)
+                record_latency(self.record_for("put", nbytes), perf_counter_ns() - t0, nbytes)
                 self.created += 1
             self.progress += 1
 
@@ -553,7 +586,7 @@ class CleanupWorker(Worker):
         if self.io.batch_delete > 1:
             self._batched(self.io.batch_delete)
             return
-        record = self.records["delete"]
+        record = self.record_for("delete", 0)
         for key in self.keys:
             if self.stop.stopped:
                 return
@@ -570,7 +603,7 @@ class CleanupWorker(Worker):
             self.progress += 1
 
     def _batched(self, size: int) -> None:
-        record = self.records["delete"]
+        record = self.record_for("delete", 0)
         keys = iter(self.keys)
         while not self.stop.stopped:
             GATE.wait()

@@ -126,6 +126,7 @@ from ._messages import (
     unstructure_message,
 )
 from ._sequence import ReliableReceiver, ReliableSender, StatsSequence
+from ._sizes import SIZE_BUCKETS, SIZE_LABELS, SIZE_OF_BITS, size_bucket
 
 __all__ = [
     "AGENT_ID",
@@ -153,6 +154,9 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RESEND_INTERVAL_NS",
     "RUN_ID",
+    "SIZE_BUCKETS",
+    "SIZE_LABELS",
+    "SIZE_OF_BITS",
     "STAGES",
     "STARTED_EVENT",
     "START_EVENT",
@@ -230,6 +234,7 @@ __all__ = [
     "new_challenge",
     "printable",
     "sign_frame",
+    "size_bucket",
     "structure_as",
     "to_agent_clock",
     "to_controller_clock",

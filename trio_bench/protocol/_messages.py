@@ -24,8 +24,9 @@ from cattrs.gen import make_dict_structure_fn
 from ._errors import ProtocolError
 from ._frames import MAX_FRAME_SIZE, encode_frame
 from ._histogram import NBINS
+from ._sizes import SIZE_LABELS
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 STAGES = ("prepare", "workload", "cleanup")
 OP_KINDS = ("get", "put", "stat", "list", "delete", "mkdir", "rmdir")
@@ -71,6 +72,34 @@ def _op_keys(_inst: Any, attribute: attrs.Attribute[Any], value: dict[str, Any])
     for key in value:
         if key not in OP_KINDS:
             raise ValueError(f"unknown op kind {key!r} (expected {', '.join(OP_KINDS)})")
+
+
+def _sizes(inst: Any, attribute: attrs.Attribute[Any], value: dict[str, Any]) -> None:
+    """``sizes[kind][label]``: the kind's successful operations split by size bucket. Every
+    kind must be in ``ops``, its buckets' counts add up to the kind's ``ops``; a nil bucket
+    (the kind's only one) stands for all of the kind's operations."""
+    ops = inst.ops
+    for kind, buckets in value.items():
+        if kind not in ops:
+            raise ValueError(f"sizes[{kind!r}] names an op kind missing from ops")
+        for label in buckets:
+            if label not in SIZE_LABELS:
+                raise ValueError(
+                    f"sizes[{kind!r}] has unknown size bucket {label!r} "
+                    f"(expected {', '.join(SIZE_LABELS)})"
+                )
+        if None in buckets.values():
+            if len(buckets) != 1:
+                raise ValueError(
+                    f"sizes[{kind!r}] has a nil bucket beside others (nil must be alone)"
+                )
+            continue
+        total = sum(stats.ops for stats in buckets.values())
+        if total != ops[kind].ops:
+            raise ValueError(
+                f"sizes[{kind!r}] buckets add up to {total} ops, but ops[{kind!r}] has "
+                f"{ops[kind].ops}"
+            )
 
 
 def _one_of(options: tuple[str, ...]) -> Any:
@@ -238,7 +267,8 @@ class StageSummary:
     length of the measured window (the stage minus any warmup). ``done``/``total`` count
     objects for prepare and cleanup (0/0 for the workload). ``cpu_user_ns``/``cpu_system_ns``:
     the CPU time the agent process used in the measured window (all its threads), so a reader
-    can tell when the load generator, not the storage, was the limit.
+    can tell when the load generator, not the storage, was the limit. ``sizes`` splits each
+    kind's successful operations by size bucket (``SIZE_BUCKETS``).
     """
 
     stage: str = attrs.field(validator=_stage)
@@ -254,6 +284,7 @@ class StageSummary:
     message: str = attrs.field(validator=_text)
     cpu_user_ns: int
     cpu_system_ns: int
+    sizes: dict[str, dict[str, OpStats | None]] = attrs.field(validator=_sizes)
 
 
 @attrs.frozen
@@ -442,6 +473,7 @@ class Stats(Message):
     cpu_user_ns: int  # the agent process's CPU time in the same window as ``ops``
     cpu_system_ns: int
     at_ns: int  # when the numbers were read (agent clock): places them on the timeline
+    sizes: dict[str, dict[str, OpStats | None]] = attrs.field(validator=_sizes)
 
 
 @attrs.frozen
@@ -628,6 +660,8 @@ def _make_converter() -> cattrs.Converter:
     fields = make_dict_structure_fn(OpStats, converter, _cattrs_forbid_extra_keys=True)
 
     def op_stats(value: Any, _type: Any) -> OpStats:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected map, got {type(value).__name__}")
         stats = fields(value, OpStats)
         total = sum(count for _, count in stats.hist)  # order and counts: _structure_hist
         if total != stats.ops:

@@ -17,6 +17,8 @@ from ._record import (
     Snapshot,
     difference,
     from_wire,
+    is_sized,
+    kinds_only,
     mean_ns,
     merge_into,
     merge_snapshots,
@@ -24,10 +26,13 @@ from ._record import (
     new_record,
     ops_of,
     percentile_ns,
+    sized_key,
+    sizes_to_wire,
     snapshot_difference,
     snapshot_from_wire,
     snapshot_to_wire,
     to_wire,
+    with_totals,
 )
 from ._sparse import EMPTY, merge_ops, op_difference, ops_difference, percentiles
 from ._summary import SUMMARY_COLUMNS, SummaryRow, format_tsv, summarize, summary_rows
@@ -46,6 +51,8 @@ __all__ = [
     "difference",
     "format_tsv",
     "from_wire",
+    "is_sized",
+    "kinds_only",
     "mean_ns",
     "merge_into",
     "merge_ops",
@@ -57,6 +64,8 @@ __all__ = [
     "ops_of",
     "percentile_ns",
     "percentiles",
+    "sized_key",
+    "sizes_to_wire",
     "snapshot_difference",
     "snapshot_from_wire",
     "snapshot_to_wire",
@@ -64,4 +73,5 @@ __all__ = [
     "summary_rows",
     "to_wire",
     "went_back",
+    "with_totals",
 ]

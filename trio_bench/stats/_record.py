@@ -12,6 +12,12 @@ maximum. One flat list because:
 
 The number of successful operations is the histogram total: it can never disagree with the
 histogram. Failed operations count only in ``errors``.
+
+Size buckets. A snapshot also holds one record per op kind and size bucket, keyed
+``"<kind> <label>"`` (``sized_key``): workers record each operation only there, by the bytes
+it moved, and keep the plain ``kind`` record for what has no size (errors). ``with_totals``
+then makes each plain record the kind's total, so every reader of plain kinds sees what it
+always saw, and the merges and differences of snapshots work on the sized keys unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import math
 from collections.abc import Iterable, Mapping
 from operator import add
 
-from trio_bench.protocol import NBINS, OpStats, bucket_bounds, bucket_value
+from trio_bench.protocol import NBINS, SIZE_LABELS, OpStats, bucket_bounds, bucket_value
 
 BYTES = NBINS
 ERRORS = NBINS + 1
@@ -30,6 +36,41 @@ RECORD_LEN = NBINS + 4
 
 Record = list[int]
 Snapshot = dict[str, Record]  # op kind -> record
+
+
+def sized_key(kind: str, label: str) -> str:
+    """The snapshot key of one op kind's operations in one size bucket."""
+    return f"{kind} {label}"
+
+
+def is_sized(key: str) -> bool:
+    return " " in key
+
+
+def kinds_only(snapshot: Mapping[str, Record]) -> Snapshot:
+    """The plain op kinds of a snapshot (its sized keys left out)."""
+    return {key: record for key, record in snapshot.items() if " " not in key}
+
+
+def with_totals(snapshot: Snapshot) -> Snapshot:
+    """Make each plain kind's record its total: what it holds itself (errors) plus every size
+    bucket of the kind. In place; returns the snapshot. A kind of a single bucket copies that
+    bucket's record (no per-slot addition)."""
+    by_kind: dict[str, list[Record]] = {}
+    for key, record in snapshot.items():
+        if " " in key:
+            by_kind.setdefault(key.partition(" ")[0], []).append(record)
+    for kind, buckets in by_kind.items():
+        own = snapshot.get(kind)
+        if len(buckets) == 1:
+            total = buckets[0].copy()
+        else:
+            total = list(map(sum, zip(*buckets)))
+            total[MAX_NS] = max(record[MAX_NS] for record in buckets)
+        if own is not None:
+            total[ERRORS] += own[ERRORS]
+        snapshot[kind] = total
+    return snapshot
 
 
 def new_record() -> Record:
@@ -143,8 +184,42 @@ def from_wire(stats: OpStats) -> Record:
 
 
 def snapshot_to_wire(snapshot: Mapping[str, Record]) -> dict[str, OpStats]:
-    return {kind: to_wire(record) for kind, record in snapshot.items()}
+    """The plain op kinds of a snapshot as sent (``sizes_to_wire`` sends the rest)."""
+    return {kind: to_wire(record) for kind, record in snapshot.items() if " " not in kind}
 
 
-def snapshot_from_wire(ops: Mapping[str, OpStats]) -> Snapshot:
-    return {kind: from_wire(stats) for kind, stats in ops.items()}
+def sizes_to_wire(snapshot: Mapping[str, Record]) -> dict[str, dict[str, OpStats | None]]:
+    """The sized keys of a snapshot as STATS and STAGE_DONE carry them: ``{kind: {label:
+    stats}}`` in bucket order, empty buckets left out; a kind whose operations all fell in one
+    bucket is sent as ``{label: None}`` (its numbers are the kind's own, errors aside)."""
+    by_kind: dict[str, dict[str, Record]] = {}
+    for key, record in snapshot.items():
+        kind, space, label = key.partition(" ")
+        if space and ops_of(record):
+            by_kind.setdefault(kind, {})[label] = record
+    out: dict[str, dict[str, OpStats | None]] = {}
+    for kind, buckets in by_kind.items():
+        if len(buckets) == 1:
+            out[kind] = dict.fromkeys(buckets)
+        else:
+            out[kind] = {
+                label: to_wire(buckets[label]) for label in SIZE_LABELS if label in buckets
+            }
+    return out
+
+
+def snapshot_from_wire(
+    ops: Mapping[str, OpStats], sizes: Mapping[str, Mapping[str, OpStats | None]] | None = None
+) -> Snapshot:
+    """The snapshot a STATS or STAGE_DONE carries: its op kinds and, given ``sizes``, their
+    size buckets (a nil bucket gets the kind's numbers without its errors)."""
+    out = {kind: from_wire(stats) for kind, stats in ops.items()}
+    for kind, buckets in (sizes or {}).items():
+        for label, stats in buckets.items():
+            if stats is not None:
+                out[sized_key(kind, label)] = from_wire(stats)
+            elif kind in out:
+                record = out[kind].copy()
+                record[ERRORS] = 0
+                out[sized_key(kind, label)] = record
+    return out

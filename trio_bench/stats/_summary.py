@@ -1,4 +1,5 @@
-"""Summary rows (per op kind plus ``all``) as shown live and written to ``summary.tsv``."""
+"""Summary rows as shown live and written to ``summary.tsv``: one per op kind, ``all``, then
+one per op kind and size bucket (the ``size`` column; ``all`` on the per-kind rows)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,24 @@ from collections.abc import Mapping
 
 import attrs
 
-from trio_bench.protocol import OP_KINDS
+from trio_bench.protocol import OP_KINDS, SIZE_LABELS
 
 from ._record import (
     BYTES,
     ERRORS,
     MAX_NS,
     Record,
+    kinds_only,
     mean_ns,
     merged,
     ops_of,
     percentile_ns,
+    sized_key,
 )
 
 SUMMARY_COLUMNS = (
     "op",
+    "size",
     "ops",
     "bytes",
     "errors",
@@ -40,6 +44,7 @@ MIB = 1024 * 1024
 @attrs.frozen
 class SummaryRow:
     op: str
+    size: str
     ops: int
     bytes: int
     errors: int
@@ -56,6 +61,7 @@ class SummaryRow:
     def cells(self) -> list[str]:
         return [
             self.op,
+            self.size,
             str(self.ops),
             str(self.bytes),
             str(self.errors),
@@ -71,11 +77,12 @@ class SummaryRow:
         ]
 
 
-def summarize(op: str, record: Record, seconds: float) -> SummaryRow:
+def summarize(op: str, record: Record, seconds: float, size: str = "all") -> SummaryRow:
     ops = ops_of(record)
     rate = 1.0 / seconds if seconds > 0 else 0.0
     return SummaryRow(
         op=op,
+        size=size,
         ops=ops,
         bytes=record[BYTES],
         errors=record[ERRORS],
@@ -92,9 +99,16 @@ def summarize(op: str, record: Record, seconds: float) -> SummaryRow:
 
 
 def summary_rows(snapshot: Mapping[str, Record], seconds: float) -> list[SummaryRow]:
-    """One row per op kind present (in protocol order), then ``all`` (the merged histogram)."""
+    """One row per op kind present (in protocol order), then ``all`` (the merged histogram),
+    then a row per op kind and size bucket that has operations (sai3-bench's size buckets).
+    A size row's ``errors`` is 0: a failed operation moved no bytes to place it by."""
     rows = [summarize(k, snapshot[k], seconds) for k in OP_KINDS if k in snapshot]
-    rows.append(summarize("all", merged(snapshot.values()), seconds))
+    rows.append(summarize("all", merged(kinds_only(snapshot).values()), seconds))
+    for kind in OP_KINDS:
+        for label in SIZE_LABELS:
+            record = snapshot.get(sized_key(kind, label))
+            if record is not None and ops_of(record):
+                rows.append(summarize(kind, record, seconds, size=label))
     return rows
 
 
