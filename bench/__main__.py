@@ -1233,7 +1233,7 @@ def bench_frames(quick: bool, work: Path) -> list[Row]:
     ops = {}
     for kind in ("get", "put", "stat", "list", "delete"):
         hist = tuple((i, rng.randint(1, 10**6)) for i in sorted(rng.sample(range(400, 1400), 150)))
-        ops[kind] = p.OpStats(sum(c for _, c in hist), 10**12, 3, 10**15, 10**9, hist)
+        ops[kind] = p.OpStats.from_pairs(hist, bytes=10**12, errors=3, sum_ns=10**15, max_ns=10**9)
     stats = p.Stats(
         seq=1000,
         stage="workload",

@@ -44,7 +44,9 @@ def _histogram_steps() -> list[dict[str, p.OpStats]]:
         for kind in KINDS:
             hist = tuple((i, c * k) for i, c in zip(per_interval[kind], counts[kind], strict=True))
             n = sum(c for _, c in hist)
-            ops[kind] = p.OpStats(n, n * 4096, 0, n * 200_000, 50_000_000, hist)
+            ops[kind] = p.OpStats.from_pairs(
+                hist, bytes=n * 4096, errors=0, sum_ns=n * 200_000, max_ns=50_000_000
+            )
         steps.append(ops)
     return steps
 

@@ -32,14 +32,9 @@ def histograms(draw: Any) -> tuple[tuple[tuple[int, int], ...], int]:
 
 @st.composite
 def op_stats(draw: Any) -> p.OpStats:
-    hist, ops = draw(histograms())
-    return p.OpStats(
-        ops=ops,
-        bytes=draw(small),
-        errors=draw(small),
-        sum_ns=draw(small),
-        max_ns=draw(small),
-        hist=hist,
+    hist, _ops = draw(histograms())
+    return p.OpStats.from_pairs(
+        hist, bytes=draw(small), errors=draw(small), sum_ns=draw(small), max_ns=draw(small)
     )
 
 

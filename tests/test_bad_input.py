@@ -432,7 +432,13 @@ async def test_no_peer_can_make_the_agent_buffer_without_bound(reliability) -> N
 def _ops(count: int) -> p.OpStats:
     """``count`` operations of 1 us each."""
     return p.OpStats(
-        ops=count, bytes=0, errors=0, sum_ns=count * 1000, max_ns=1000, hist=((1000, count),)
+        ops=count,
+        bytes=0,
+        errors=0,
+        sum_ns=count * 1000,
+        max_ns=1000,
+        buckets=(1000,),
+        counts=(count,),
     )
 
 

@@ -181,7 +181,9 @@ class Agent:
 
 
 def _ops(n: int) -> p.OpStats:
-    return p.OpStats(ops=n, bytes=4096 * n, errors=0, sum_ns=1000 * n, max_ns=1000, hist=((40, n),))
+    return p.OpStats(
+        ops=n, bytes=4096 * n, errors=0, sum_ns=1000 * n, max_ns=1000, buckets=(40,), counts=(n,)
+    )
 
 
 def _stats(seq: int, stage: str, n: int) -> p.Stats:

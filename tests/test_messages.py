@@ -71,7 +71,8 @@ def test_each_missing_field_is_named(message: p.Message) -> None:
                         "errors": 0,
                         "sum_ns": 0,
                         "max_ns": 0,
-                        "hist": [],
+                        "buckets": [],
+                        "counts": [],
                     }
                 },
                 "error_codes": {},
@@ -98,11 +99,12 @@ def test_each_missing_field_is_named(message: p.Message) -> None:
                         "errors": 0,
                         "sum_ns": 0,
                         "max_ns": 0,
-                        "hist": [[5, 1], [4, 2]],
+                        "buckets": [5, 4],
+                        "counts": [1, 2],
                     }
                 },
             },
-            r"ops\['get'\].hist: bucket index 4 out of order",
+            r"ops\['get'\].buckets\[1\] is 4: out of order",
         ),
         (
             {
@@ -120,11 +122,12 @@ def test_each_missing_field_is_named(message: p.Message) -> None:
                         "errors": 0,
                         "sum_ns": 0,
                         "max_ns": 0,
-                        "hist": [[5, 1]],
+                        "buckets": [5],
+                        "counts": [1],
                     }
                 },
             },
-            "counts add up to 1, but ops is 3",
+            r"ops\['get'\].counts: add up to 1, but ops is 3",
         ),
         (
             {"t": "error", "seq": 0, "code": "oops", "message": "", "summaries": []},
@@ -159,3 +162,49 @@ def test_reliability_flags() -> None:
     assert not p.is_reliable(stats_message(1, stage="prepare"))
     assert p.is_reliable(p.Error(seq=3, code="stage_failed", message="x", summaries=()))
     assert not p.is_reliable(p.Error(seq=0, code="busy", message="x", summaries=()))
+
+
+def _stats_frame_with(get: object) -> dict:
+    frame = p.unstructure_message(stats_message())
+    frame["ops"] = {"get": get}
+    return frame
+
+
+GOOD_OPS = {
+    "ops": 3,
+    "bytes": 0,
+    "errors": 0,
+    "sum_ns": 0,
+    "max_ns": 0,
+    "buckets": [4, 9],
+    "counts": [1, 2],
+}
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"buckets": [4]}, r"buckets and counts differ in length \(1, 2\)"),
+        ({"counts": [1, True]}, r"counts\[1\] is a bool, expected int"),
+        ({"counts": [0, 3]}, r"counts\[0\] is 0 \(must be >= 1\)"),
+        ({"buckets": [4, 4]}, r"buckets\[1\] is 4: out of order"),
+        ({"buckets": [4, p.NBINS]}, rf"buckets\[1\] is {p.NBINS}: out of order or outside"),
+        ({"buckets": [-1, 4]}, r"buckets\[0\] is -1, outside \[0, 2\*\*64\)"),
+        ({"buckets": "ab"}, r"buckets: expected array, got str"),
+        ({"sum_ns": 2**64}, r"sum_ns: integer 18446744073709551616 outside"),
+        ({"max_ns": 1.5}, r"max_ns: expected int, got float"),
+        ({"hist": [[4, 1]]}, r"unexpected field\(s\) \['hist'\]"),
+    ],
+)
+def test_a_bad_histogram_is_named_in_one_line(change: dict, match: str) -> None:
+    frame = _stats_frame_with({**GOOD_OPS, **change})
+    with pytest.raises(p.ProtocolError, match=rf"^stats: ops\['get'\]\.{match}") as info:
+        p.decode_message(frame)
+    assert "\n" not in str(info.value)
+
+
+def test_a_histogram_missing_a_field_is_named() -> None:
+    get = {k: v for k, v in GOOD_OPS.items() if k != "counts"}
+    with pytest.raises(p.ProtocolError, match=r"ops\['get'\]\.counts: required field missing"):
+        p.decode_message(_stats_frame_with(get))
+    assert p.decode_message(_stats_frame_with(GOOD_OPS)).ops["get"].counts == (1, 2)

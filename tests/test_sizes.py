@@ -57,7 +57,8 @@ def _ops(n: int, nbytes: int, errors: int = 0) -> p.OpStats:
         errors=errors,
         sum_ns=n * 100,
         max_ns=100,
-        hist=((100, n),) if n else (),
+        buckets=(100,) if n else (),
+        counts=(n,) if n else (),
     )
 
 

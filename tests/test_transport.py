@@ -20,13 +20,8 @@ def stats(seq: int, ops: int) -> p.Stats:
         seq,
         elapsed_ns=seq,
         ops={
-            "get": p.OpStats(
-                ops=ops,
-                bytes=ops * 4096,
-                errors=0,
-                sum_ns=ops * 100,
-                max_ns=100 if ops else 0,
-                hist=hist,
+            "get": p.OpStats.from_pairs(
+                hist, bytes=ops * 4096, errors=0, sum_ns=ops * 100, max_ns=100 if ops else 0
             )
         },
     )

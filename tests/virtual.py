@@ -97,7 +97,10 @@ class VirtualStage:
     def wire_ops(self) -> dict[str, OpStats]:
         n = self._ops()
         hist = ((LATENCY_BUCKET, n),) if n else ()
-        return {self.kind: OpStats(n, n * 4096, 0, n * 100_000, 100_000, hist)} if n else {}
+        stats = OpStats.from_pairs(
+            hist, bytes=n * 4096, errors=0, sum_ns=n * 100_000, max_ns=100_000
+        )
+        return {self.kind: stats} if n else {}
 
     def started_at_ns(self) -> int:
         return self.clock.wall_from_perf(self.start_perf_ns)

@@ -170,14 +170,15 @@ def histogram_from_json(entry: Mapping[str, Any], where: str) -> OpStats:
                 raise ValueError(f"bucket [{low}, {_high}, {count}]")
             index = bucket_index(int(low))
             counts[index] = counts.get(index, 0) + int(count)
-        hist = tuple(sorted(counts.items()))
+        hist = sorted(counts.items())
         stats = OpStats(
             ops=int(entry["ops"]),
             bytes=int(entry["bytes"]),
             errors=int(entry["errors"]),
             sum_ns=int(entry["sum_ns"]),
             max_ns=int(entry["max_ns"]),
-            hist=hist,
+            buckets=tuple(index for index, _ in hist),
+            counts=tuple(count for _, count in hist),
         )
         stats.check()
         return stats

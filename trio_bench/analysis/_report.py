@@ -140,7 +140,7 @@ def _cdfs(results: Results) -> dict[str, Any]:
                 continue
             seen = 0
             curve = points.setdefault(kind, {})
-            for index, count in stats.hist:
+            for index, count in stats.pairs():
                 low, width = bucket_bounds(index)
                 seen += count
                 edge = min(low + width, max(stats.max_ns, low + 1))

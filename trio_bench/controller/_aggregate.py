@@ -30,12 +30,13 @@ Pure: no Trio, no I/O. One caller (the controller) owns the state.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
-from trio_bench.protocol import OpStats
-from trio_bench.stats import merge_ops, ops_difference, percentiles
+from trio_bench.protocol import NBINS, OpStats
+from trio_bench.stats import merge_ops, ops_difference, percentiles_of
 
 MIB = 1024 * 1024
 _BASE_COLUMNS: tuple[str, ...] = (
@@ -123,7 +124,7 @@ def interval_row(
     stage: str,
     agent: str,
     warmup: bool,
-    delta: OpStats,
+    delta: OpStats | Sequence[OpStats],
     seconds: float,
     done: int = 0,
     total: int = 0,
@@ -133,23 +134,27 @@ def interval_row(
     agents: int = 1,
     at_ns: int = 0,
 ) -> IntervalRow:
-    """One row from an interval's merged statistics; rates over ``seconds`` unless given."""
+    """One row from an interval's statistics (several: as if merged, e.g. an agent's op kinds);
+    rates over ``seconds`` unless given."""
+    parts = [delta] if isinstance(delta, OpStats) else delta
     rate = 1 / seconds if seconds > 0 else 0.0
-    p50, p90, p99, p999 = percentiles(delta, (0.50, 0.90, 0.99, 0.999))
+    p50, p90, p99, p999 = percentiles_of(parts, (0.50, 0.90, 0.99, 0.999))
+    ops = sum(part.ops for part in parts)
+    nbytes = sum(part.bytes for part in parts)
     return IntervalRow(
         elapsed_s=elapsed_s,
         stage=stage,
         agent=agent,
         warmup=warmup,
-        ops=delta.ops,
-        ops_per_s=delta.ops * rate if ops_per_s is None else ops_per_s,
-        mib_per_s=delta.bytes / MIB * rate if mib_per_s is None else mib_per_s,
-        errors=delta.errors,
+        ops=ops,
+        ops_per_s=ops * rate if ops_per_s is None else ops_per_s,
+        mib_per_s=nbytes / MIB * rate if mib_per_s is None else mib_per_s,
+        errors=sum(part.errors for part in parts),
         p50_us=p50 / 1000,
         p90_us=p90 / 1000,
         p99_us=p99 / 1000,
         p999_us=p999 / 1000,
-        max_us=delta.max_ns / 1000,
+        max_us=max((part.max_ns for part in parts), default=0) / 1000,
         done=done,
         total=total,
         agents=agents,
@@ -186,13 +191,15 @@ class WindowRows:
 
 class _Running:
     """A merge of many interval statistics kept up to date as they arrive, so closing a
-    window only sorts the result (the work is spread over the interval, not done at once)."""
+    window only reads the result (the work is spread over the interval, not done at once).
+    Counts go into a dense list, one slot per bucket: adding an interval is an index
+    increment per occupied bucket."""
 
     __slots__ = ("bytes", "counts", "errors", "max_ns", "ops", "sum_ns")
 
     def __init__(self) -> None:
         self.ops = self.bytes = self.errors = self.sum_ns = self.max_ns = 0
-        self.counts: dict[int, int] = {}
+        self.counts = [0] * NBINS
 
     def add(self, item: OpStats) -> None:
         self.ops += item.ops
@@ -202,18 +209,20 @@ class _Running:
         if item.max_ns > self.max_ns:
             self.max_ns = item.max_ns
         counts = self.counts
-        get = counts.get
-        for index, count in item.hist:
-            counts[index] = get(index, 0) + count
+        for index, count in zip(item.buckets, item.counts):
+            counts[index] += count
 
     def stats(self) -> OpStats:
+        counts = self.counts
+        buckets = tuple(itertools.compress(range(NBINS), counts))
         return OpStats(
             self.ops,
             self.bytes,
             self.errors,
             self.sum_ns,
             self.max_ns,
-            tuple(sorted(self.counts.items())),
+            buckets,
+            tuple(counts[i] for i in buckets),
         )
 
 
@@ -357,7 +366,7 @@ class Aggregator:
             name,
             agent,
             part.warmup,
-            merge_ops(part.kinds.values()),
+            list(part.kinds.values()),
             part.seconds,
             sample.done,
             sample.total,
@@ -415,9 +424,7 @@ class Aggregator:
             for kind, delta in part.kinds.items():
                 kind_rates.setdefault(kind, []).append((delta.ops * rate, delta.bytes / MIB * rate))
         kind_merged = {kind: running.stats() for kind, running in window.kinds.items()}
-        total = _sum_rows(
-            elapsed_s, stage, "all", agent_rows, at_ns, merge_ops(kind_merged.values())
-        )
+        total = _sum_rows(elapsed_s, stage, "all", agent_rows, at_ns, list(kind_merged.values()))
         by_host: dict[str, list[IntervalRow]] = {}
         for row in agent_rows:
             by_host.setdefault(self.host_of(row.agent), []).append(row)
@@ -450,7 +457,7 @@ def _sum_rows(
     name: str,
     rows: list[IntervalRow],
     at_ns: int,
-    merged: OpStats,
+    merged: OpStats | Sequence[OpStats],
 ) -> IntervalRow:
     """Several agents' rows of one window as one: counts and rates add; ``merged`` is their
     histograms merged bin by bin."""

@@ -159,7 +159,7 @@ def histograms_json(snapshot: Snapshot) -> dict[str, Any]:
     out = {}
     sized = {k: to_wire(r) for k, r in snapshot.items() if is_sized(k) and ops_of(r)}
     for kind, stats in {**snapshot_to_wire(snapshot), **sized}.items():
-        out[kind] = {**_totals(stats), "hist": [_bucket(i, n) for i, n in stats.hist]}
+        out[kind] = {**_totals(stats), "hist": [_bucket(i, n) for i, n in stats.pairs()]}
     return out
 
 

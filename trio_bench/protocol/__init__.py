@@ -57,6 +57,7 @@ from ._histogram import (
     bucket_bounds,
     bucket_index,
     bucket_value,
+    hist_difference,
 )
 from ._machines import (
     AGENT_TABLE,
@@ -229,6 +230,7 @@ __all__ = [
     "encode_message",
     "frame_key",
     "frame_tag",
+    "hist_difference",
     "is_reliable",
     "make_proof",
     "new_challenge",

@@ -23,6 +23,7 @@ import attrs
 
 from ._clock import ClockEstimator, ClockSample
 from ._errors import ProtocolError, TransitionError
+from ._histogram import hist_difference
 from ._machines import (
     DONE_EVENT,
     START_EVENT,
@@ -590,9 +591,8 @@ def went_back(later: Mapping[str, OpStats], earlier: Mapping[str, OpStats]) -> b
             continue
         if counters_went_back(after, before):
             return True
-        if before.hist:
-            get = dict(after.hist).get
-            for index, count in before.hist:
-                if get(index, 0) < count:
-                    return True
+        if before.buckets and after is not before:
+            gained = hist_difference(after.buckets, after.counts, before.buckets, before.counts)
+            if gained is None:
+                return True
     return False

@@ -14,6 +14,9 @@ carried beside the histogram.
 
 from __future__ import annotations
 
+import itertools
+import operator
+
 SUB_BUCKET_BITS = 6
 SUB_BUCKETS = 1 << SUB_BUCKET_BITS  # 64 buckets per power of two: <= 1/128 relative error
 EXACT_BELOW = SUB_BUCKETS * 2  # 128: every value below has its own bucket
@@ -48,3 +51,34 @@ def bucket_value(index: int) -> int:
     """The value reported for a bucket: its midpoint (exact below 128 ns)."""
     lowest, width = bucket_bounds(index)
     return lowest + (width - 1) // 2
+
+
+def hist_difference(
+    buckets: tuple[int, ...],
+    counts: tuple[int, ...],
+    earlier_buckets: tuple[int, ...],
+    earlier_counts: tuple[int, ...],
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The histogram of what happened between two cumulative readings of one counter, as
+    (buckets, counts) without empty buckets; None if any bucket of the earlier one has more
+    counts than the later (or is gone): then they are not one counter read twice.
+
+    Once a workload is steady both readings have the same buckets, and the difference is one
+    element-wise subtraction in C; otherwise the earlier counts are taken away by position."""
+    if buckets == earlier_buckets:
+        gains = list(map(operator.sub, counts, earlier_counts))
+    else:
+        position = dict(zip(buckets, range(len(buckets))))
+        gains = list(counts)
+        for index, count in zip(earlier_buckets, earlier_counts):
+            at = position.get(index)
+            if at is None:
+                return None
+            gains[at] -= count
+    if not gains:
+        return (), ()
+    if min(gains) < 0:
+        return None
+    if 0 in gains:
+        return tuple(itertools.compress(buckets, gains)), tuple(itertools.compress(gains, gains))
+    return buckets, tuple(gains)

@@ -13,13 +13,14 @@ offset (see ``_clock``).
 
 from __future__ import annotations
 
+import operator
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 import attrs
 import cattrs
 from cattrs.errors import BaseValidationError, ForbiddenExtraKeysError
-from cattrs.gen import make_dict_structure_fn
 
 from ._errors import ProtocolError
 from ._frames import MAX_FRAME_SIZE, encode_frame
@@ -186,8 +187,9 @@ def _facts(_inst: Any, attribute: attrs.Attribute[Any], value: dict[str, str]) -
 class OpStats:
     """Cumulative statistics of one op kind: counters and a sparse latency histogram.
 
-    ``hist`` holds ``(bucket index, count)`` pairs, indices strictly increasing, counts >= 1;
-    the counts add up to ``ops`` (successful operations; failed ones are only in ``errors``).
+    The histogram is two arrays of equal length: ``buckets``, the indices of the occupied
+    buckets, strictly increasing within [0, NBINS); ``counts``, each one's count (>= 1),
+    adding up to ``ops`` (successful operations; failed ones are only in ``errors``).
     """
 
     ops: int
@@ -195,65 +197,90 @@ class OpStats:
     errors: int
     sum_ns: int
     max_ns: int
-    hist: tuple[tuple[int, int], ...]
+    buckets: tuple[int, ...]
+    counts: tuple[int, ...]
+
+    @classmethod
+    def from_pairs(
+        cls, pairs: Iterable[tuple[int, int]], *, bytes: int, errors: int, sum_ns: int, max_ns: int
+    ) -> OpStats:
+        """From (bucket index, count) pairs in bucket order; ``ops`` is their total."""
+        pairs = list(pairs)
+        counts = tuple(count for _, count in pairs)
+        return cls(sum(counts), bytes, errors, sum_ns, max_ns, tuple(i for i, _ in pairs), counts)
+
+    def pairs(self) -> Iterator[tuple[int, int]]:
+        """The histogram as (bucket index, count) pairs, in bucket order."""
+        return zip(self.buckets, self.counts)
 
     def check(self) -> None:
-        """The rules of the wire form (decoding checks them; values built here are trusted):
-        bucket indices strictly increasing within [0, NBINS), counts >= 1 adding up to ops."""
-        _check_hist(self.hist)
-        total = sum(count for _, count in self.hist)
-        if total != self.ops:
-            raise ValueError(f"hist: counts add up to {total}, but ops is {self.ops}")
+        """The rules of the wire form (decoding checks them; values built here are trusted)."""
+        _check_uints(self.buckets, "buckets")
+        _check_uints(self.counts, "counts")
+        _check_hist(self.buckets, self.counts, self.ops)
 
 
-def _check_hist(hist: Any) -> tuple[tuple[int, int], ...]:
-    """A decoded histogram as pairs, checked (see ``OpStats.check``). Histograms are the bulk
-    of every STATS frame, hundreds of pairs per op kind: the checks run as whole-list
-    operations, and only a histogram that fails them is walked pair by pair to say where."""
-    if type(hist) not in (list, tuple):
-        raise TypeError(f"expected array, got {type(hist).__name__}")
-    if not hist:
-        return ()
-    try:
-        if not set(map(type, hist)) <= _SEQUENCES or set(map(len, hist)) != {2}:
-            raise ValueError
-        indices = [pair[0] for pair in hist]
-        counts = [pair[1] for pair in hist]
-        if (
-            set(map(type, indices)) != _INT
-            or set(map(type, counts)) != _INT
-            or indices[0] < 0
-            or indices[-1] >= NBINS
-            or min(counts) < 1
-            or max(counts) >= _U64
-            or indices != sorted(set(indices))  # strictly increasing
-        ):
-            raise ValueError
-    except (TypeError, ValueError):
-        _explain_hist(hist)
-        raise AssertionError("unreachable: _explain_hist raises") from None
-    return tuple(map(tuple, hist))
-
-
-_SEQUENCES = {list, tuple}
+OPSTATS_FIELDS = ("ops", "bytes", "errors", "sum_ns", "max_ns", "buckets", "counts")
+_OPSTATS_KEYS = frozenset(OPSTATS_FIELDS)
 _INT = {int}
 
 
-def _explain_hist(hist: Any) -> None:
-    """Raise ``ValueError`` naming the first bucket of ``hist`` that breaks the rules."""
-    previous = -1
-    for pair in hist:
-        if type(pair) not in (list, tuple) or len(pair) != 2:
-            raise ValueError(f"bucket {pair!r:.40} is not an [index, count] pair")
-        index, count = pair
-        if type(index) is not int or type(count) is not int or not 0 <= count < _U64:
-            raise ValueError(f"bucket {pair!r:.40} is not a pair of unsigned integers")
-        if count < 1:
-            raise ValueError(f"bucket {index} has count {count} (must be >= 1)")
-        if not previous < index < NBINS:  # also rejects negative indices
-            raise ValueError(f"bucket index {index} out of order or outside [0, {NBINS})")
-        previous = index
-    raise ValueError("histogram rejected")  # not reached for a histogram the fast checks fail
+def _check_uints(value: Any, name: str) -> tuple[int, ...]:
+    """An array of unsigned 64-bit integers, as a tuple; checked as whole-array operations
+    (histograms are the bulk of every STATS frame), walked only to say what is wrong."""
+    if type(value) is not list and type(value) is not tuple:
+        raise TypeError(f"{name}: expected array, got {type(value).__name__}")
+    if value and (set(map(type, value)) != _INT or min(value) < 0 or max(value) >= _U64):
+        for i, item in enumerate(value):
+            if type(item) is not int:
+                raise TypeError(f"{name}[{i}] is a {type(item).__name__}, expected int")
+            if not 0 <= item < _U64:
+                raise ValueError(f"{name}[{i}] is {item}, outside [0, 2**64)")
+    return tuple(value)
+
+
+def _check_hist(buckets: tuple[int, ...], counts: tuple[int, ...], ops: int) -> None:
+    """The histogram's rules, given two arrays of unsigned integers (``OpStats``)."""
+    if len(buckets) != len(counts):
+        raise ValueError(f"buckets and counts differ in length ({len(buckets)}, {len(counts)})")
+    if buckets:
+        if buckets[-1] >= NBINS or not all(map(operator.lt, buckets, buckets[1:])):
+            previous = -1
+            for i, index in enumerate(buckets):
+                if not previous < index < NBINS:
+                    raise ValueError(
+                        f"buckets[{i}] is {index}: out of order or outside [0, {NBINS})"
+                    )
+                previous = index
+        if min(counts) < 1:
+            i = counts.index(min(counts))
+            raise ValueError(f"counts[{i}] is {counts[i]} (must be >= 1)")
+    total = sum(counts)
+    if total != ops:
+        raise ValueError(f"counts: add up to {total}, but ops is {ops}")
+
+
+def op_stats_from_wire(value: Any) -> OpStats:
+    """One decoded OpStats map, checked: the exact fields, unsigned integers, the histogram's
+    rules. Written out rather than generated: STATS carry several per frame."""
+    if type(value) is not dict:
+        raise TypeError(f"expected map, got {type(value).__name__}")
+    if value.keys() != _OPSTATS_KEYS:
+        missing = [k for k in OPSTATS_FIELDS if k not in value]
+        if missing:
+            raise ValueError(f"{missing[0]}: required field missing")
+        raise ValueError(f"unexpected field(s) {sorted(map(str, value.keys() - _OPSTATS_KEYS))}")
+    numbers = (value["ops"], value["bytes"], value["errors"], value["sum_ns"], value["max_ns"])
+    if set(map(type, numbers)) != _INT or min(numbers) < 0 or max(numbers) >= _U64:
+        for name, item in zip(OPSTATS_FIELDS, numbers, strict=False):
+            if type(item) is not int:
+                raise TypeError(f"{name}: expected int, got {type(item).__name__}")
+            if not 0 <= item < _U64:
+                raise ValueError(f"{name}: integer {item} outside [0, 2**64)")
+    buckets = _check_uints(value["buckets"], "buckets")
+    counts = _check_uints(value["counts"], "counts")
+    _check_hist(buckets, counts, numbers[0])
+    return OpStats(*numbers, buckets, counts)
 
 
 @attrs.frozen
@@ -652,28 +679,14 @@ def _make_converter() -> cattrs.Converter:
 
     converter.register_structure_hook_factory(origin_is(tuple), tuple_factory)
     converter.register_structure_hook_factory(origin_is(dict), dict_factory)
-    # Histograms are the bulk of every STATS frame (hundreds of pairs per op kind): a tight
-    # loop here instead of one converter dispatch per integer makes decoding ~10x cheaper.
-    # OpStats checks order, range and totals after this.
-    hist_type = tuple[tuple[int, int], ...]
-    converter.register_structure_hook_func(lambda t: t == hist_type, _structure_hist)
-    fields = make_dict_structure_fn(OpStats, converter, _cattrs_forbid_extra_keys=True)
 
+    # Histograms are the bulk of every STATS frame (hundreds of buckets per op kind): one
+    # hand-written function instead of a converter dispatch per integer.
     def op_stats(value: Any, _type: Any) -> OpStats:
-        if not isinstance(value, dict):
-            raise TypeError(f"expected map, got {type(value).__name__}")
-        stats = fields(value, OpStats)
-        total = sum(count for _, count in stats.hist)  # order and counts: _structure_hist
-        if total != stats.ops:
-            raise ValueError(f"hist: counts add up to {total}, but ops is {stats.ops}")
-        return stats
+        return op_stats_from_wire(value)
 
     converter.register_structure_hook(OpStats, op_stats)
     return converter
-
-
-def _structure_hist(value: Any, _type: Any) -> tuple[tuple[int, int], ...]:
-    return _check_hist(value)
 
 
 _converter = _make_converter()

@@ -34,7 +34,14 @@ from ._record import (
     to_wire,
     with_totals,
 )
-from ._sparse import EMPTY, merge_ops, op_difference, ops_difference, percentiles
+from ._sparse import (
+    EMPTY,
+    merge_ops,
+    op_difference,
+    ops_difference,
+    percentiles,
+    percentiles_of,
+)
 from ._summary import SUMMARY_COLUMNS, SummaryRow, format_tsv, summarize, summary_rows
 
 __all__ = [
@@ -64,6 +71,7 @@ __all__ = [
     "ops_of",
     "percentile_ns",
     "percentiles",
+    "percentiles_of",
     "sized_key",
     "sizes_to_wire",
     "snapshot_difference",

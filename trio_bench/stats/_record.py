@@ -161,20 +161,22 @@ def mean_ns(record: Record) -> float:
 
 
 def to_wire(record: Record) -> OpStats:
-    hist = tuple((i, c) for i, c in enumerate(record[:NBINS]) if c)
+    buckets = tuple(i for i, c in enumerate(record[:NBINS]) if c)
+    counts = tuple(record[i] for i in buckets)
     return OpStats(
-        ops=sum(c for _, c in hist),
+        ops=sum(counts),
         bytes=record[BYTES],
         errors=record[ERRORS],
         sum_ns=record[SUM_NS],
         max_ns=record[MAX_NS],
-        hist=hist,
+        buckets=buckets,
+        counts=counts,
     )
 
 
 def from_wire(stats: OpStats) -> Record:
     record = new_record()
-    for index, count in stats.hist:
+    for index, count in zip(stats.buckets, stats.counts):
         record[index] = count
     record[BYTES] = stats.bytes
     record[ERRORS] = stats.errors

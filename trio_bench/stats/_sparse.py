@@ -1,35 +1,49 @@
-"""Histogram arithmetic on the wire form (``OpStats``: sparse ``(bucket, count)`` pairs).
+"""Histogram arithmetic on the wire form (``OpStats``: the occupied buckets and their counts).
 
 The controller handles every agent's snapshot every interval; working on the occupied buckets
 only (tens to hundreds) instead of all 2368 keeps its cost proportional to what the agents
-actually measured. Same exact semantics as the dense records: merges add counts bucket by
+actually measured, and whole-array operations (``map``, ``accumulate``, ``bisect``) keep the
+per-bucket work in C. Same exact semantics as the dense records: merges add counts bucket by
 bucket, intervals subtract cumulative snapshots, percentiles are nearest-rank bucket midpoints.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import accumulate
 
-from trio_bench.protocol import OpStats, bucket_bounds, bucket_value, counters_went_back
+from trio_bench.protocol import (
+    OpStats,
+    bucket_bounds,
+    bucket_value,
+    counters_went_back,
+    hist_difference,
+)
 
-EMPTY = OpStats(ops=0, bytes=0, errors=0, sum_ns=0, max_ns=0, hist=())
+EMPTY = OpStats(ops=0, bytes=0, errors=0, sum_ns=0, max_ns=0, buckets=(), counts=())
 
 
-def op_difference(later: OpStats, earlier: OpStats | None) -> OpStats:
-    """What happened between two cumulative snapshots of one op kind.
+def op_difference(later: OpStats, earlier: OpStats | None) -> OpStats | None:
+    """What happened between two cumulative snapshots of one op kind; None if a count of
+    ``earlier`` is larger in ``later`` (not one counter read twice).
 
     The interval's maximum is exact when the cumulative maximum grew; otherwise it is the
     upper edge of the highest bucket that gained counts (capped by the cumulative maximum).
     """
-    if earlier is None or (earlier.ops == 0 and earlier.errors == 0):
+    if earlier is None or (earlier.ops == 0 and earlier.errors == 0 and not earlier.buckets):
         return later
-    before = dict(earlier.hist)
-    hist = tuple((i, c - before.get(i, 0)) for i, c in later.hist if c > before.get(i, 0))
+    if counters_went_back(later, earlier):
+        return None
+    gained = hist_difference(later.buckets, later.counts, earlier.buckets, earlier.counts)
+    if gained is None:
+        return None
+    buckets, counts = gained
     if later.max_ns > earlier.max_ns:
         maximum = later.max_ns
-    elif hist:
-        lowest, width = bucket_bounds(hist[-1][0])
+    elif buckets:
+        lowest, width = bucket_bounds(buckets[-1])
         maximum = min(lowest + width - 1, later.max_ns)
     else:
         maximum = 0
@@ -39,93 +53,72 @@ def op_difference(later: OpStats, earlier: OpStats | None) -> OpStats:
         errors=later.errors - earlier.errors,
         sum_ns=later.sum_ns - earlier.sum_ns,
         max_ns=maximum,
-        hist=hist,
+        buckets=buckets,
+        counts=counts,
     )
 
 
 def ops_difference(
     later: Mapping[str, OpStats], earlier: Mapping[str, OpStats]
 ) -> dict[str, OpStats] | None:
-    """``op_difference`` for every op kind, in one pass per kind; None if any count of
-    ``earlier`` is larger in ``later`` (``went_back``): then there is no interval."""
+    """``op_difference`` for every op kind; None if any count of ``earlier`` is larger in
+    ``later`` (``went_back``): then there is no interval."""
     for kind, before in earlier.items():
         if kind not in later and (before.ops or before.errors):
             return None
     out = {}
     for kind, after in later.items():
-        found = earlier.get(kind)
-        if found is None or (found.ops == 0 and found.errors == 0 and not found.hist):
-            out[kind] = after
-            continue
-        before = found
-        if counters_went_back(after, before):
+        delta = op_difference(after, earlier.get(kind))
+        if delta is None:
             return None
-        remaining = dict(before.hist)
-        pop = remaining.pop
-        hist = []
-        for index, count in after.hist:
-            gained = count - pop(index, 0)
-            if gained < 0:
-                return None
-            if gained:
-                hist.append((index, gained))
-        if remaining:  # a bucket that had counts is gone
-            return None
-        if after.max_ns > before.max_ns:
-            maximum = after.max_ns
-        elif hist:
-            lowest, width = bucket_bounds(hist[-1][0])
-            maximum = min(lowest + width - 1, after.max_ns)
-        else:
-            maximum = 0
-        out[kind] = OpStats(
-            ops=after.ops - before.ops,
-            bytes=after.bytes - before.bytes,
-            errors=after.errors - before.errors,
-            sum_ns=after.sum_ns - before.sum_ns,
-            max_ns=maximum,
-            hist=tuple(hist),
-        )
+        out[kind] = delta
     return out
 
 
 def merge_ops(items: Iterable[OpStats]) -> OpStats:
+    """Several histograms of the same layout as one: counts added bucket by bucket."""
+    items = list(items)
+    if len(items) == 1:
+        return items[0]
     counts: dict[int, int] = {}
-    ops = nbytes = errors = total = maximum = 0
     get = counts.get
     for item in items:
-        ops += item.ops
-        nbytes += item.bytes
-        errors += item.errors
-        total += item.sum_ns
-        if item.max_ns > maximum:
-            maximum = item.max_ns
-        for index, count in item.hist:
+        for index, count in zip(item.buckets, item.counts):
             counts[index] = get(index, 0) + count
+    merged = sorted(counts.items())
     return OpStats(
-        ops=ops,
-        bytes=nbytes,
-        errors=errors,
-        sum_ns=total,
-        max_ns=maximum,
-        hist=tuple(sorted(counts.items())),
+        ops=sum(item.ops for item in items),
+        bytes=sum(item.bytes for item in items),
+        errors=sum(item.errors for item in items),
+        sum_ns=sum(item.sum_ns for item in items),
+        max_ns=max((item.max_ns for item in items), default=0),
+        buckets=tuple(index for index, _ in merged),
+        counts=tuple(count for _, count in merged),
     )
 
 
 def percentiles(stats: OpStats, fractions: Sequence[float]) -> list[int]:
-    """Nearest-rank percentiles (fractions ascending) in one pass over the occupied buckets."""
-    out = [0] * len(fractions)
-    if stats.ops == 0:
-        return out
-    ranks = [max(1, math.ceil(f * stats.ops)) for f in fractions]
-    seen = 0
-    k = 0
-    for index, count in stats.hist:
-        seen += count
-        while k < len(ranks) and seen >= ranks[k]:
-            value = bucket_value(index)
-            out[k] = min(value, stats.max_ns) if stats.max_ns else value
-            k += 1
-        if k == len(ranks):
-            break
+    """Nearest-rank percentiles (any order of ``fractions``) in ns; 0s if there were no ops."""
+    return percentiles_of([stats], fractions)
+
+
+def percentiles_of(items: Sequence[OpStats], fractions: Sequence[float]) -> list[int]:
+    """The percentiles of several histograms merged, without merging them: their buckets
+    sorted together (equal buckets side by side) and their counts accumulated in that order."""
+    ops = sum(item.ops for item in items)
+    if ops == 0:
+        return [0] * len(fractions)
+    maximum = max(item.max_ns for item in items)
+    if len(items) == 1:
+        buckets, counts = items[0].buckets, items[0].counts
+    else:
+        pairs = sorted(pair for item in items for pair in zip(item.buckets, item.counts))
+        buckets = tuple(index for index, _ in pairs)
+        counts = tuple(count for _, count in pairs)
+    seen = list(accumulate(counts))
+    out = []
+    for fraction in fractions:
+        at = bisect_left(seen, max(1, math.ceil(fraction * ops)))
+        value = bucket_value(buckets[at])
+        out.append(min(value, maximum) if maximum else value)
     return out
