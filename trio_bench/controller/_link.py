@@ -51,6 +51,8 @@ from trio_bench.transport import CLOSE_TIMEOUT_S, Connection, ConnectionClosed
 
 from ._aggregate import Sample
 
+WATCH_SLOTS = 10  # liveness visits a tenth of the links every tenth of ping_interval
+
 log = logging.getLogger("triobench.controller")
 
 RECONNECT_EVERY_S = 1.0
@@ -127,6 +129,8 @@ class AgentLink:
         self.hello: Hello | None = None
         self.not_started: str | None = None  # healthy, but the run could not start (why)
         self.stalled = False
+        self._disconnected_since: float | None = None  # liveness (``watch_tick``)
+        self._probing = False
         self.reconnects = 0
         self.closed = trio.Event()  # set when the link will never talk to its agent again
 
@@ -334,19 +338,26 @@ class AgentLink:
             self.closed.set()
 
     async def _consume(self, conn: Connection, handshake_done: trio.Event) -> None:
-        """Feed the connection's messages to ``handle``. It never closes the connection
-        itself: ``receive`` ends as soon as closing *begins*, while the connection is still
-        flushing our last ACKs and GOODBYE; tearing it down here would lose them."""
+        """Once the handshake is done, the connection hands each message to ``handle`` as it
+        is decoded (``handle`` is a plain function: no task of its own is needed, which at
+        thousands of agents saves a task switch per message). It never closes the connection
+        itself: closing begins while the connection is still flushing our last ACKs and
+        GOODBYE; tearing it down here would lose them."""
         await handshake_done.wait()
-        try:
-            while True:
-                message = await conn.receive()
-                if self.conn is conn:
-                    self.handle(message)
-        except ConnectionClosed:
-            pass
-        except ProtocolError as exc:
-            self.fail(f"protocol error: {exc}")
+
+        broken = False  # after a message that breaks the protocol, nothing more is taken
+
+        def handle(message: Message) -> None:
+            nonlocal broken
+            if self.conn is not conn or broken:
+                return
+            try:
+                self.handle(message)
+            except ProtocolError as exc:
+                broken = True
+                self.fail(f"protocol error: {exc}")
+
+        conn.handle_inline(handle)
 
     async def _reconnect(self) -> None:
         """The connection closed mid-run: resume on a new one, or give up on the agent."""
@@ -440,43 +451,59 @@ class AgentLink:
 
     # -- liveness
 
-    async def watch(self, settings: Any) -> None:
-        """PING every ping_interval; stalled after warn_after; probe, then DISCONNECTED."""
-        ping_s = settings.ping_interval / 1e9
-        warn_s = settings.warn_after / 1e9
-        dead_s = settings.dead_after / 1e9
-        probe_s = settings.probe_timeout / 1e9
-        resend_ns = settings.resend_interval
-        give_up_s = settings.give_up_after / 1e9
-        disconnected_since: float | None = None
-        while not self.machine.terminal:
-            await trio.sleep(ping_s)
-            if self.state is PeerState.DISCONNECTED:
-                now = trio.current_time()
-                disconnected_since = disconnected_since or now
-                if now - disconnected_since >= give_up_s:
-                    self.give_up(
-                        f"disconnected for {now - disconnected_since:.0f}s (give_up_after)"
-                    )
-                    return
-            else:
-                disconnected_since = None
-            conn = self.conn
-            if conn is None:
-                continue
-            self.ping()
-            self.resend_due(resend_ns)
-            silent = trio.current_time() - conn.last_received
-            stalled = silent >= warn_s
-            if stalled != self.stalled:
-                self.stalled = stalled
-                what = f"stalled: no frame for {silent:.1f}s" if stalled else "frames again"
-                self._record(self.id, "stalled" if stalled else "unstalled", what)
-                self._notify()
-            if silent >= dead_s and self.machine.live:
-                await self._probe(conn, silent, probe_s)
+    @staticmethod
+    async def watch_links(links: list[AgentLink], settings: Any) -> None:
+        """Every link's liveness from one task: the links are dealt into ``WATCH_SLOTS``
+        groups and one group is visited every ping_interval / WATCH_SLOTS, so each link is
+        visited once per ping_interval and the PINGs are spread over it. One timer for all
+        the agents instead of one each (thousands of them)."""
+        step = settings.ping_interval / 1e9 / WATCH_SLOTS
+        async with trio.open_nursery() as nursery:  # for probes
+            turn = 0
+            while not all(link.machine.terminal for link in links):
+                await trio.sleep(step)
+                for link in links[turn % WATCH_SLOTS :: WATCH_SLOTS]:
+                    link.watch_tick(settings, nursery)
+                turn += 1
+
+    def watch_tick(self, settings: Any, nursery: trio.Nursery) -> None:
+        """Once every ping_interval (``watch_links`` calls it): PING; stalled after
+        warn_after; probe (a task of its own, one at a time), then DISCONNECTED."""
+        if self.machine.terminal:
+            return
+        now = trio.current_time()
+        if self.state is PeerState.DISCONNECTED:
+            self._disconnected_since = self._disconnected_since or now
+            if now - self._disconnected_since >= settings.give_up_after / 1e9:
+                self.give_up(
+                    f"disconnected for {now - self._disconnected_since:.0f}s (give_up_after)"
+                )
+                return
+        else:
+            self._disconnected_since = None
+        conn = self.conn
+        if conn is None or self._probing:
+            return
+        self.ping()
+        self.resend_due(settings.resend_interval)
+        silent = now - conn.last_received
+        stalled = silent >= settings.warn_after / 1e9
+        if stalled != self.stalled:
+            self.stalled = stalled
+            what = f"stalled: no frame for {silent:.1f}s" if stalled else "frames again"
+            self._record(self.id, "stalled" if stalled else "unstalled", what)
+            self._notify()
+        if silent >= settings.dead_after / 1e9 and self.machine.live:
+            self._probing = True
+            nursery.start_soon(self._probe, conn, silent, settings.probe_timeout / 1e9)
 
     async def _probe(self, conn: Connection, silent: float, probe_s: float) -> None:
+        try:
+            await self._probe_once(conn, silent, probe_s)
+        finally:
+            self._probing = False
+
+    async def _probe_once(self, conn: Connection, silent: float, probe_s: float) -> None:
         sent_at = trio.current_time()
         self.ping()
         self._record(self.id, "probe", f"silent for {silent:.1f}s: probing")

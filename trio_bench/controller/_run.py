@@ -165,6 +165,7 @@ class Controller:
         self.abort_cleanup: str | None = None  # what the cleanup after an abort did
         self._stage_at_ns = 0  # the current stage's coordinated start (controller clock)
         self._last_view = float("-inf")
+        self._failed = trio.Event()  # an agent's state became failed (``_policy_watch``)
 
     # -- notifications and the timeline
 
@@ -198,6 +199,8 @@ class Controller:
         return trio.current_time() - self._t0 if self._t0 else 0.0
 
     def _record(self, agent: str, event: str, detail: str) -> None:
+        if event == PeerState.FAILED.value:
+            self._failed.set()
         self.timeline.append(
             {"t_s": round(self._elapsed(), 3), "agent": agent, "event": event, "detail": detail}
         )
@@ -374,7 +377,7 @@ class Controller:
                     orphan_timeout_ns=self.settings.orphan_timeout,
                 )
             )
-            nursery.start_soon(link.watch, self.settings)
+        nursery.start_soon(AgentLink.watch_links, self.links, self.settings)
         with trio.move_on_after(self.settings.configure_timeout / 1e9):
             await self._wait_until(
                 lambda: all(link.state is not PeerState.VALIDATING for link in self.links)
@@ -463,10 +466,14 @@ class Controller:
         self._write_run_json()
 
     async def _policy_watch(self) -> None:
-        """Failure policy: with ``abort``, one agent failing aborts the others."""
+        """Failure policy: with ``abort``, one agent failing aborts the others. It wakes when
+        an agent's state becomes failed (``_record`` says so), not at every change: at
+        thousands of agents, looking at every link at every message was the controller's
+        largest cost."""
         seen: set[str] = set()
         while True:
-            await self._change.wait()
+            await self._failed.wait()
+            self._failed = trio.Event()
             for link in self.links:
                 if link.state is PeerState.FAILED and link.id not in seen:
                     seen.add(link.id)

@@ -36,8 +36,6 @@ from ._endpoints import (
     RunOver,
     StartStage,
     Wire,
-    counters_went_back,
-    went_back,
 )
 from ._errors import ProtocolError, TransitionError
 from ._frames import (
@@ -59,6 +57,7 @@ from ._histogram import (
     bucket_value,
     hist_difference,
 )
+from ._intervals import counters_went_back, op_difference, ops_difference, went_back
 from ._machines import (
     AGENT_TABLE,
     DONE_EVENT,
@@ -234,6 +233,8 @@ __all__ = [
     "is_reliable",
     "make_proof",
     "new_challenge",
+    "op_difference",
+    "ops_difference",
     "printable",
     "sign_frame",
     "size_bucket",

@@ -16,14 +16,14 @@ against each other through a simulated network that breaks, duplicates and resum
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 import attrs
 
 from ._clock import ClockEstimator, ClockSample
 from ._errors import ProtocolError, TransitionError
-from ._histogram import hist_difference
+from ._intervals import went_back
 from ._machines import (
     DONE_EVENT,
     START_EVENT,
@@ -46,7 +46,6 @@ from ._messages import (
     Error,
     Goodbye,
     Message,
-    OpStats,
     Ping,
     Pong,
     Ready,
@@ -565,34 +564,3 @@ class ControllerEndpoint(_Endpoint):
         if self.wire is not None:
             self.wire.send(Goodbye(reason=reason))
             self.wire.close_soon(reason)
-
-
-def counters_went_back(after: OpStats, before: OpStats) -> bool:
-    """Whether a counter of one op kind (ops, errors, bytes, sum_ns, max_ns) is smaller in
-    ``after``: the cheap half of ``went_back``, shared with the aggregator's difference."""
-    return (
-        after.ops < before.ops
-        or after.errors < before.errors
-        or after.bytes < before.bytes
-        or after.sum_ns < before.sum_ns
-        or after.max_ns < before.max_ns
-    )
-
-
-def went_back(later: Mapping[str, OpStats], earlier: Mapping[str, OpStats]) -> bool:
-    """Whether any cumulative count of ``earlier`` is smaller in ``later`` (§6: ops, bytes,
-    errors, sum_ns, max_ns, each histogram bucket), or a kind with operations is gone: then
-    the two are not one counter read twice."""
-    for kind, before in earlier.items():
-        after = later.get(kind)
-        if after is None:
-            if before.ops or before.errors:
-                return True
-            continue
-        if counters_went_back(after, before):
-            return True
-        if before.buckets and after is not before:
-            gained = hist_difference(after.buckets, after.counts, before.buckets, before.counts)
-            if gained is None:
-                return True
-    return False

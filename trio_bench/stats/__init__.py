@@ -5,7 +5,7 @@ interval numbers come from the difference of two cumulative snapshots; percentil
 ever computed from a (merged) histogram, never averaged.
 """
 
-from trio_bench.protocol import went_back
+from trio_bench.protocol import op_difference, ops_difference, went_back
 
 from ._record import (
     BYTES,
@@ -37,8 +37,6 @@ from ._record import (
 from ._sparse import (
     EMPTY,
     merge_ops,
-    op_difference,
-    ops_difference,
     percentiles,
     percentiles_of,
 )

@@ -11,68 +11,12 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
-from itertools import accumulate
+from collections.abc import Iterable, Sequence
+from itertools import accumulate, chain
 
-from trio_bench.protocol import (
-    OpStats,
-    bucket_bounds,
-    bucket_value,
-    counters_went_back,
-    hist_difference,
-)
+from trio_bench.protocol import OpStats, bucket_value
 
 EMPTY = OpStats(ops=0, bytes=0, errors=0, sum_ns=0, max_ns=0, buckets=(), counts=())
-
-
-def op_difference(later: OpStats, earlier: OpStats | None) -> OpStats | None:
-    """What happened between two cumulative snapshots of one op kind; None if a count of
-    ``earlier`` is larger in ``later`` (not one counter read twice).
-
-    The interval's maximum is exact when the cumulative maximum grew; otherwise it is the
-    upper edge of the highest bucket that gained counts (capped by the cumulative maximum).
-    """
-    if earlier is None or (earlier.ops == 0 and earlier.errors == 0 and not earlier.buckets):
-        return later
-    if counters_went_back(later, earlier):
-        return None
-    gained = hist_difference(later.buckets, later.counts, earlier.buckets, earlier.counts)
-    if gained is None:
-        return None
-    buckets, counts = gained
-    if later.max_ns > earlier.max_ns:
-        maximum = later.max_ns
-    elif buckets:
-        lowest, width = bucket_bounds(buckets[-1])
-        maximum = min(lowest + width - 1, later.max_ns)
-    else:
-        maximum = 0
-    return OpStats(
-        ops=later.ops - earlier.ops,
-        bytes=later.bytes - earlier.bytes,
-        errors=later.errors - earlier.errors,
-        sum_ns=later.sum_ns - earlier.sum_ns,
-        max_ns=maximum,
-        buckets=buckets,
-        counts=counts,
-    )
-
-
-def ops_difference(
-    later: Mapping[str, OpStats], earlier: Mapping[str, OpStats]
-) -> dict[str, OpStats] | None:
-    """``op_difference`` for every op kind; None if any count of ``earlier`` is larger in
-    ``later`` (``went_back``): then there is no interval."""
-    for kind, before in earlier.items():
-        if kind not in later and (before.ops or before.errors):
-            return None
-    out = {}
-    for kind, after in later.items():
-        delta = op_difference(after, earlier.get(kind))
-        if delta is None:
-            return None
-        out[kind] = delta
-    return out
 
 
 def merge_ops(items: Iterable[OpStats]) -> OpStats:
@@ -109,12 +53,17 @@ def percentiles_of(items: Sequence[OpStats], fractions: Sequence[float]) -> list
     if ops == 0:
         return [0] * len(fractions)
     maximum = max(item.max_ns for item in items)
+    buckets: Sequence[int]
+    counts: Sequence[int]
     if len(items) == 1:
         buckets, counts = items[0].buckets, items[0].counts
-    else:
-        pairs = sorted(pair for item in items for pair in zip(item.buckets, item.counts))
-        buckets = tuple(index for index, _ in pairs)
-        counts = tuple(count for _, count in pairs)
+    else:  # every step a whole-array operation in C: no Python code per bucket
+        every = list(chain.from_iterable(item.buckets for item in items))
+        order = sorted(range(len(every)), key=every.__getitem__)
+        buckets = list(map(every.__getitem__, order))
+        counts = list(
+            map(list(chain.from_iterable(item.counts for item in items)).__getitem__, order)
+        )
     seen = list(accumulate(counts))
     out = []
     for fraction in fractions:

@@ -106,6 +106,8 @@ class Connection:
         self.name = name
         self.intercept = intercept
         self.on_stats = on_stats
+        # set by ``handle_inline``: every message goes to it as the reader decodes it
+        self._handler: Callable[[Message], None] | None = None
         self.last_received = trio.current_time()
         self.frames_received = 0
         self.stats_superseded = 0  # outbound STATS replaced before they could be sent
@@ -229,6 +231,27 @@ class Connection:
             self._in_control -= 1
             return item
 
+    def handle_inline(self, handler: Callable[[Message], None]) -> None:
+        """From now on, hand every message to ``handler`` in the reader, as it is decoded,
+        instead of queueing it for ``receive``; what is queued already goes first. For an
+        owner whose handling is a plain function that never blocks (the controller's): one
+        task wake-up less per message. ``handler`` raising ``ProtocolError`` closes the
+        connection as a protocol error."""
+        while True:
+            try:
+                item = self._in_receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if isinstance(item, _StatsMarker):
+                self._in_marked = False
+                stats = self.take_stats()
+                if stats is not None:
+                    handler(stats)
+            else:
+                self._in_control -= 1
+                handler(item)
+        self._handler = handler
+
     async def wait_frame(self) -> None:
         """Return when the next frame arrives (any frame) or the connection closes."""
         if self._frame_arrived.is_set():
@@ -287,6 +310,11 @@ class Connection:
             return
         if self.closed.is_set():
             return  # closing began: the application takes nothing more
+        if self._handler is not None:
+            if isinstance(message, Stats) and self.on_stats is not None:
+                self.on_stats(message)
+            self._handler(message)
+            return
         if isinstance(message, Stats):
             if self.on_stats is not None:
                 self.on_stats(message)
