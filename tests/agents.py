@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 import time
@@ -89,7 +90,7 @@ def wait_for_workload(process: subprocess.Popen[str], timeout: float = 30) -> No
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     for line in process.stdout:
-        if "workload [" in line and "all: 0 ops/s" not in line:
+        if "workload [" in line and re.search(r"all: [1-9][\d,]* ops/s", line):
             return
         assert time.monotonic() < deadline, "the run never reached the workload"
     raise AssertionError("the controller exited before the workload")

@@ -299,3 +299,15 @@ def test_the_live_view_says_where_the_run_is() -> None:
     assert controller._phase() == "workload [##########----------] 6/12 s, 6 s left"
     controller._stage = "cleanup"
     assert controller._phase() == "cleanup"  # no progress reported yet
+
+
+def test_before_a_stages_first_window_closes_the_line_says_so_not_zero() -> None:
+    """A window closes about one interval after it ends: until then a running stage has no
+    numbers, and '0 ops/s' would read as "nothing is happening"."""
+    from trio_bench.controller._display import Display, RunView
+
+    pending = RunView("t", "workload", [], 0.0, 0.0, 0.0, 0.0, "2 live", measured=False)
+    line = Display("plain")._line(pending)
+    assert "first window not closed yet" in line and "0 ops/s" not in line
+    shown = RunView("t", "workload", [], 1234.0, 5.0, 10.0, 20.0, "2 live")
+    assert "all: 1,234 ops/s 5.00 MiB/s p50 10.0us p99 20.0us" in Display("plain")._line(shown)

@@ -45,6 +45,9 @@ class RunView:
     hosts: list[AgentView] = attrs.field(factory=list)  # one row per load host
     # where the run is: "workload [#####-----] 5/10 s, 5 s left", "prepare starting in 1.2 s"
     phase: str = ""
+    # whether the numbers are a closed window's of the stage running now; a window closes
+    # about one stats interval after it ends, so a stage's first second shows none yet
+    measured: bool = True
 
 
 def progress_bar(fraction: float, width: int = 20) -> str:
@@ -110,11 +113,14 @@ class Display:
         if view.stage == "done":
             states = ", ".join(f"{a.id} {a.state}" for a in view.agents[:MAX_AGENT_ROWS])
             return f"{view.title} done: {states} | {view.counts}"
-        return (
-            f"{view.title} {view.phase or view.stage} all: {view.ops_per_s:,.0f} ops/s "
-            f"{view.mib_per_s:,.2f} MiB/s p50 {_latency(view.p50_us)} "
-            f"p99 {_latency(view.p99_us)}{cpu} | {view.counts}"
-        )
+        if not view.measured:
+            numbers = "all: - ops/s (first window not closed yet)"
+        else:
+            numbers = (
+                f"all: {view.ops_per_s:,.0f} ops/s {view.mib_per_s:,.2f} MiB/s "
+                f"p50 {_latency(view.p50_us)} p99 {_latency(view.p99_us)}"
+            )
+        return f"{view.title} {view.phase or view.stage} {numbers}{cpu} | {view.counts}"
 
     def _table(self, view: RunView) -> Table:
         title = f"{view.title}  {view.phase}" if view.phase else view.title
@@ -158,9 +164,9 @@ class Display:
             "all",
             "",
             view.stage,
-            "",
-            f"{view.ops_per_s:,.0f}",
-            f"{view.mib_per_s:,.2f}",
+            "" if view.measured else "first window not closed yet",
+            f"{view.ops_per_s:,.0f}" if view.measured else "-",
+            f"{view.mib_per_s:,.2f}" if view.measured else "-",
             _latency(view.p50_us),
             _latency(view.p99_us),
             "",

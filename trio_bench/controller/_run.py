@@ -645,6 +645,7 @@ class Controller:
             p50_us=total.p50_us if total else 0.0,
             p99_us=total.p99_us if total else 0.0,
             counts=counts,
+            measured=window is not None,
         )
 
     def _phase(self) -> str:
