@@ -9,6 +9,10 @@ Inbound, the reader decodes frames as they arrive and never waits on application
 - every other message goes to the inbound control channel, a bounded Trio memory channel. A
   peer that overflows it (thousands of control messages the application has not consumed) is
   flooding us: protocol error.
+An owner whose handling of a message is a plain function that never blocks (the controller)
+can instead have the reader call it with each message as it is decoded (``handle_inline``):
+nothing queues, nothing waits behind anything, and at thousands of connections it saves a
+task switch per message. The agent keeps the channels: its handling awaits.
 
 Outbound, control messages go to the outbound control channel (bounded, its own memory
 channel) and STATS sit in a single replaceable slot beside it; the writer always sends every
