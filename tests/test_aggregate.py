@@ -311,3 +311,15 @@ def test_before_a_stages_first_window_closes_the_line_says_so_not_zero() -> None
     assert "first window not closed yet" in line and "0 ops/s" not in line
     shown = RunView("t", "workload", [], 1234.0, 5.0, 10.0, 20.0, "2 live")
     assert "all: 1,234 ops/s 5.00 MiB/s p50 10.0us p99 20.0us" in Display("plain")._line(shown)
+
+
+def test_a_controller_that_falls_behind_says_so_once_and_again_when_it_caught_up() -> None:
+    from trio_bench.controller._run import LoopLag
+
+    lag = LoopLag()
+    assert [lag.observe(s) for s in (0.002, 0.3, 0.9)] == [None, None, None]
+    event, detail = lag.observe(2.5) or ("", "")
+    assert event == "saturated" and "2.5 s late" in detail and "split the agents" in detail
+    assert lag.observe(3.0) is None and lag.observe(0.5) is None  # still behind: said once
+    assert (lag.observe(0.1) or ("",))[0] == "caught up"
+    assert lag.observe(0.1) is None and lag.worst_s == 3.0

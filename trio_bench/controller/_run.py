@@ -64,6 +64,36 @@ CLOCK_SYNC_GAP_S = 0.01
 T = TypeVar("T")
 
 
+class LoopLag:
+    """Whether the controller keeps up with its agents: a task that sleeps a fixed period wakes
+    late when the event loop has more work than the process's one core can do. Past
+    ``SATURATED_S`` the run's timeline (and the display) says so once, and again when it has
+    caught up (under a quarter of that)."""
+
+    SATURATED_S = 1.0
+
+    def __init__(self) -> None:
+        self.behind = False
+        self.worst_s = 0.0
+
+    def observe(self, late_s: float) -> tuple[str, str] | None:
+        """How late one wake-up was; an (event, detail) for the timeline when that changes
+        whether the controller keeps up."""
+        self.worst_s = max(self.worst_s, late_s)
+        if not self.behind and late_s >= self.SATURATED_S:
+            self.behind = True
+            return (
+                "saturated",
+                f"the controller's event loop ran {late_s:.1f} s late: it has more agents or "
+                "frames than one core handles, so the live view, perf_log windows and "
+                "liveness lag (raise stats_interval, or split the agents over controllers)",
+            )
+        if self.behind and late_s < self.SATURATED_S / 4:
+            self.behind = False
+            return ("caught up", f"the event loop is on time again ({late_s * 1000:.0f} ms late)")
+        return None
+
+
 class StartupError(Exception):
     def __init__(self, lines: list[str], exit_code: int = EXIT_START) -> None:
         super().__init__("; ".join(lines))
@@ -129,6 +159,7 @@ class Controller:
         self.results_dir = results_dir
         self._change = trio.Event()
         self.timeline: list[dict[str, Any]] = []
+        self.lag = LoopLag()  # whether this process keeps up with its agents
         self.links = [
             AgentLink(
                 index=i,
@@ -214,6 +245,8 @@ class Controller:
             "resumed",
             "aborted",
             "probe",
+            "saturated",
+            "caught up",
         ) or (agent != "controller" and event in ("ready", "completed")):
             self.display.event(f"[{self._elapsed():7.1f}s] {agent}: {event} ({detail})")
 
@@ -552,7 +585,11 @@ class Controller:
         # interval so the view and perf_log follow within a fraction of one
         period = max(0.01, min(self.settings.stats_interval / 4e9, 0.25))
         while True:
+            asleep = trio.current_time()
             await trio.sleep(period)
+            note = self.lag.observe(trio.current_time() - asleep - period)
+            if note is not None:
+                self._record("controller", *note)
             self._tick()
 
     def _sample(self, agent: str, sample: Sample) -> None:
@@ -866,7 +903,13 @@ class Controller:
             "name": self.config.name,
             "software": __version__,
             "protocol": PROTOCOL_VERSION,
-            "controller": {**host_facts(), "command_line": shlex.join(sys.argv)},
+            "controller": {
+                **host_facts(),
+                "command_line": shlex.join(sys.argv),
+                # how late its event loop ran at worst: seconds mean it could not keep up
+                # with its agents (the view, perf_log windows and liveness lagged that much)
+                "loop_lag_max_s": round(self.lag.worst_s, 3),
+            },
             "started_at": iso(self._started_wall),
             "ended_at": iso(time.time()),
             "abort_reason": self.abort_reason,
