@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trio_bench.protocol import bucket_bounds
+from trio_bench.stats import is_sized
 
 from ._read import STAGES, Results, Table, number
 
@@ -133,7 +134,7 @@ def _cdfs(results: Results) -> dict[str, Any]:
         kinds = results.histograms.get(stage, {}).get("all", {})
         points: dict[str, dict[float, float]] = {}
         for kind in kinds:
-            if " " in kind:  # a size bucket's histogram: the summary's size rows show it
+            if is_sized(kind):  # a size bucket's histogram: the summary's size rows show it
                 continue
             stats = results.histogram(stage, kind)
             if stats is None or not stats.ops:

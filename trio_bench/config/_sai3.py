@@ -6,7 +6,7 @@ rewritten into triobench's own keys (``from_sai3``)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._model import _SIZE_KEYS, _yaml_type, s3_endpoint_form
@@ -100,6 +100,23 @@ def _tree_file_keys(prepare: Mapping[str, Any]) -> dict[str, Any]:
     return prepare
 
 
+def _set_aside_key(
+    section: dict[str, Any],
+    key: str,
+    where: str,
+    problem: Callable[[Any], str],
+    why: str,
+    notes: list[str],
+    mistakes: list[str],
+) -> None:
+    """Take ``key`` out of ``section``: a note saying why it needs nothing here, and a
+    mistake if its value is not one sai3-bench allows (``problem`` says what is wrong)."""
+    wrong = problem(section.pop(key))
+    if wrong:
+        mistakes.append(f"{where}{key}: {wrong}")
+    notes.append(f"{where}{key}: {why}")
+
+
 def _set_aside(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
     """sai3-bench keys that need no work here, or map onto ours: (the config without them,
     notes saying what became of each, mistakes)."""
@@ -112,21 +129,29 @@ def _set_aside(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[
         else:
             notes.append("version: sai3-bench's config format version (1): nothing to do")
     if "enable_metadata_cache" in out:
-        if type(out.pop("enable_metadata_cache")) is not bool:
-            mistakes.append("enable_metadata_cache: expected true or false")
-        notes.append(
-            "enable_metadata_cache: sai3-bench's agent-side cache of object lists; triobench "
-            "keeps none (it lists each directory once per stage)"
+        _set_aside_key(
+            out,
+            "enable_metadata_cache",
+            "",
+            lambda v: "" if type(v) is bool else "expected true or false",
+            "sai3-bench's agent-side cache of object lists; triobench keeps none (it lists "
+            "each directory once per stage)",
+            notes,
+            mistakes,
         )
     for key, why in _NOT_SUPPORTED.items():
         if key in out:
             out.pop(key)
             mistakes.append(f"{key}: {why}")
     if "s3dlio_optimization" in out:
-        out.pop("s3dlio_optimization")
-        notes.append(
-            "s3dlio_optimization: tuning of sai3-bench's storage library; triobench has its "
-            "own S3 client"
+        _set_aside_key(
+            out,
+            "s3dlio_optimization",
+            "",
+            lambda _v: "",
+            "tuning of sai3-bench's storage library; triobench has its own S3 client",
+            notes,
+            mistakes,
         )
     for key in ("force_overwrite", "skip_verification"):  # also spelled at the top
         if key in out:
@@ -196,15 +221,19 @@ def _sai3_distributed(out: dict[str, Any], notes: list[str]) -> list[str]:
         else:
             dist["shared_storage"] = shared
     if "tree_creation_mode" in dist:
-        mode = dist.pop("tree_creation_mode")
-        if mode not in ("isolated", "coordinator", "concurrent"):
-            mistakes.append(
-                f"distributed.tree_creation_mode: unknown mode {show(mode)} (expected "
-                "isolated, coordinator, concurrent)"
-            )
-        notes.append(
-            "distributed.tree_creation_mode: directories are made by the agent that writes "
-            "there first (mkdir is idempotent), so every mode ends with the same tree"
+        _set_aside_key(
+            dist,
+            "tree_creation_mode",
+            "distributed.",
+            lambda v: (
+                ""
+                if v in ("isolated", "coordinator", "concurrent")
+                else f"unknown mode {show(v)} (expected isolated, coordinator, concurrent)"
+            ),
+            "directories are made by the agent that writes there first (mkdir is "
+            "idempotent), so every mode ends with the same tree",
+            notes,
+            mistakes,
         )
     for key, why in _SET_ASIDE_DISTRIBUTED.items():
         if key in dist:

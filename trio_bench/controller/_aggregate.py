@@ -124,7 +124,7 @@ def interval_row(
     stage: str,
     agent: str,
     warmup: bool,
-    delta: OpStats | Sequence[OpStats],
+    parts: Sequence[OpStats],
     seconds: float,
     done: int = 0,
     total: int = 0,
@@ -134,9 +134,8 @@ def interval_row(
     agents: int = 1,
     at_ns: int = 0,
 ) -> IntervalRow:
-    """One row from an interval's statistics (several: as if merged, e.g. an agent's op kinds);
-    rates over ``seconds`` unless given."""
-    parts = [delta] if isinstance(delta, OpStats) else delta
+    """One row from an interval's statistics, ``parts`` taken as one merged histogram (an
+    agent's op kinds, a window's); rates over ``seconds`` unless given."""
     rate = 1 / seconds if seconds > 0 else 0.0
     p50, p90, p99, p999 = percentiles_of(parts, (0.50, 0.90, 0.99, 0.999))
     ops = sum(part.ops for part in parts)
@@ -429,7 +428,7 @@ class Aggregator:
         for row in agent_rows:
             by_host.setdefault(self.host_of(row.agent), []).append(row)
         hosts = tuple(
-            _sum_rows(elapsed_s, stage, host, members, at_ns, window.hosts[host].stats())
+            _sum_rows(elapsed_s, stage, host, members, at_ns, [window.hosts[host].stats()])
             for host, members in sorted(by_host.items())
             if host in window.hosts
         )
@@ -439,7 +438,7 @@ class Aggregator:
                 stage,
                 kind,
                 total.warmup,
-                kind_merged[kind],
+                [kind_merged[kind]],
                 0.0,
                 ops_per_s=sum(ops for ops, _ in entries),
                 mib_per_s=sum(mib for _, mib in entries),
@@ -457,12 +456,12 @@ def _sum_rows(
     name: str,
     rows: list[IntervalRow],
     at_ns: int,
-    merged: OpStats | Sequence[OpStats],
+    parts: Sequence[OpStats],
 ) -> IntervalRow:
-    """Several agents' rows of one window as one: counts and rates add; ``merged`` is their
-    histograms merged bin by bin."""
+    """Several agents' rows of one window as one: counts and rates add; ``parts`` are their
+    histograms merged bin by bin (per op kind, taken together)."""
     return attrs.evolve(
-        interval_row(elapsed_s, stage, name, any(r.warmup for r in rows), merged, 0.0),
+        interval_row(elapsed_s, stage, name, any(r.warmup for r in rows), parts, 0.0),
         ops_per_s=sum(r.ops_per_s for r in rows),
         mib_per_s=sum(r.mib_per_s for r in rows),
         done=sum(r.done for r in rows),

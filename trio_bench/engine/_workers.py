@@ -27,6 +27,7 @@ from trio_bench.protocol import (
     SIZE_LABELS,
     SIZE_OF_BITS,
     printable,
+    size_bucket,
 )
 from trio_bench.stats import BYTES, ERRORS, MAX_NS, SUM_NS, Record, Snapshot, new_record, sized_key
 from trio_bench.stopping import GATE, Interrupted, StopFlag
@@ -82,7 +83,8 @@ class Worker:
         self.io = io
         io.stop = stop  # operations made of pieces check it between pieces
         self.interrupted = 0  # operations cut short by the stop (not counted as ops or errors)
-        # the plain kind's record holds what has no size (errors); operations go to sized ones
+        # the plain kind's record holds what has no size (errors); operations go to the
+        # kind's record of their size bucket, in ``slots`` (made on first use)
         self.records: dict[str, Record] = {kind: new_record() for kind in self.kinds}
         self.slots: dict[str, Slots] = {kind: [None] * len(SIZE_LABELS) for kind in self.kinds}
         self.error_samples: dict[str, list[str]] = {}
@@ -94,19 +96,23 @@ class Worker:
         self.closers: list[Callable[[], None]] = []
 
     def snapshot(self) -> Snapshot:
-        """A copy of every record, each copied atomically (``list.copy`` runs under the GIL;
-        so does ``list`` of the items, while the worker may add a size bucket)."""
-        return {key: record.copy() for key, record in list(self.records.items())}
+        """A copy of every record, each copied atomically (``list.copy`` runs under the GIL):
+        the plain kinds' and, keyed ``sized_key``, each size bucket's the worker has made."""
+        out = {kind: record.copy() for kind, record in self.records.items()}
+        for kind, slots in self.slots.items():
+            for label, record in zip(SIZE_LABELS, slots):
+                if record is not None:
+                    out[sized_key(kind, label)] = record.copy()
+        return out
 
     def record_for(self, kind: str, nbytes: int) -> Record:
         """The record of ``kind``'s operations that moved ``nbytes`` bytes (made on first use:
         a worker that only ever reads 4 KiB objects keeps one record, not nine)."""
-        bucket = nbytes and SIZE_OF_BITS[(nbytes - 1).bit_length()]
         slots = self.slots[kind]
+        bucket = size_bucket(nbytes)
         record = slots[bucket]
         if record is None:
             record = slots[bucket] = new_record()
-            self.records[sized_key(kind, SIZE_LABELS[bucket])] = record
         return record
 
     def codes_snapshot(self) -> dict[str, dict[str, int]]:
@@ -172,10 +178,10 @@ class WorkloadWorker(Worker):
         self.table = [self._entry(op) for op in plan.ops]
 
     def _entry(self, op: OpPlan) -> Entry:
-        record, kind, choose, do, after = self._bare_entry(op)
+        slots, kind, choose, do, after = self._bare_entry(op)
         limit = op.limit
         if limit is None:
-            return record, kind, choose, do, after
+            return slots, kind, choose, do, after
         stop = self.stop
 
         def choose_in_turn(r: float) -> Any:
@@ -195,11 +201,11 @@ class WorkloadWorker(Worker):
             finally:
                 limit.release()
 
-        return record, kind, choose_in_turn, do_in_turn, after
+        return slots, kind, choose_in_turn, do_in_turn, after
 
     def _bare_entry(self, op: OpPlan) -> Entry:
         io = self.io
-        record = self.slots[op.kind]
+        slots = self.slots[op.kind]
         if op.kind == "put":
             # The key is counted as created when it is chosen, before the put: a put that
             # fails or is interrupted may still have left an object, and cleanup must find it.
@@ -223,8 +229,8 @@ class WorkloadWorker(Worker):
                     pool.add(*target)
 
             if op.block_size is not None:
-                return self._put_in_blocks(op, record, choose_put, after_put)
-            return record, op.kind, choose_put, do_put, after_put
+                return self._put_in_blocks(op, slots, choose_put, after_put)
+            return slots, op.kind, choose_put, do_put, after_put
         if op.kind == "mkdir":  # a new directory, counted as made before it is made
             next_dir = self.plan.put_keys(op, self.index).next_key
             mkdir, made = io.mkdir, op.feeds
@@ -237,7 +243,7 @@ class WorkloadWorker(Worker):
                 for pool in made:
                     pool.add(key)
 
-            return record, op.kind, lambda _r: next_dir(), do_mkdir, after_mkdir
+            return slots, op.kind, lambda _r: next_dir(), do_mkdir, after_mkdir
         if op.kind == "list":
             directory = op.directory
 
@@ -245,11 +251,11 @@ class WorkloadWorker(Worker):
                 io.list(target)
                 return 0
 
-            return record, op.kind, lambda _r: directory, do_list, None
+            return slots, op.kind, lambda _r: directory, do_list, None
         pool = op.pool
         assert pool is not None
         if op.kind == "get" and op.access == "sequential":
-            return self._get_in_blocks(op, record, pool.pick)
+            return self._get_in_blocks(op, slots, pool.pick)
         if op.kind == "get" and op.block_size is not None:
             block, rng, sizes = op.block_size, self.rng, pool.sizes
             assert sizes is not None
@@ -257,16 +263,16 @@ class WorkloadWorker(Worker):
             def do_block(key: str) -> int:
                 return io.get_block(key, block, rng, sizes.get(key))
 
-            return record, op.kind, pool.pick, do_block, None
+            return slots, op.kind, pool.pick, do_block, None
         if op.kind == "get":
-            return record, op.kind, pool.pick, io.get, None
+            return slots, op.kind, pool.pick, io.get, None
         if op.kind == "stat":
 
             def do_stat(key: str) -> int:
                 io.stat(key)
                 return 0
 
-            return record, op.kind, pool.pick, do_stat, None
+            return slots, op.kind, pool.pick, do_stat, None
 
         def do_delete(key: str) -> int:
             io.delete(key)
@@ -277,9 +283,9 @@ class WorkloadWorker(Worker):
             return 0
 
         assert isinstance(pool, Pool)  # never a tree's: its files are not taken away
-        return record, op.kind, pool.take, do_rmdir if op.kind == "rmdir" else do_delete, None
+        return slots, op.kind, pool.take, do_rmdir if op.kind == "rmdir" else do_delete, None
 
-    def _get_in_blocks(self, op: OpPlan, record: Slots, pick: Callable[[float], Any]) -> Entry:
+    def _get_in_blocks(self, op: OpPlan, slots: Slots, pick: Callable[[float], Any]) -> Entry:
         """access: sequential: each op reads the next ``block_size`` of the object being
         read (kept open, as fio keeps its file), from its start to its end; then the next
         op picks another object."""
@@ -310,12 +316,12 @@ class WorkloadWorker(Worker):
             return n
 
         self.closers.append(close)
-        return record, op.kind, choose, do, None
+        return slots, op.kind, choose, do, None
 
     def _put_in_blocks(
         self,
         op: OpPlan,
-        record: Slots,
+        slots: Slots,
         choose_put: Callable[[float], tuple[str, int]],
         after_put: Callable[[tuple[str, int]], None],
     ) -> Entry:
@@ -352,7 +358,7 @@ class WorkloadWorker(Worker):
             return n
 
         self.closers.append(close)
-        return record, op.kind, choose, do, None
+        return slots, op.kind, choose, do, None
 
     def loop(self) -> None:
         if self.interval_s is not None:

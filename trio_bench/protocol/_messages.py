@@ -270,17 +270,17 @@ def op_stats_from_wire(value: Any) -> OpStats:
         if missing:
             raise ValueError(f"{missing[0]}: required field missing")
         raise ValueError(f"unexpected field(s) {sorted(map(str, value.keys() - _OPSTATS_KEYS))}")
-    numbers = (value["ops"], value["bytes"], value["errors"], value["sum_ns"], value["max_ns"])
-    if set(map(type, numbers)) != _INT or min(numbers) < 0 or max(numbers) >= _U64:
-        for name, item in zip(OPSTATS_FIELDS, numbers, strict=False):
-            if type(item) is not int:
-                raise TypeError(f"{name}: expected int, got {type(item).__name__}")
-            if not 0 <= item < _U64:
-                raise ValueError(f"{name}: integer {item} outside [0, 2**64)")
+    numbers = []
+    for name in OPSTATS_FIELDS[:5]:
+        try:
+            numbers.append(_structure_int(value[name], int))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name}: {exc}") from None
     buckets = _check_uints(value["buckets"], "buckets")
     counts = _check_uints(value["counts"], "counts")
-    _check_hist(buckets, counts, numbers[0])
-    return OpStats(*numbers, buckets, counts)
+    ops, nbytes, errors, sum_ns, max_ns = numbers
+    _check_hist(buckets, counts, ops)
+    return OpStats(ops, nbytes, errors, sum_ns, max_ns, buckets, counts)
 
 
 @attrs.frozen

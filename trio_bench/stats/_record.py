@@ -49,7 +49,7 @@ def is_sized(key: str) -> bool:
 
 def kinds_only(snapshot: Mapping[str, Record]) -> Snapshot:
     """The plain op kinds of a snapshot (its sized keys left out)."""
-    return {key: record for key, record in snapshot.items() if " " not in key}
+    return {key: record for key, record in snapshot.items() if not is_sized(key)}
 
 
 def with_totals(snapshot: Snapshot) -> Snapshot:
@@ -58,7 +58,7 @@ def with_totals(snapshot: Snapshot) -> Snapshot:
     bucket's record (no per-slot addition)."""
     by_kind: dict[str, list[Record]] = {}
     for key, record in snapshot.items():
-        if " " in key:
+        if is_sized(key):
             by_kind.setdefault(key.partition(" ")[0], []).append(record)
     for kind, buckets in by_kind.items():
         own = snapshot.get(kind)
@@ -187,7 +187,7 @@ def from_wire(stats: OpStats) -> Record:
 
 def snapshot_to_wire(snapshot: Mapping[str, Record]) -> dict[str, OpStats]:
     """The plain op kinds of a snapshot as sent (``sizes_to_wire`` sends the rest)."""
-    return {kind: to_wire(record) for kind, record in snapshot.items() if " " not in kind}
+    return {kind: to_wire(record) for kind, record in snapshot.items() if not is_sized(kind)}
 
 
 def sizes_to_wire(snapshot: Mapping[str, Record]) -> dict[str, dict[str, OpStats | None]]:

@@ -244,8 +244,9 @@ class Connection:
         """From now on, hand every message to ``handler`` in the reader, as it is decoded,
         instead of queueing it for ``receive``; what is queued already goes first. For an
         owner whose handling is a plain function that never blocks (the controller's): one
-        task wake-up less per message. ``handler`` raising ``ProtocolError`` closes the
-        connection as a protocol error."""
+        task wake-up less per message. ``handler`` deals with what it receives itself (the
+        controller fails the agent on a ProtocolError); if one escapes it in the reader, the
+        connection closes as a protocol error."""
         while True:
             try:
                 item = self._in_receive.receive_nowait()
