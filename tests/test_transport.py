@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from socket import SO_LINGER, SO_RCVBUF, SO_SNDBUF, SOL_SOCKET
 
 import pytest
 import trio
@@ -168,3 +169,63 @@ async def test_pongs_never_crowd_out_control_messages(autojump_clock) -> None:
             while not any(isinstance(m, p.Ready) for m in got):
                 got += await read_messages(b_stream, 1)
             nursery.cancel_scope.cancel()
+
+
+async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Both ends of one real loopback TCP connection (the transport writes and reads a TCP
+    socket directly, so memory streams do not exercise that path)."""
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listener:
+        port = listener.socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        server = await listener.accept()
+    return client, server
+
+
+async def test_over_tcp_what_the_kernel_does_not_take_follows_in_order() -> None:
+    """Control messages go straight to the socket while nothing is queued; once the peer stops
+    reading and the kernel's buffers fill, the rest of a partly written frame and everything
+    after it queue for the writer, and the peer gets every frame whole and in order."""
+    client, server = await tcp_pair()
+    for sock, option in ((client.socket, SO_SNDBUF), (server.socket, SO_RCVBUF)):
+        sock.setsockopt(SOL_SOCKET, option, 4096)
+    conn = Connection(client, name="agent")
+    count = 400  # ~600 KiB: far beyond both buffers
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.run)
+            conn.send(p.Ping(nonce=0, t1_ns=0))
+            await trio.sleep(0.05)
+            assert conn.frames_written_directly == 1  # nothing queued: no writer hop
+            for n in range(1, count):
+                conn.send(p.Abort(seq=n, reason=f"{n:04d}" + "x" * 1500))
+                if n % 50 == 0:
+                    conn.send_stats(stats(n, n))
+            assert conn.frames_written_directly < count  # the kernel stopped taking them
+            got = await read_messages(server, count + 1)
+            assert not conn.closed.is_set()
+            nursery.cancel_scope.cancel()
+    assert isinstance(got[0], p.Ping)
+    aborts = [m for m in got if isinstance(m, p.Abort)]
+    assert [m.seq for m in aborts] == list(range(1, count))
+    assert all(m.reason.startswith(f"{m.seq:04d}") for m in aborts)
+    assert [m.seq for m in got if isinstance(m, p.Stats)][-1] == 350
+    await server.aclose()
+
+
+async def test_over_tcp_a_peer_that_is_gone_closes_the_connection_with_one_line() -> None:
+    client, server = await tcp_pair()
+    conn = Connection(client, name="agent-3")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.run)
+            # close with RST: the next writes fail at once
+            server.socket.setsockopt(SOL_SOCKET, SO_LINGER, struct.pack("ii", 1, 0))
+            await server.aclose()
+            await trio.sleep(0.05)
+            for n in range(20):
+                conn.send(p.Ping(nonce=n, t1_ns=0))
+                await trio.sleep(0.01)
+            await conn.finished.wait()
+    assert conn.close_reason is not None and "agent-3" in conn.close_reason
+    assert "\n" not in conn.close_reason
