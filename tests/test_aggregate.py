@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from trio_bench import protocol as p
 from trio_bench import stats
 from trio_bench.controller import Aggregator, Sample, WindowRows
+from trio_bench.controller._aggregate import IntervalRow
 from trio_bench.engine import record_latency
 
 S = 10**9  # one second in ns
@@ -249,6 +250,71 @@ def test_windows_always_add_up_and_lose_nothing(
         for row in w.agents:
             seen[row.agent] = seen.get(row.agent, 0) + row.ops
     assert seen == {agent: n for agent, n in totals.items()}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(  # agents: (host, per interval: per op kind, its latencies)
+        st.tuples(
+            st.sampled_from(["h1", "h2", "h3"]),
+            st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        kind: st.lists(st.integers(0, 10**9), min_size=1, max_size=30)
+                        for kind in ("get", "put", "stat")
+                    },
+                ),
+                min_size=1,
+                max_size=3,
+            ),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_every_aggregate_row_is_exactly_its_agents_intervals_merged(
+    agents: list[tuple[str, list[dict[str, list[int]]]]],
+) -> None:
+    """The all row, each host's row and each op kind's row of every window have the counts,
+    percentiles and maximum of the merged histogram of exactly the intervals they cover,
+    whatever mix of hosts, op kinds and latency ranges the agents had."""
+    hosts = {f"a{n}": host for n, (host, _) in enumerate(agents)}
+    a = Aggregator(S, run_start_ns=T0, host_of=hosts.__getitem__)
+    a.begin_stage("workload", T0, list(hosts))
+    intervals: dict[int, list[tuple[str, str, p.OpStats]]] = {}  # window -> (agent, kind, delta)
+    for n, (_, steps) in enumerate(agents):
+        records: dict[str, stats.Record] = {}
+        for k, step in enumerate(steps, start=1):
+            for kind, values in step.items():
+                before = stats.to_wire(records.setdefault(kind, stats.new_record()))
+                for value in values:
+                    record_latency(records[kind], value, 512)
+                delta = stats.op_difference(stats.to_wire(records[kind]), before)
+                assert delta is not None
+                intervals.setdefault(k, []).append((f"a{n}", kind, delta))
+            if records:
+                snapshot = {kind: stats.to_wire(r) for kind, r in records.items()}
+                a.add(f"a{n}", reading(k, 0, ops=snapshot))
+    fractions = (0.5, 0.9, 0.99, 0.999)
+
+    def expected(parts: list[p.OpStats]) -> tuple[object, ...]:
+        merged = stats.merge_ops(parts)
+        quantiles = stats.percentiles(merged, fractions)
+        return (merged.ops, *(q / 1000 for q in quantiles), merged.max_ns / 1000)
+
+    def got(row: IntervalRow) -> tuple[object, ...]:
+        return (row.ops, row.p50_us, row.p90_us, row.p99_us, row.p999_us, row.max_us)
+
+    for window in a.flush():
+        # an agent's first reading is its first interval only if it starts at the stage start
+        placed = {row.agent for row in window.agents}
+        covered = [i for i in intervals.get(window.index, []) if i[0] in placed]
+        assert got(window.total) == expected([d for _, _, d in covered])
+        for row in window.hosts:
+            assert got(row) == expected([d for agent, _, d in covered if hosts[agent] == row.agent])
+        for row in window.ops:
+            assert got(row) == expected([d for _, kind, d in covered if kind == row.agent])
 
 
 def test_many_agents_are_shown_one_row_per_host() -> None:

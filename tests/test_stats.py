@@ -140,3 +140,12 @@ def test_sparse_percentiles_equal_dense(values: list[int]) -> None:
     assert stats.percentiles(stats.to_wire(record), fractions) == [
         stats.percentile_ns(record, f) for f in fractions
     ]
+
+
+@given(st.lists(latencies, min_size=2, max_size=4))
+def test_percentiles_of_several_are_those_of_their_merge(groups: list[list[int]]) -> None:
+    parts = [stats.to_wire(record_of(g)) for g in groups]
+    fractions = (0.5, 0.9, 0.99, 0.999, 1.0)
+    assert stats.percentiles_of(parts, fractions) == stats.percentiles(
+        stats.merge_ops(parts), fractions
+    )

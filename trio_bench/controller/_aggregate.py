@@ -29,13 +29,18 @@ Pure: no Trio, no I/O. One caller (the controller) owns the state.
 
 from __future__ import annotations
 
+import bisect
 import datetime
+import functools
 import itertools
+import math
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 import attrs
 
-from trio_bench.protocol import NBINS, OpStats
+from trio_bench.protocol import OpStats, bucket_value
 from trio_bench.stats import merge_ops, ops_difference, percentiles_of
 
 MIB = 1024 * 1024
@@ -64,6 +69,10 @@ OP_LOG_COLUMNS: tuple[str, ...] = (
 )
 
 
+PERCENTILES = (0.50, 0.90, 0.99, 0.999)  # a row's p50_us, p90_us, p99_us, p999_us
+
+
+@functools.lru_cache(maxsize=16)  # one instant per window, shared by all of its rows
 def utc_text(at_ns: int) -> str:
     """An instant of the controller's clock as ISO 8601 UTC with milliseconds."""
     moment = datetime.datetime.fromtimestamp(at_ns / 1e9, datetime.UTC)
@@ -137,7 +146,7 @@ def interval_row(
     """One row from an interval's statistics, ``parts`` taken as one merged histogram (an
     agent's op kinds, a window's); rates over ``seconds`` unless given."""
     rate = 1 / seconds if seconds > 0 else 0.0
-    p50, p90, p99, p999 = percentiles_of(parts, (0.50, 0.90, 0.99, 0.999))
+    p50, p90, p99, p999 = percentiles_of(parts, PERCENTILES)
     ops = sum(part.ops for part in parts)
     nbytes = sum(part.bytes for part in parts)
     return IntervalRow(
@@ -191,37 +200,88 @@ class WindowRows:
 class _Running:
     """A merge of many interval statistics kept up to date as they arrive, so closing a
     window only reads the result (the work is spread over the interval, not done at once).
-    Counts go into a dense list, one slot per bucket: adding an interval is an index
-    increment per occupied bucket."""
+    Counts go into a dense list spanning the buckets seen so far (``low`` onwards; a latency
+    range covers a few hundred of the 2368): adding an interval is an index increment per
+    occupied bucket, and adding two merges or reading one out is a pass in C over the span."""
 
-    __slots__ = ("bytes", "counts", "errors", "max_ns", "ops", "sum_ns")
+    __slots__ = ("bytes", "counts", "errors", "low", "max_ns", "ops", "sum_ns")
 
     def __init__(self) -> None:
-        self.ops = self.bytes = self.errors = self.sum_ns = self.max_ns = 0
-        self.counts = [0] * NBINS
+        self.ops = self.bytes = self.errors = self.sum_ns = self.max_ns = self.low = 0
+        self.counts: list[int] = []
 
-    def add(self, item: OpStats) -> None:
+    def _cover(self, first: int, last: int) -> None:
+        """Widen the span to hold buckets ``first`` to ``last``."""
+        if not self.counts:
+            self.low, self.counts = first, [0] * (last - first + 1)
+            return
+        if first < self.low:
+            self.counts[:0] = [0] * (self.low - first)
+            self.low = first
+        end = self.low + len(self.counts)
+        if last >= end:
+            self.counts.extend([0] * (last - end + 1))
+
+    def _totals(self, item: OpStats | _Running) -> None:
         self.ops += item.ops
         self.bytes += item.bytes
         self.errors += item.errors
         self.sum_ns += item.sum_ns
         if item.max_ns > self.max_ns:
             self.max_ns = item.max_ns
+
+    def add(self, item: OpStats) -> None:
+        self._totals(item)
+        buckets = item.buckets
+        if not buckets:
+            return
+        low = self.low
+        if buckets[0] < low or buckets[-1] >= low + len(self.counts):
+            self._cover(buckets[0], buckets[-1])
+            low = self.low
         counts = self.counts
-        for index, count in zip(item.buckets, item.counts):
+        for index, count in zip(map(operator.sub, buckets, itertools.repeat(low)), item.counts):
             counts[index] += count
+
+    def absorb(self, other: _Running) -> None:
+        """Add another running merge: one pass in C over its span."""
+        self._totals(other)
+        if not other.counts:
+            return
+        self._cover(other.low, other.low + len(other.counts) - 1)
+        at = other.low - self.low
+        end = at + len(other.counts)
+        self.counts[at:end] = map(operator.add, self.counts[at:end], other.counts)
+
+    @classmethod
+    def merge(cls, parts: Iterable[_Running]) -> _Running:
+        merged = cls()
+        for part in parts:
+            merged.absorb(part)
+        return merged
+
+    def percentiles(self) -> list[int]:
+        """``PERCENTILES`` of the merge, as ``percentiles_of`` computes them."""
+        if self.ops == 0:
+            return [0] * len(PERCENTILES)
+        seen = list(itertools.accumulate(self.counts))
+        out = []
+        for fraction in PERCENTILES:
+            at = bisect.bisect_left(seen, max(1, math.ceil(fraction * self.ops)))
+            value = bucket_value(self.low + at)
+            out.append(min(value, self.max_ns) if self.max_ns else value)
+        return out
 
     def stats(self) -> OpStats:
         counts = self.counts
-        buckets = tuple(itertools.compress(range(NBINS), counts))
         return OpStats(
             self.ops,
             self.bytes,
             self.errors,
             self.sum_ns,
             self.max_ns,
-            buckets,
-            tuple(counts[i] for i in buckets),
+            tuple(itertools.compress(range(self.low, self.low + len(counts)), counts)),
+            tuple(itertools.compress(counts, counts)),
         )
 
 
@@ -229,6 +289,7 @@ class _Running:
 class _AgentPart:
     """One agent's share of one window: its intervals merged, and its row."""
 
+    host: str = "?"
     seconds: float = 0.0
     warmup: bool = False
     kinds: dict[str, OpStats] = attrs.Factory(dict)
@@ -238,8 +299,9 @@ class _AgentPart:
 @attrs.define
 class _Window:
     agents: dict[str, _AgentPart] = attrs.Factory(dict)
-    kinds: dict[str, _Running] = attrs.Factory(dict)  # each op kind, all agents
-    hosts: dict[str, _Running] = attrs.Factory(dict)  # each load host, all kinds
+    # each load host's op kinds, its agents merged; the window's kinds are their sum, made
+    # when it closes (one pass per host and kind instead of a second merge per interval)
+    hosts: dict[str, dict[str, _Running]] = attrs.Factory(dict)
 
 
 @attrs.define
@@ -258,6 +320,11 @@ class _Stage:
     latest: dict[str, int] = attrs.Factory(dict)  # agent -> its newest reading (ns)
     finished: set[str] = attrs.Factory(set)  # agents whose final reading arrived
     expected: frozenset[str] = frozenset()  # the agents taking part (they may not have reported)
+    laggard: str | None = None  # the agent last found behind a window's end: looked at first
+
+    def running(self) -> AbstractSet[str]:
+        """The agents whose readings a window waits for."""
+        return (self.expected | self.latest.keys()) - self.finished
 
 
 class Aggregator:
@@ -345,20 +412,19 @@ class Aggregator:
             window = stage.windows[index] = _Window()
         part = window.agents.get(agent)
         if part is None:
-            part = window.agents[agent] = _AgentPart()
+            part = window.agents[agent] = _AgentPart(self.host_of(agent))
         part.seconds += max(0, sample.at_ns - start_ns) / 1e9
         part.warmup = part.warmup or sample.warmup
-        host = window.hosts.get(self.host_of(agent))
+        host = window.hosts.get(part.host)
         if host is None:
-            host = window.hosts[self.host_of(agent)] = _Running()
+            host = window.hosts[part.host] = {}
         for kind, delta in kinds.items():
             old = part.kinds.get(kind)
             part.kinds[kind] = delta if old is None else merge_ops((old, delta))
-            running = window.kinds.get(kind)
+            running = host.get(kind)
             if running is None:
-                running = window.kinds[kind] = _Running()
+                running = host[kind] = _Running()
             running.add(delta)
-            host.add(delta)
         at_ns = stage.origin_ns + index * self.interval_ns
         part.row = interval_row(
             (at_ns - self.run_start_ns) / 1e9,
@@ -385,8 +451,20 @@ class Aggregator:
     def _complete(self, stage: _Stage, end_ns: int, now_ns: int) -> bool:
         if now_ns >= end_ns + self.grace_ns:
             return True
-        running = (stage.expected | stage.latest.keys()) - stage.finished
-        return all(stage.latest.get(agent, end_ns - 1) >= end_ns for agent in running)
+        latest = stage.latest
+        laggard = stage.laggard  # behind last time, and until it reports it stays behind
+        if (
+            laggard is not None
+            and latest.get(laggard, end_ns - 1) < end_ns
+            and laggard not in stage.finished
+        ):
+            return False
+        for agent in stage.running():
+            if latest.get(agent, end_ns - 1) < end_ns:
+                stage.laggard = agent
+                return False
+        stage.laggard = None
+        return True
 
     def _close(self, ready: Callable[[_Stage, int], bool]) -> list[WindowRows]:
         pending = sorted(
@@ -415,57 +493,90 @@ class Aggregator:
 
     def _rows(self, stage: str, index: int, at_ns: int, window: _Window) -> WindowRows:
         elapsed_s = (at_ns - self.run_start_ns) / 1e9
-        agent_rows = [part.row for part in window.agents.values() if part.row is not None]
-        # per op kind: the agents' rates (each over its own intervals' length)
-        kind_rates: dict[str, list[tuple[float, float]]] = {}
+        agent_rows = []
+        # per op kind and per host: the agents' rates (each over its own intervals' length)
+        kind_sums: dict[str, _Sums] = {}
+        host_sums: dict[str, _Sums] = {}
+        total_sums = _Sums()
         for part in window.agents.values():
+            row = part.row
+            if row is None:
+                continue
+            agent_rows.append(row)
+            total_sums.add_row(row)
+            sums = host_sums.get(part.host)
+            if sums is None:
+                sums = host_sums[part.host] = _Sums()
+            sums.add_row(row)
             rate = 1 / part.seconds if part.seconds > 0 else 0.0
             for kind, delta in part.kinds.items():
-                kind_rates.setdefault(kind, []).append((delta.ops * rate, delta.bytes / MIB * rate))
-        kind_merged = {kind: running.stats() for kind, running in window.kinds.items()}
-        total = _sum_rows(elapsed_s, stage, "all", agent_rows, at_ns, list(kind_merged.values()))
-        by_host: dict[str, list[IntervalRow]] = {}
-        for row in agent_rows:
-            by_host.setdefault(self.host_of(row.agent), []).append(row)
+                sums = kind_sums.get(kind)
+                if sums is None:
+                    sums = kind_sums[kind] = _Sums()
+                sums.add_rates(delta.ops * rate, delta.bytes / MIB * rate, row.warmup)
+        if len(window.hosts) == 1:
+            (kinds,) = window.hosts.values()
+        else:
+            kinds = {}
+            for host_kinds in window.hosts.values():
+                for kind, running in host_kinds.items():
+                    merged = kinds.get(kind)
+                    if merged is None:
+                        merged = kinds[kind] = _Running()
+                    merged.absorb(running)
+
+        def row_of(name: str, merged: _Running, sums: _Sums, warmup: bool) -> IntervalRow:
+            p50, p90, p99, p999 = merged.percentiles()
+            return IntervalRow(
+                elapsed_s=elapsed_s,
+                stage=stage,
+                agent=name,
+                warmup=warmup,
+                ops=merged.ops,
+                ops_per_s=sums.ops_per_s,
+                mib_per_s=sums.mib_per_s,
+                errors=merged.errors,
+                p50_us=p50 / 1000,
+                p90_us=p90 / 1000,
+                p99_us=p99 / 1000,
+                p999_us=p999 / 1000,
+                max_us=merged.max_ns / 1000,
+                done=sums.done,
+                total=sums.total,
+                agents=sums.agents,
+                at_ns=at_ns,
+            )
+
+        total = row_of("all", _Running.merge(kinds.values()), total_sums, total_sums.warmup)
         hosts = tuple(
-            _sum_rows(elapsed_s, stage, host, members, at_ns, [window.hosts[host].stats()])
-            for host, members in sorted(by_host.items())
+            row_of(host, _Running.merge(window.hosts[host].values()), sums, sums.warmup)
+            for host, sums in sorted(host_sums.items())
             if host in window.hosts
         )
         op_rows = tuple(
-            interval_row(
-                elapsed_s,
-                stage,
-                kind,
-                total.warmup,
-                [kind_merged[kind]],
-                0.0,
-                ops_per_s=sum(ops for ops, _ in entries),
-                mib_per_s=sum(mib for _, mib in entries),
-                agents=len(entries),
-                at_ns=at_ns,
-            )
-            for kind, entries in sorted(kind_rates.items())
+            attrs.evolve(row_of(kind, kinds[kind], sums, total.warmup), done=0, total=0)
+            for kind, sums in sorted(kind_sums.items())
         )
         return WindowRows(stage, index, at_ns, tuple(agent_rows), total, hosts, op_rows)
 
 
-def _sum_rows(
-    elapsed_s: float,
-    stage: str,
-    name: str,
-    rows: list[IntervalRow],
-    at_ns: int,
-    parts: Sequence[OpStats],
-) -> IntervalRow:
-    """Several agents' rows of one window as one: counts and rates add; ``parts`` are their
-    histograms merged bin by bin (per op kind, taken together)."""
-    return attrs.evolve(
-        interval_row(elapsed_s, stage, name, any(r.warmup for r in rows), parts, 0.0),
-        ops_per_s=sum(r.ops_per_s for r in rows),
-        mib_per_s=sum(r.mib_per_s for r in rows),
-        done=sum(r.done for r in rows),
-        total=sum(r.total for r in rows),
-        agents=len(rows),
-        at_ns=at_ns,
-    )
+class _Sums:
+    """What adds up over several agents' rows of one window: rates, progress, how many."""
+
+    __slots__ = ("agents", "done", "mib_per_s", "ops_per_s", "total", "warmup")
+
+    def __init__(self) -> None:
+        self.ops_per_s = self.mib_per_s = 0.0
+        self.done = self.total = self.agents = 0
+        self.warmup = False
+
+    def add_row(self, row: IntervalRow) -> None:
+        self.add_rates(row.ops_per_s, row.mib_per_s, row.warmup)
+        self.done += row.done
+        self.total += row.total
+
+    def add_rates(self, ops_per_s: float, mib_per_s: float, warmup: bool) -> None:
+        self.ops_per_s += ops_per_s
+        self.mib_per_s += mib_per_s
+        self.agents += 1
+        self.warmup = self.warmup or warmup

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from itertools import accumulate, chain
+from itertools import accumulate
 
 from trio_bench.protocol import OpStats, bucket_value
 
@@ -47,27 +47,28 @@ def percentiles(stats: OpStats, fractions: Sequence[float]) -> list[int]:
 
 
 def percentiles_of(items: Sequence[OpStats], fractions: Sequence[float]) -> list[int]:
-    """The percentiles of several histograms merged, without merging them: their buckets
-    sorted together (equal buckets side by side) and their counts accumulated in that order."""
+    """The percentiles of several histograms merged, without building the merged histogram:
+    their counts added into one dense list spanning the buckets they occupy (a latency range
+    spans a few hundred of the 2368 buckets), accumulated in C, each rank found by bisection."""
     ops = sum(item.ops for item in items)
     if ops == 0:
         return [0] * len(fractions)
     maximum = max(item.max_ns for item in items)
     buckets: Sequence[int]
-    counts: Sequence[int]
     if len(items) == 1:
-        buckets, counts = items[0].buckets, items[0].counts
-    else:  # every step a whole-array operation in C: no Python code per bucket
-        every = list(chain.from_iterable(item.buckets for item in items))
-        order = sorted(range(len(every)), key=every.__getitem__)
-        buckets = list(map(every.__getitem__, order))
-        counts = list(
-            map(list(chain.from_iterable(item.counts for item in items)).__getitem__, order)
-        )
-    seen = list(accumulate(counts))
+        buckets = items[0].buckets
+        seen = list(accumulate(items[0].counts))
+    else:
+        occupied = [item for item in items if item.buckets]
+        low = min(item.buckets[0] for item in occupied)
+        dense = [0] * (max(item.buckets[-1] for item in occupied) - low + 1)
+        for item in occupied:
+            for index, count in zip(item.buckets, item.counts):
+                dense[index - low] += count
+        seen = list(accumulate(dense))
+        buckets = range(low, low + len(dense))
     out = []
     for fraction in fractions:
-        at = bisect_left(seen, max(1, math.ceil(fraction * ops)))
-        value = bucket_value(buckets[at])
+        value = bucket_value(buckets[bisect_left(seen, max(1, math.ceil(fraction * ops)))])
         out.append(min(value, maximum) if maximum else value)
     return out
