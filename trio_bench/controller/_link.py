@@ -18,6 +18,7 @@ Liveness follows three rules (the reference tool broke all three):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,10 @@ from trio_bench.transport import CLOSE_TIMEOUT_S, Connection, ConnectionClosed
 from ._aggregate import Sample
 
 WATCH_SLOTS = 10  # liveness visits a tenth of the links every tenth of ping_interval
+# An agent whose statistics arrive is shown alive by them: it is PINGed only this many
+# ping_intervals apart, to follow its clock (protocol.md §8). At one STATS per second, PINGs
+# every second were half of a controller's frames.
+BUSY_PING_EVERY = 5
 
 log = logging.getLogger("triobench.controller")
 
@@ -131,6 +136,8 @@ class AgentLink:
         self.stalled = False
         self._disconnected_since: float | None = None  # liveness (``watch_tick``)
         self._probing = False
+        self._pinged_at = -math.inf  # trio time of the last PING ``watch_tick`` sent
+        self._stats_at = -math.inf  # trio time of the last STATS frame
         self.reconnects = 0
         self.closed = trio.Event()  # set when the link will never talk to its agent again
 
@@ -400,6 +407,7 @@ class AgentLink:
     def _count_stats(self, stats: Stats) -> None:
         """Runs in the reader, as each STATS frame arrives: count it and acknowledge it at
         once (flow control: the agent sends the next one only when the link has drained)."""
+        self._stats_at = trio.current_time()
         self.endpoint.stats_arrived(stats)
 
     def handle(self, message: Message) -> None:
@@ -484,7 +492,11 @@ class AgentLink:
         conn = self.conn
         if conn is None or self._probing:
             return
-        self.ping()
+        interval = settings.ping_interval / 1e9
+        busy = now - self._stats_at < interval
+        if now - self._pinged_at >= (BUSY_PING_EVERY * interval if busy else interval * 0.5):
+            self._pinged_at = now
+            self.ping()
         self.resend_due(settings.resend_interval)
         silent = now - conn.last_received
         stalled = silent >= settings.warn_after / 1e9
