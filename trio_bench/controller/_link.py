@@ -494,7 +494,8 @@ class AgentLink:
             return
         interval = settings.ping_interval / 1e9
         busy = now - self._stats_at < interval
-        if now - self._pinged_at >= (BUSY_PING_EVERY * interval if busy else interval * 0.5):
+        # visits come one interval apart: half of one is the tolerance of "every N"
+        if now - self._pinged_at >= ((BUSY_PING_EVERY if busy else 1) - 0.5) * interval:
             self._pinged_at = now
             self.ping()
         self.resend_due(settings.resend_interval)
