@@ -13,6 +13,7 @@ offset (see ``_clock``).
 
 from __future__ import annotations
 
+import itertools
 import operator
 import re
 from collections.abc import Iterable, Iterator
@@ -276,11 +277,33 @@ def op_stats_from_wire(value: Any) -> OpStats:
             numbers.append(_structure_int(value[name], int))
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{name}: {exc}") from None
-    buckets = _check_uints(value["buckets"], "buckets")
-    counts = _check_uints(value["counts"], "counts")
     ops, nbytes, errors, sum_ns, max_ns = numbers
-    _check_hist(buckets, counts, ops)
+    buckets, counts = _wire_hist(value["buckets"], value["counts"], ops)
     return OpStats(ops, nbytes, errors, sum_ns, max_ns, buckets, counts)
+
+
+def _wire_hist(buckets: Any, counts: Any, ops: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A decoded histogram, checked in as few passes as its rules allow: bucket indices
+    strictly increasing from >= 0 to < NBINS are all in range, counts >= 1 are all unsigned.
+    Anything else goes through the checks that say what is wrong and where."""
+    if (
+        type(buckets) is list
+        and type(counts) is list
+        and buckets
+        and len(buckets) == len(counts)
+        and set(map(type, buckets)) == _INT
+        and set(map(type, counts)) == _INT
+        and buckets[0] >= 0
+        and buckets[-1] < NBINS
+        and all(map(operator.lt, buckets, itertools.islice(buckets, 1, None)))
+        and min(counts) >= 1
+        and max(counts) < _U64
+        and sum(counts) == ops
+    ):
+        return tuple(buckets), tuple(counts)
+    checked = _check_uints(buckets, "buckets"), _check_uints(counts, "counts")
+    _check_hist(*checked, ops)
+    return checked
 
 
 @attrs.frozen
