@@ -878,3 +878,41 @@ async def test_a_failure_to_keep_results_locally_reaches_the_controller(tmp_path
     assert "results not kept locally on the agent: " in summary.message
     record = json.loads((result.results_dir / "run.json").read_text())
     assert "results not kept locally" in record["agents"][0]["stages"]["cleanup"]["message"]
+
+
+# --- the process's own limits ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hard", [300, 8192], ids=["hard-limit-too-low", "soft-limit-raised"])
+def test_more_agents_than_open_files_is_one_line_before_connecting(
+    tmp_path: Path, hard: int
+) -> None:
+    """1,000 agents need ~1,000 descriptors. Under a soft limit of 256 the controller raises
+    it toward the hard limit; if the hard limit is too low it says so in one line (exit 3)
+    before connecting to anything, rather than failing agent after agent with EMFILE."""
+    import resource
+
+    path = tmp_path / "run.yaml"
+    path.write_text("target: null://\nduration: 1s\nworkload: [{op: get, path: 'd/*'}]\n")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    agents = ",".join(f"127.0.0.{n}:9x250" for n in (1, 2, 3, 4))
+    command = ["controller", str(path), "--display", "quiet", "--agents", agents]
+    done = subprocess.run(
+        [sys.executable, "-m", "trio_bench", *command, "--results-dir", str(tmp_path / "results")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    about_files = [line for line in lines if "open files" in line]
+    if hard == 300:
+        assert lines == about_files and len(lines) == 1 and "1,000 agents" in lines[0]
+    else:  # raised: it went on to connect (port 9 refuses: nothing listens)
+        assert not about_files and "Too many open files" not in done.stderr

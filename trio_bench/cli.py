@@ -54,6 +54,7 @@ app = typer.Typer(
 
 TOKEN_ENV = "TRIOBENCH_TOKEN"
 EXIT_CONFIG, EXIT_START, EXIT_ABORTED = 2, 3, 130
+OPEN_FILES_CAP = 65536  # the soft limit raised no further than this (or twice what is needed)
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -185,6 +186,7 @@ def agent(
 
     follow_supervisor()
     _setup_logging(verbose)
+    _allow_open_files()  # workers that keep a file open each
     sys.setswitchinterval(AGENT_SWITCH_INTERVAL_S)
     try:
         host, port = split_address(listen) if not listen.endswith(":0") else (listen[:-2], 0)
@@ -347,6 +349,36 @@ def _agents_from(option: str | None, config: Config) -> list[AgentAddress]:
     return list(config.distributed.agents)
 
 
+def _allow_open_files(agents: int = 0) -> None:
+    """Raise this process's soft limit on open files to its hard limit (capped): Linux's
+    default soft limit is often 1024, which a controller with a connection per agent, or an
+    agent whose workers keep a file open each, passes. For a controller of ``agents``, fail
+    before connecting to anything, in one line, if even the hard limit is too low, instead of
+    agents failing one by one with "Too many open files"."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = agents + 256  # results files, logs, launchers' pipes
+    wanted = max(OPEN_FILES_CAP, 2 * needed)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if agents and soft != resource.RLIM_INFINITY and soft < needed:
+        raise _fail(
+            f"{agents:,} agents need about {needed:,} open files, but this process may open "
+            f"only {soft:,} (its hard limit, ulimit -Hn): raise it (nofile in "
+            "/etc/security/limits.conf) or split the agents over several controllers",
+            EXIT_START,
+        )
+
+
 def _run_controller(
     config: Config,
     agents: list[AgentAddress],
@@ -362,6 +394,8 @@ def _run_controller(
     started: list[str] | None = None,
 ) -> int:
     from trio_bench.controller import Controller, Display, ResultsUnusable
+
+    _allow_open_files(sum(agent.processes for agent in agents))
 
     def say(line: str) -> None:  # people's output: stderr when stdout carries the JSON
         typer.echo(line, err=json_output)
@@ -553,6 +587,10 @@ def controller(
         cfg = attrs.evolve(cfg, distributed=attrs.evolve(cfg.distributed, ssh_agents=()))
     token = _read_token(token_file)
     run_args = RunArgs(results_dir, _source(config, overrides), display, json_output)
+    _allow_open_files(  # before any SSH launcher opens its pipes
+        sum(agent.processes for agent in targets)
+        + sum(agent.processes for agent in cfg.distributed.ssh_agents)
+    )
     if not cfg.distributed.ssh_agents:
         raise typer.Exit(_run_controller(cfg, targets, token=token, **attrs.asdict(run_args)))
     raise typer.Exit(_run_with_ssh_agents(cfg, targets, token, run_args))
