@@ -95,7 +95,7 @@ def test_summary_rows_and_tsv() -> None:
     get = record_of([1000] * 90 + [10_000] * 10)
     get[stats.BYTES] = 100 * 4096
     put = record_of([50_000] * 10)
-    rows = stats.summary_rows({"put": put, "get": get}, seconds=2.0)
+    rows = stats.summary_rows({"put": stats.to_wire(put), "get": stats.to_wire(get)}, seconds=2.0)
     assert [r.op for r in rows] == ["get", "put", "all"]
     get_row, _put_row, all_row = rows
     assert get_row.ops_per_s == 50.0
@@ -149,3 +149,21 @@ def test_percentiles_of_several_are_those_of_their_merge(groups: list[list[int]]
     assert stats.percentiles_of(parts, fractions) == stats.percentiles(
         stats.merge_ops(parts), fractions
     )
+
+
+@given(st.lists(latencies, min_size=1, max_size=3))
+def test_summary_rows_have_the_dense_records_numbers(groups: list[list[int]]) -> None:
+    """Summary rows are computed from the wire form; each row has exactly the numbers of the
+    dense record it stands for (the ``all`` row: the dense merge of the kinds)."""
+    kinds = ("get", "put", "stat")[: len(groups)]
+    dense = {kind: record_of(g) for kind, g in zip(kinds, groups, strict=True)}
+    rows = stats.summary_rows({k: stats.to_wire(r) for k, r in dense.items()}, seconds=2.0)
+    expected = [*((k, dense[k]) for k in kinds), ("all", stats.merged(dense.values()))]
+    assert [row.op for row in rows] == [name for name, _ in expected]
+    for row, (_, record) in zip(rows, expected, strict=True):
+        assert row.ops == stats.ops_of(record)
+        assert row.mean_us == stats.mean_ns(record) / 1000
+        assert [row.p50_us, row.p90_us, row.p99_us, row.p999_us] == [
+            stats.percentile_ns(record, f) / 1000 for f in (0.5, 0.9, 0.99, 0.999)
+        ]
+        assert row.max_us == record[stats.MAX_NS] / 1000

@@ -32,7 +32,7 @@ from trio_bench.controller import (
     histograms_json,
 )
 from trio_bench.protocol import OpStats
-from trio_bench.stats import format_tsv, merge_ops, snapshot_from_wire, summary_rows
+from trio_bench.stats import format_tsv, merge_ops, summary_rows
 
 from ._compare import NotComparable
 from ._read import STAGE_FILES, STAGES, Results, ResultsError, histogram_from_json, number
@@ -227,17 +227,15 @@ def merge_runs(runs: Sequence[Results], out: Path) -> Path:
         seconds, window = _stage_span(runs, stage)
         total, hosts = _stage_histograms(runs, stage)
         if total:
-            rows = summary_rows(snapshot_from_wire(total), seconds)
+            rows = summary_rows(total, seconds)
             (out / STAGE_FILES[stage]).write_text(format_tsv(rows))
         for host, host_kinds in hosts.items():
             folder = out / "hosts" / host
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / STAGE_FILES[stage]).write_text(
-                format_tsv(summary_rows(snapshot_from_wire(host_kinds), seconds))
-            )
+            (folder / STAGE_FILES[stage]).write_text(format_tsv(summary_rows(host_kinds, seconds)))
         histograms[stage] = {
-            "all": histograms_json(snapshot_from_wire(total)),
-            "hosts": {h: histograms_json(snapshot_from_wire(k)) for h, k in hosts.items()},
+            "all": histograms_json(total),
+            "hosts": {h: histograms_json(k) for h, k in hosts.items()},
         }
         agents_in, partial = [], []
         for run, rename in zip(runs, renames, strict=True):

@@ -37,8 +37,10 @@ from ._record import (
 from ._sparse import (
     EMPTY,
     merge_ops,
+    merge_wire,
     percentiles,
     percentiles_of,
+    wire_snapshot,
 )
 from ._summary import SUMMARY_COLUMNS, SummaryRow, format_tsv, summarize, summary_rows
 
@@ -62,6 +64,7 @@ __all__ = [
     "merge_into",
     "merge_ops",
     "merge_snapshots",
+    "merge_wire",
     "merged",
     "new_record",
     "op_difference",
@@ -79,5 +82,6 @@ __all__ = [
     "summary_rows",
     "to_wire",
     "went_back",
+    "wire_snapshot",
     "with_totals",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from operator import add
+from typing import TypeVar
 
 from trio_bench.protocol import NBINS, SIZE_LABELS, OpStats, bucket_bounds, bucket_value
 
@@ -36,6 +37,7 @@ RECORD_LEN = NBINS + 4
 
 Record = list[int]
 Snapshot = dict[str, Record]  # op kind -> record
+T = TypeVar("T")
 
 
 def sized_key(kind: str, label: str) -> str:
@@ -47,7 +49,7 @@ def is_sized(key: str) -> bool:
     return " " in key
 
 
-def kinds_only(snapshot: Mapping[str, Record]) -> Snapshot:
+def kinds_only(snapshot: Mapping[str, T]) -> dict[str, T]:
     """The plain op kinds of a snapshot (its sized keys left out)."""
     return {key: record for key, record in snapshot.items() if not is_sized(key)}
 

@@ -7,20 +7,10 @@ from collections.abc import Mapping
 
 import attrs
 
-from trio_bench.protocol import OP_KINDS, SIZE_LABELS
+from trio_bench.protocol import OP_KINDS, SIZE_LABELS, OpStats
 
-from ._record import (
-    BYTES,
-    ERRORS,
-    MAX_NS,
-    Record,
-    kinds_only,
-    mean_ns,
-    merged,
-    ops_of,
-    percentile_ns,
-    sized_key,
-)
+from ._record import kinds_only, sized_key
+from ._sparse import EMPTY, merge_ops, percentiles
 
 SUMMARY_COLUMNS = (
     "op",
@@ -77,38 +67,40 @@ class SummaryRow:
         ]
 
 
-def summarize(op: str, record: Record, seconds: float, size: str = "all") -> SummaryRow:
-    ops = ops_of(record)
+def summarize(op: str, stats: OpStats, seconds: float, size: str = "all") -> SummaryRow:
     rate = 1.0 / seconds if seconds > 0 else 0.0
+    p50, p90, p99, p999 = percentiles(stats, (0.50, 0.90, 0.99, 0.999))
     return SummaryRow(
         op=op,
         size=size,
-        ops=ops,
-        bytes=record[BYTES],
-        errors=record[ERRORS],
+        ops=stats.ops,
+        bytes=stats.bytes,
+        errors=stats.errors,
         seconds=seconds,
-        ops_per_s=ops * rate,
-        mib_per_s=record[BYTES] / MIB * rate,
-        mean_us=mean_ns(record) / 1000,
-        p50_us=percentile_ns(record, 0.50) / 1000,
-        p90_us=percentile_ns(record, 0.90) / 1000,
-        p99_us=percentile_ns(record, 0.99) / 1000,
-        p999_us=percentile_ns(record, 0.999) / 1000,
-        max_us=record[MAX_NS] / 1000,
+        ops_per_s=stats.ops * rate,
+        mib_per_s=stats.bytes / MIB * rate,
+        mean_us=stats.sum_ns / stats.ops / 1000 if stats.ops else 0.0,
+        p50_us=p50 / 1000,
+        p90_us=p90 / 1000,
+        p99_us=p99 / 1000,
+        p999_us=p999 / 1000,
+        max_us=stats.max_ns / 1000,
     )
 
 
-def summary_rows(snapshot: Mapping[str, Record], seconds: float) -> list[SummaryRow]:
+def summary_rows(snapshot: Mapping[str, OpStats], seconds: float) -> list[SummaryRow]:
     """One row per op kind present (in protocol order), then ``all`` (the merged histogram),
     then a row per op kind and size bucket that has operations (sai3-bench's size buckets).
-    A size row's ``errors`` is 0: a failed operation moved no bytes to place it by."""
+    ``snapshot`` is in wire form (``wire_snapshot``). A size row's ``errors`` is 0: a failed
+    operation moved no bytes to place it by."""
     rows = [summarize(k, snapshot[k], seconds) for k in OP_KINDS if k in snapshot]
-    rows.append(summarize("all", merged(kinds_only(snapshot).values()), seconds))
+    kinds = list(kinds_only(snapshot).values())
+    rows.append(summarize("all", merge_ops(kinds) if kinds else EMPTY, seconds))
     for kind in OP_KINDS:
         for label in SIZE_LABELS:
-            record = snapshot.get(sized_key(kind, label))
-            if record is not None and ops_of(record):
-                rows.append(summarize(kind, record, seconds, size=label))
+            stats = snapshot.get(sized_key(kind, label))
+            if stats is not None and stats.ops:
+                rows.append(summarize(kind, stats, seconds, size=label))
     return rows
 
 
