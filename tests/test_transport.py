@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 from socket import SO_LINGER, SO_RCVBUF, SO_SNDBUF, SOL_SOCKET
 
@@ -229,3 +230,69 @@ async def test_over_tcp_a_peer_that_is_gone_closes_the_connection_with_one_line(
             await conn.finished.wait()
     assert conn.close_reason is not None and "agent-3" in conn.close_reason
     assert "\n" not in conn.close_reason
+
+
+async def test_one_poller_reads_many_connections_and_each_ends_on_its_own() -> None:
+    """A controller's connections are read by one ``ReadPoller`` task: every connection gets
+    its own frames in order, a peer that closes ends only its connection, and a socket
+    number the kernel reuses is never read for the connection that had it before."""
+    from trio_bench.transport import ReadPoller, poller_available
+
+    if not poller_available():
+        pytest.skip("no epoll on this system: connections read themselves")
+    poller = ReadPoller()
+    pairs = [await tcp_pair() for _ in range(12)]
+    received: dict[int, list[int]] = {i: [] for i in range(len(pairs))}
+    all_in = trio.Event()  # every connection but the closed one got its sixth
+
+    def collect(i: int, message: p.Message) -> None:
+        received[i].append(message.seq)  # type: ignore[attr-defined]
+        if all(len(received[n]) == 6 for n in range(4, len(pairs))):
+            all_in.set()
+
+    conns = []
+    for i, (client, _server) in enumerate(pairs):
+        conn = Connection(client, name=f"agent-{i}", poller=poller)
+        conn.handle_inline(functools.partial(collect, i))
+        conns.append(conn)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poller.run)
+            for conn in conns:
+                nursery.start_soon(conn.run)
+            for seq in range(1, 6):
+                for _client, server in pairs:
+                    await server.send_all(p.encode_message(p.Ack(seq=seq)))
+            await pairs[3][1].aclose()  # one peer goes away
+            await conns[3].finished.wait()
+            for _client, server in pairs[4:]:
+                await server.send_all(p.encode_message(p.Ack(seq=6)))
+            await all_in.wait()
+            assert conns[3].close_reason == "agent-3 closed the connection"
+            assert not any(conn.closed.is_set() for i, conn in enumerate(conns) if i != 3)
+            nursery.cancel_scope.cancel()
+    assert received[3] == [1, 2, 3, 4, 5]
+    assert all(received[i] == [1, 2, 3, 4, 5, 6] for i in range(4, len(pairs)))
+    assert all(received[i] == [1, 2, 3, 4, 5] for i in range(3))
+    for _client, server in pairs:
+        await server.aclose()
+
+
+def test_a_poller_forgets_a_socket_only_for_the_connection_that_had_it() -> None:
+    from trio_bench.transport import ReadPoller, poller_available
+
+    if not poller_available():
+        pytest.skip("no epoll on this system")
+    import socket as stdlib_socket
+
+    poller = ReadPoller()
+    a, b = stdlib_socket.socketpair()
+    old, new = object(), object()
+    poller.add(a.fileno(), old)  # type: ignore[arg-type]
+    poller.add(a.fileno(), new)  # type: ignore[arg-type]  # the number, reused
+    poller.remove(a.fileno(), old)  # type: ignore[arg-type]  # the old one's late cleanup
+    assert poller._owners[a.fileno()] is new
+    poller.remove(a.fileno(), new)  # type: ignore[arg-type]
+    assert a.fileno() not in poller._owners
+    a.close()
+    b.close()

@@ -48,7 +48,7 @@ from trio_bench.protocol import (
     StatsSequence,
     to_controller_clock,
 )
-from trio_bench.transport import CLOSE_TIMEOUT_S, Connection, ConnectionClosed
+from trio_bench.transport import CLOSE_TIMEOUT_S, Connection, ConnectionClosed, ReadPoller
 
 from ._aggregate import Sample
 
@@ -136,6 +136,7 @@ class AgentLink:
         self.stalled = False
         self._disconnected_since: float | None = None  # liveness (``watch_tick``)
         self._probing = False
+        self.poller: ReadPoller | None = None  # reads the connection's socket, if set
         self._pinged_at = -math.inf  # trio time of the last PING ``watch_tick`` sent
         self._stats_at = -math.inf  # trio time of the last STATS frame
         self.reconnects = 0
@@ -273,6 +274,7 @@ class AgentLink:
             name=f"agent {self.id} ({self.address})",
             intercept=self._intercept,
             on_stats=self._count_stats,
+            poller=self.poller,
         )
         handshake_done = trio.Event()
         nursery.start_soon(self._run_connection, conn, handshake_done)

@@ -40,6 +40,7 @@ from trio_bench.protocol import (
     to_agent_clock,
     to_controller_clock,
 )
+from trio_bench.transport import ReadPoller, poller_available
 
 from ._aggregate import Aggregator, Sample, WindowRows
 from ._display import AgentView, Display, RunView, progress_bar
@@ -273,6 +274,11 @@ class Controller:
             async with trio.open_nursery() as nursery:
                 if self.handle_signals:
                     nursery.start_soon(self._signals)
+                if poller_available():  # one task reads every agent's socket
+                    poller = ReadPoller()
+                    for link in self.links:
+                        link.poller = poller
+                    nursery.start_soon(poller.run)
                 try:
                     message = await self._orchestrate(nursery)
                 finally:

@@ -7,5 +7,15 @@ from ._connection import (
     Connection,
     ConnectionClosed,
 )
+from ._poller import ReadPoller
+from ._poller import available as poller_available
 
-__all__ = ["CLOSE_TIMEOUT_S", "CONTROL_BACKLOG", "OUTBOX_LIMIT", "Connection", "ConnectionClosed"]
+__all__ = [
+    "CLOSE_TIMEOUT_S",
+    "CONTROL_BACKLOG",
+    "OUTBOX_LIMIT",
+    "Connection",
+    "ConnectionClosed",
+    "ReadPoller",
+    "poller_available",
+]

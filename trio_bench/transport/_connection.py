@@ -56,6 +56,8 @@ from trio_bench.protocol import (
     sign_frame,
 )
 
+from ._poller import ReadPoller
+
 log = logging.getLogger("triobench.transport")
 
 # Bytes asked of the socket per read: a STATS frame is a few KiB. Each read allocates a buffer
@@ -115,6 +117,7 @@ class Connection:
         intercept: Callable[[Message], bool] | None = None,
         on_stats: Callable[[Stats], None] | None = None,
         max_frame_size: int = MAX_FRAME_SIZE,
+        poller: ReadPoller | None = None,
     ) -> None:
         self.stream = stream
         self.name = name
@@ -161,6 +164,9 @@ class Connection:
         self._socket = _limit_unsent(stream)
         # a TCP socket's descriptor: read and written directly (see ``_reader``, ``send``)
         self._fd: int | None = self._socket.fileno() if self._socket is not None else None
+        # with a poller, one task reads every connection that has bytes (see ``ReadPoller``)
+        self._poller = poller if self._fd is not None else None
+        self._reading_done = trio.Event()
 
     # -- sending (never blocks)
 
@@ -335,29 +341,57 @@ class Connection:
                 raise trio.BrokenResourceError(exc.strerror or str(exc)) from exc
 
     async def _reader(self) -> None:
+        if self._poller is not None and self._fd is not None:
+            self._poller.add(self._fd, self)
+            try:
+                await self._reading_done.wait()
+            finally:
+                self._poller.remove(self._fd, self)
+            return
         try:
             while True:
-                data = await self._receive_some()
-                if not data:
-                    self._decoder.check_eof()
-                    self._abort(f"{self.name} closed the connection")
+                if not self._take(await self._receive_some()):
                     return
-                # Any bytes are a sign of life: a large frame crossing a slow link takes a
-                # while to complete, and the peer is not silent meanwhile.
-                self.last_received = trio.current_time()
-                self._decoder.feed(data)
-                for frame in self._decoder:
-                    message = decode_message(frame)
-                    if self._verify_after is not None:
-                        key = self._verify_after(message)
-                        if key is not None:
-                            self._verify_after = None
-                            self._decoder.authenticate(key)
-                    self._dispatch(message)
-        except ProtocolError as exc:
-            self._protocol_error(str(exc))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._abort(f"connection to {self.name} lost: {exc or type(exc).__name__}")
+
+    def read_ready(self) -> None:
+        """The poller saw bytes (or EOF) on our socket: read them and handle them here."""
+        try:
+            data = os.read(self._fd, RECEIVE_SIZE)  # type: ignore[arg-type]
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._abort(f"connection to {self.name} lost: {exc.strerror or exc}")
+            self._reading_done.set()
+            return
+        if not self._take(data):
+            self._reading_done.set()
+
+    def _take(self, data: bytes | bytearray) -> bool:
+        """Handle bytes read from the peer; False once reading is over (its EOF, or a frame
+        that broke the protocol)."""
+        try:
+            if not data:
+                self._decoder.check_eof()
+                self._abort(f"{self.name} closed the connection")
+                return False
+            # Any bytes are a sign of life: a large frame crossing a slow link takes a
+            # while to complete, and the peer is not silent meanwhile.
+            self.last_received = trio.current_time()
+            self._decoder.feed(data)
+            for frame in self._decoder:
+                message = decode_message(frame)
+                if self._verify_after is not None:
+                    key = self._verify_after(message)
+                    if key is not None:
+                        self._verify_after = None
+                        self._decoder.authenticate(key)
+                self._dispatch(message)
+            return True
+        except ProtocolError as exc:
+            self._protocol_error(str(exc))
+            return False
 
     def _dispatch(self, message: Message) -> None:
         self.last_received = trio.current_time()
