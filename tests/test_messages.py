@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_bench import protocol as p
 
@@ -164,3 +166,69 @@ def test_a_histogram_missing_a_field_is_named() -> None:
     with pytest.raises(p.ProtocolError, match=r"ops\['get'\]\.counts: required field missing"):
         p.decode_message(_stats_frame_with(get))
     assert p.decode_message(_stats_frame_with(GOOD_OPS)).ops["get"].counts == (1, 2)
+
+
+def _leaves(value: object, path: tuple = ()) -> list[tuple]:
+    """Every place in a decoded frame (map keys and values, array items), as paths."""
+    out = [path] if path else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += [(*path, ("key", key)), *_leaves(item, (*path, ("value", key)))]
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out += _leaves(item, (*path, ("value", i)))
+    return out
+
+
+def _replaced(value: object, path: tuple, new: object) -> object:
+    (how, where), rest = path[0], path[1:]
+    if isinstance(value, dict):
+        copy = dict(value)
+        if how == "key":
+            item = copy.pop(where)
+            try:
+                copy[new] = item  # type: ignore[index]
+            except TypeError:  # an unhashable key cannot even be decoded from msgpack
+                copy[where] = item
+            return copy
+        copy[where] = _replaced(copy[where], rest, new) if rest else new
+        return copy
+    copy_list = list(value)  # type: ignore[call-overload]
+    copy_list[where] = _replaced(copy_list[where], rest, new) if rest else new
+    return copy_list
+
+
+@settings(max_examples=300)
+@given(
+    message_of(p.Stats),
+    st.data(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**65)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.lists(st.integers(0, 3), max_size=2)
+    | st.dictionaries(st.text(max_size=3), st.none()),
+)
+def test_stats_decode_fast_path_accepts_nothing_the_converter_refuses(
+    message: p.Stats, data: st.DataObject, new: object
+) -> None:
+    """STATS are decoded by a written-out fast path; with any one place of a valid frame
+    replaced by any value, it gives the converter's answer or leaves the frame to it."""
+    from trio_bench.protocol._messages import _converter, _stats_fast
+
+    frame = msgpack.unpackb(msgpack.packb(p.unstructure_message(message)), strict_map_key=False)
+    assert p.decode_message(frame) == message
+    field = data.draw(st.sampled_from(sorted(k for k in frame if k != "t")))  # each field alike
+    path = data.draw(
+        st.sampled_from([(("value", field),), *_leaves(frame[field], (("value", field),))])
+    )
+    broken = _replaced(frame, path, new)
+    fields = {k: v for k, v in broken.items() if k != "t"}  # type: ignore[union-attr]
+    try:
+        expected: object = _converter.structure(fields, p.Stats)
+    except Exception:
+        expected = None
+    assert _stats_fast(fields) in (None, expected)
+    if expected is None:
+        assert _stats_fast(fields) is None
