@@ -392,6 +392,17 @@ class PairMachine(RuleBasedStateMachine):
             assert a.receiver.processed <= c.sender.highest_sent
         assert not c.machine.terminal or c.state is not p.PeerState.FAILED, c.failure
 
+    @invariant()
+    def a_quiet_connection_never_leaves_statistics_held_back(self) -> None:
+        """Flow control never wedges: once nothing is in flight on the connection, the agent
+        may send its next STATS (the controller acknowledged what held it back)."""
+        link, a = self.link, self.agent.endpoint
+        if link is None or a is None or a.wire is not link.to_controller or self.stale:
+            return
+        if link.to_agent.pending() or link.to_controller.pending():
+            return
+        assert link.to_controller.stats_written - a.stats_seen < p.STATS_IN_FLIGHT
+
     # -- the end: heal the network and let the run finish
 
     def teardown(self) -> None:
@@ -399,6 +410,7 @@ class PairMachine(RuleBasedStateMachine):
             if self._done():
                 break
             self._heal_step()
+            self.a_quiet_connection_never_leaves_statistics_held_back()
         else:
             raise AssertionError(f"the run never ended: {self.controller.state}")
         self._check_the_results()

@@ -391,6 +391,7 @@ class ControllerEndpoint(_Endpoint):
         self._on_change = on_change
         self.estimator = ClockEstimator()
         self.stats_sequence = StatsSequence()
+        self._stats_acked = 0  # the seq of our last STATS_SEEN on this connection
         self.latest: Stats | None = None  # the newest STATS of the stage in progress
         self._stats_handled = 0
         self.ready: Ready | None = None
@@ -456,6 +457,8 @@ class ControllerEndpoint(_Endpoint):
         """A new connection to an agent that still holds the run: RESUME, then every
         unACKed message in order (§9)."""
         self.wire = wire
+        # what the agent counts from on the new connection is at least what we received
+        self._stats_acked = self.stats_sequence.last
         wire.send(Resume(run_id=self.run_id, acked=self.receiver.processed))
         self._resend_all()
 
@@ -472,8 +475,14 @@ class ControllerEndpoint(_Endpoint):
         self.estimator.add(ClockSample(pong.t1_ns, pong.t2_ns, pong.t3_ns, t4_ns))
 
     def stats_arrived(self, stats: Stats) -> None:
-        """A STATS frame, as it is decoded: acknowledge it at once (flow control, §6)."""
-        if self.stats_sequence.accept(stats.seq):
+        """A STATS frame, as it is decoded: acknowledged at once once its seq is
+        STATS_IN_FLIGHT above the last acknowledged (flow control, §1): an agent holds back
+        at exactly that distance, so it is never left waiting, and half the frames go
+        unanswered."""
+        if self.stats_sequence.accept(stats.seq) and (
+            stats.seq - self._stats_acked >= STATS_IN_FLIGHT
+        ):
+            self._stats_acked = stats.seq
             self.send(StatsSeen(seq=stats.seq))
 
     def receive(self, message: Message) -> list[Stats | StageSummary]:

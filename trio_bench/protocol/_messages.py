@@ -28,7 +28,7 @@ from ._frames import MAX_FRAME_SIZE, encode_frame
 from ._histogram import NBINS
 from ._sizes import SIZE_LABELS
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 
 STAGES = ("prepare", "workload", "cleanup")
 OP_KINDS = ("get", "put", "stat", "list", "delete", "mkdir", "rmdir")
@@ -528,8 +528,9 @@ class Stats(Message):
 
 @attrs.frozen
 class StatsSeen(Message):
-    """controller -> agent, for every STATS frame its reader receives: flow control. An agent
-    keeps at most ``STATS_IN_FLIGHT`` STATS frames beyond the last one seen, so on a link
+    """controller -> agent, for a STATS frame at least ``STATS_IN_FLIGHT`` seqs past the last
+    one acknowledged (about every second): flow control. An agent keeps its STATS seqs less
+    than ``STATS_IN_FLIGHT`` beyond the last one seen, so on a link
     slower than the statistics the backlog stays in the agent's replaceable slot and never
     in network buffers, where a control message would queue behind it."""
 
