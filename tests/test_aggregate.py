@@ -276,7 +276,7 @@ def test_windows_always_add_up_and_lose_nothing(
 def test_every_aggregate_row_is_exactly_its_agents_intervals_merged(
     agents: list[tuple[str, list[dict[str, list[int]]]]],
 ) -> None:
-    """The all row, each host's row and each op kind's row of every window have the counts,
+    """Each agent's row, the all row, each host's and each op kind's row of every window have the counts,
     percentiles and maximum of the merged histogram of exactly the intervals they cover,
     whatever mix of hosts, op kinds and latency ranges the agents had."""
     hosts = {f"a{n}": host for n, (host, _) in enumerate(agents)}
@@ -315,6 +315,8 @@ def test_every_aggregate_row_is_exactly_its_agents_intervals_merged(
             assert got(row) == expected([d for agent, _, d in covered if hosts[agent] == row.agent])
         for row in window.ops:
             assert got(row) == expected([d for _, kind, d in covered if kind == row.agent])
+        for row in window.agents:
+            assert got(row) == expected([d for agent, _, d in covered if agent == row.agent])
 
 
 def test_many_agents_are_shown_one_row_per_host() -> None:

@@ -41,7 +41,13 @@ from collections.abc import Set as AbstractSet
 import attrs
 
 from trio_bench.protocol import OpStats, bucket_value
-from trio_bench.stats import merge_ops, ops_difference, percentiles_of
+from trio_bench.stats import (
+    dense_percentiles,
+    dense_span,
+    merge_ops,
+    ops_difference,
+    percentiles_of,
+)
 
 MIB = 1024 * 1024
 _BASE_COLUMNS: tuple[str, ...] = (
@@ -142,11 +148,13 @@ def interval_row(
     mib_per_s: float | None = None,
     agents: int = 1,
     at_ns: int = 0,
+    quantiles: Sequence[int] | None = None,
 ) -> IntervalRow:
     """One row from an interval's statistics, ``parts`` taken as one merged histogram (an
-    agent's op kinds, a window's); rates over ``seconds`` unless given."""
+    agent's op kinds, a window's); rates over ``seconds`` unless given; ``quantiles``: the
+    PERCENTILES of ``parts`` if already known."""
     rate = 1 / seconds if seconds > 0 else 0.0
-    p50, p90, p99, p999 = percentiles_of(parts, PERCENTILES)
+    p50, p90, p99, p999 = quantiles or percentiles_of(parts, PERCENTILES)
     ops = sum(part.ops for part in parts)
     nbytes = sum(part.bytes for part in parts)
     return IntervalRow(
@@ -230,7 +238,9 @@ class _Running:
         if item.max_ns > self.max_ns:
             self.max_ns = item.max_ns
 
-    def add(self, item: OpStats) -> None:
+    def add(self, item: OpStats, also: list[int] | None = None, also_low: int = 0) -> None:
+        """Add one interval's statistics; and its counts into ``also`` too (a dense list
+        from bucket ``also_low`` on, covering them), in the same pass."""
         self._totals(item)
         buckets = item.buckets
         if not buckets:
@@ -240,8 +250,14 @@ class _Running:
             self._cover(buckets[0], buckets[-1])
             low = self.low
         counts = self.counts
+        if also is None:
+            for index, count in zip(map(operator.sub, buckets, itertools.repeat(low)), item.counts):
+                counts[index] += count
+            return
+        shift = low - also_low
         for index, count in zip(map(operator.sub, buckets, itertools.repeat(low)), item.counts):
             counts[index] += count
+            also[index + shift] += count
 
     def absorb(self, other: _Running) -> None:
         """Add another running merge: one pass in C over its span."""
@@ -418,24 +434,34 @@ class Aggregator:
         host = window.hosts.get(part.host)
         if host is None:
             host = window.hosts[part.host] = {}
+        # the agent's first interval in the window is its row: its kinds are merged for the
+        # row's percentiles in the same pass that adds them to the host's merges
+        low, dense = dense_span(kinds.values()) if not part.kinds else (0, None)
         for kind, delta in kinds.items():
             old = part.kinds.get(kind)
             part.kinds[kind] = delta if old is None else merge_ops((old, delta))
             running = host.get(kind)
             if running is None:
                 running = host[kind] = _Running()
-            running.add(delta)
+            running.add(delta, dense, low)
+        parts = list(part.kinds.values())
+        quantiles = None
+        if dense is not None:
+            ops = sum(delta.ops for delta in parts)
+            maximum = max((delta.max_ns for delta in parts), default=0)
+            quantiles = dense_percentiles(low, dense, ops, maximum, PERCENTILES)
         at_ns = stage.origin_ns + index * self.interval_ns
         part.row = interval_row(
             (at_ns - self.run_start_ns) / 1e9,
             name,
             agent,
             part.warmup,
-            list(part.kinds.values()),
+            parts,
             part.seconds,
             sample.done,
             sample.total,
             at_ns=at_ns,
+            quantiles=quantiles,
         )
 
     # -- output

@@ -77,8 +77,9 @@ def hist_difference(
             gains[at] -= count
     if not gains:
         return (), ()
-    if min(gains) < 0:
+    least = min(gains)
+    if least < 0:
         return None
-    if 0 in gains:
+    if least == 0:
         return tuple(itertools.compress(buckets, gains)), tuple(itertools.compress(gains, gains))
     return buckets, tuple(gains)

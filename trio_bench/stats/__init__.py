@@ -36,6 +36,8 @@ from ._record import (
 )
 from ._sparse import (
     EMPTY,
+    dense_percentiles,
+    dense_span,
     merge_ops,
     merge_wire,
     percentiles,
@@ -55,6 +57,8 @@ __all__ = [
     "Record",
     "Snapshot",
     "SummaryRow",
+    "dense_percentiles",
+    "dense_span",
     "difference",
     "format_tsv",
     "from_wire",

@@ -91,19 +91,41 @@ def percentiles_of(items: Sequence[OpStats], fractions: Sequence[float]) -> list
     if ops == 0:
         return [0] * len(fractions)
     maximum = max(item.max_ns for item in items)
-    buckets: Sequence[int]
     if len(items) == 1:
-        buckets = items[0].buckets
-        seen = list(accumulate(items[0].counts))
-    else:
-        occupied = [item for item in items if item.buckets]
-        low = min(item.buckets[0] for item in occupied)
-        dense = [0] * (max(item.buckets[-1] for item in occupied) - low + 1)
-        for item in occupied:
-            for index, count in zip(item.buckets, item.counts):
-                dense[index - low] += count
-        seen = list(accumulate(dense))
-        buckets = range(low, low + len(dense))
+        return _ranked(items[0].buckets, items[0].counts, ops, maximum, fractions)
+    low, dense = dense_span(items)
+    for item in items:
+        for index, count in zip(item.buckets, item.counts):
+            dense[index - low] += count
+    return _ranked(range(low, low + len(dense)), dense, ops, maximum, fractions)
+
+
+def dense_span(items: Iterable[OpStats]) -> tuple[int, list[int]]:
+    """(lowest bucket, zeros for every bucket up to the highest) of ``items``' histograms."""
+    occupied = [item for item in items if item.buckets]
+    if not occupied:
+        return 0, []
+    low = min(item.buckets[0] for item in occupied)
+    return low, [0] * (max(item.buckets[-1] for item in occupied) - low + 1)
+
+
+def dense_percentiles(
+    low: int, dense: list[int], ops: int, maximum: int, fractions: Sequence[float]
+) -> list[int]:
+    """``percentiles_of`` for counts already added into ``dense_span``'s list."""
+    if ops == 0:
+        return [0] * len(fractions)
+    return _ranked(range(low, low + len(dense)), dense, ops, maximum, fractions)
+
+
+def _ranked(
+    buckets: Sequence[int],
+    counts: Sequence[int],
+    ops: int,
+    maximum: int,
+    fractions: Sequence[float],
+) -> list[int]:
+    seen = list(accumulate(counts))
     out = []
     for fraction in fractions:
         value = bucket_value(buckets[bisect_left(seen, max(1, math.ceil(fraction * ops)))])
