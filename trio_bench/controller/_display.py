@@ -43,6 +43,7 @@ class RunView:
     p99_us: float
     counts: str
     hosts: list[AgentView] = attrs.field(factory=list)  # one row per load host
+    cpu_cores: float = 0.0  # the agents' CPU use, in cores, all together
     # where the run is: "workload [#####-----] 5/10 s, 5 s left", "prepare starting in 1.2 s"
     phase: str = ""
     # whether the numbers are a closed window's of the stage running now; a window closes
@@ -108,8 +109,7 @@ class Display:
             self._live = None
 
     def _line(self, view: RunView) -> str:
-        cpus = [a.cpu_cores for a in view.agents if a.cpu_cores is not None]
-        cpu = f" agents' cpu {sum(cpus):.1f} cores" if cpus else ""
+        cpu = f" agents' cpu {view.cpu_cores:.1f} cores" if view.cpu_cores else ""
         if view.stage == "done":
             states = ", ".join(f"{a.id} {a.state}" for a in view.agents[:MAX_AGENT_ROWS])
             return f"{view.title} done: {states} | {view.counts}"

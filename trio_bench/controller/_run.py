@@ -614,21 +614,28 @@ class Controller:
             self._write(self._results.log_windows, windows)
         # perf_log keeps every window; people need at most a few redraws a second
         now = trio.current_time()
-        if now - self._last_view >= DISPLAY_EVERY_S:
+        if now - self._last_view >= DISPLAY_EVERY_S and self.display.mode != "quiet":
             self._last_view = now
-            self.display.update(self._view())
+            # a plain line shows totals only: no row per agent to build (thousands of them)
+            self.display.update(self._view(rows=self.display.mode == "live"))
 
     def _current_window(self) -> WindowRows | None:
         """The newest closed window, if it belongs to the stage running now."""
         latest = self.aggregator.latest
         return latest if latest is not None and latest.stage == self.stage else None
 
-    def _view(self) -> RunView:
+    def _view(self, *, rows: bool = True) -> RunView:
+        """What the display shows now; ``rows``: with a row per agent and per host."""
         window = self._current_window()
-        rows = {row.agent: row for row in window.agents} if window is not None else {}
+        by_agent = {row.agent: row for row in window.agents} if window is not None and rows else {}
         agents = []
-        for link in self.links:
-            row = rows.get(link.id)  # none: it did not report in that window
+        cpu_cores = 0.0
+        for link in self.links if not rows else ():
+            latest = link.latest
+            if latest is not None and latest.elapsed_ns:
+                cpu_cores += (latest.cpu_user_ns + latest.cpu_system_ns) / latest.elapsed_ns
+        for link in self.links if rows else ():
+            row = by_agent.get(link.id)  # none: it did not report in that window
             latest = link.latest
             progress = f"{latest.done}/{latest.total}" if latest and latest.total else ""
             notes = []
@@ -682,7 +689,10 @@ class Controller:
             phase=self._phase(),
             stage=self.stage,
             agents=agents,
-            hosts=self._host_views(agents),
+            hosts=self._host_views(agents) if rows else [],
+            cpu_cores=sum(a.cpu_cores for a in agents if a.cpu_cores is not None)
+            if rows
+            else cpu_cores,
             ops_per_s=total.ops_per_s if total else 0.0,
             mib_per_s=total.mib_per_s if total else 0.0,
             p50_us=total.p50_us if total else 0.0,
