@@ -1,4 +1,4 @@
-"""The protocol over one Trio stream: one reader task, one writer task, two logical channels.
+"""The protocol over one Trio stream: a reader, a writer task, two logical channels.
 
 Inbound, the reader decodes frames as they arrive and never waits on application work:
 
@@ -22,6 +22,14 @@ one stats frame of memory. The slots are why STATS are not channel items themsel
 channel would keep every snapshot, the slot keeps the newest. When a slot is filled and was
 empty, a marker goes through its direction's channel, so the consumer wakes for it and sees
 it after the control messages that came before it.
+
+Over a TCP socket the two hot paths skip Trio's stream: a control message sent while
+nothing is queued and the writer is idle is written by ``send`` itself (one non-blocking
+write; what the kernel does not take goes to the writer, first in line, so order and the
+channel's bounds hold), and the reader reads the socket once it is readable, or -- given a
+``ReadPoller`` (the controller's thousands of connections) -- has no task of its own: the
+poller's one task hands it each read. Memory streams (tests, virtual time) take the stream
+path; both paths decode and dispatch with the same code (``_take``).
 
 Liveness is the owner's business; the connection only records when bytes last arrived
 (``last_received``, in ``trio.current_time()``).
