@@ -797,3 +797,22 @@ async def test_a_multipart_put_sends_the_objects_data(sigv4_env) -> None:  # typ
     body = sigv4_env.client().get_object(Bucket="data", Key="run/x/big")["Body"].read()
     assert isinstance(data, ObjectData)
     assert body == b"".join(bytes(p) for p in data)
+
+
+@pytest.mark.slow
+async def test_cleanup_after_the_fact_finds_mkdir_markers(s3_env) -> None:
+    """On S3 a mkdir is an empty object named ``dir/``; listing for leftovers finds this
+    agent's markers of this run and nothing else."""
+    s3_env.create_bucket("marks")
+    cfg = s3_config("marks", "duration: 1s\nworkload: [{op: mkdir, path: dirs/}]\n")
+    engine = Engine(cfg, prefix="a1/", run_tag="t")
+    io = engine.backend.worker_io(0)
+    ours = [f"a1/dirs/dir-t-a0-w{w}-{n:010d}/" for w in (0, 1) for n in (1, 2)]
+    for key in ours:
+        io.mkdir(key)
+    io.mkdir("a1/dirs/dir-t-a1-w0-0000000001/")  # another agent's
+    io.mkdir("a1/dirs/dir-t-a0-w0-0000000009/inner/")  # not directly under dirs/
+    io.put("a1/dirs/dir-t-a0-w0-0000000003", 4, b"abcd")  # an object, not a marker
+    io.close()
+    assert sorted(await engine.leftovers()) == ours
+    engine.close()

@@ -161,6 +161,46 @@ workload:
     assert not any((tmp_path / "a" / "test-dirs").iterdir())
 
 
+async def test_cleanup_after_the_fact_finds_the_directories_mkdir_made(tmp_path: Path) -> None:
+    """A run whose cleanup did not happen (aborted, a second Ctrl-C): ``triobench cleanup``
+    lists what the run made by its names -- the objects its puts wrote and the directories
+    its mkdirs made -- and removes them, leaving what is not the run's."""
+    cfg = parse_config(
+        f"""
+target: file://{tmp_path}/
+duration: 300ms
+concurrency: 2
+workload:
+  - {{op: mkdir, path: "test-dirs/", weight: 2}}
+  - {{op: put, path: "new/obj-*", object_size: 1KiB, weight: 1}}
+"""
+    )
+    engine = Engine(cfg, prefix="a/", run_tag="t")
+    await engine.preflight()
+    for name in ("prepare", "workload"):
+        stage = getattr(engine, f"{name}_stage")()
+        await stage.run(engine.clock.now_ns())
+    engine.close()
+    made = sorted(p.name for p in (tmp_path / "a" / "test-dirs").iterdir())
+    assert len(made) > 5 and all((tmp_path / "a" / "test-dirs" / p).is_dir() for p in made)
+    (tmp_path / "a" / "test-dirs" / "not-the-runs").mkdir()  # someone else's
+    (tmp_path / "a" / "test-dirs" / "dir-other-a0-w0-0000000001").mkdir()  # another run's
+
+    later = Engine(cfg, prefix="a/", run_tag="t")  # a new process: only the names to go by
+    leftovers = await later.leftovers()
+    assert sum(key.endswith("/") for key in leftovers) == len(made)
+    stage = later.cleanup_stage(leftovers=leftovers, force=True)
+    await stage.run(later.clock.now_ns())
+    summary = stage.summary("completed")
+    later.close()
+    assert summary.ops["delete"].errors == 0 and summary.ops["delete"].ops == len(leftovers)
+    assert sorted(p.name for p in (tmp_path / "a" / "test-dirs").iterdir()) == [
+        "dir-other-a0-w0-0000000001",
+        "not-the-runs",
+    ]
+    assert not any((tmp_path / "a" / "new").iterdir())
+
+
 async def test_exclusive_path_selection_keeps_each_agent_in_its_directories(
     tmp_path: Path,
 ) -> None:

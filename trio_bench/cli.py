@@ -848,8 +848,8 @@ def cleanup(
         Path | None, typer.Option(help="Refuse file:// paths outside this directory.")
     ] = None,
 ) -> None:
-    """Remove what a run left on the storage: its prepared objects and every object its puts
-    created (found by the run's names), for each of its agents.
+    """Remove what a run left on the storage: its prepared objects, every object its puts
+    created and every directory its mkdirs made (found by the run's names), for each agent.
 
     Run it where the storage is reachable: anywhere for s3:// (credentials from the
     environment, as agents read them) or shared file systems; on each load host for disks

@@ -171,6 +171,11 @@ class Backend(abc.ABC):
         """Objects directly under ``directory``: name -> size (empty if it does not exist)."""
 
     @abc.abstractmethod
+    def scan_dirs(self, directory: str, head: str) -> list[str]:
+        """Directories directly under ``directory`` whose names start with ``head``, as the
+        keys ``mkdir`` made them under (name + "/"): what a cleanup after the fact removes."""
+
+    @abc.abstractmethod
     def worker_io(self, worker: int) -> WorkerIO:
         """A handle for one worker thread."""
 

@@ -220,9 +220,13 @@ class Engine:
         )
 
     async def leftovers(self) -> list[str]:
-        """What this agent's puts created in an earlier session of this run (by listing)."""
+        """What this agent's puts and mkdirs created in an earlier session of this run (by
+        listing)."""
         return await trio.to_thread.run_sync(
-            self.plan.leftover_puts, self.backend.scan, abandon_on_cancel=True
+            self.plan.leftover_puts,
+            self.backend.scan,
+            self.backend.scan_dirs,
+            abandon_on_cancel=True,
         )
 
     def cleanup_stage(self, *, leftovers: Sequence[str] = (), force: bool = False) -> StageRun:

@@ -284,6 +284,21 @@ class FileBackend(Backend):
             os.close(fd)
         return out
 
+    def scan_dirs(self, directory: str, head: str) -> list[str]:
+        try:
+            fd = self.listing_fd(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        try:
+            with os.scandir(fd) as entries:
+                return [
+                    entry.name + "/"
+                    for entry in entries
+                    if entry.name.startswith(head) and entry.is_dir(follow_symlinks=False)
+                ]
+        finally:
+            os.close(fd)
+
     def worker_io(self, worker: int) -> WorkerIO:
         return DirectIO(self) if self.direct else FileIO(self)
 

@@ -34,6 +34,9 @@ class NullBackend(Backend):
     def scan(self, directory: str) -> dict[str, int]:
         return dict(self.directories.get(directory, {}))
 
+    def scan_dirs(self, directory: str, head: str) -> list[str]:
+        return [name + "/" for name in self.directories.get(directory, {}) if name.startswith(head)]
+
     def worker_io(self, worker: int) -> WorkerIO:
         return NullIO(self.directories)
 

@@ -362,24 +362,31 @@ class AgentPlan:
     def created(self) -> list[PutKeys | TreePutKeys]:
         return [keys for op in self.ops for keys in op.created]
 
-    def leftover_puts(self, scan: Callable[[str], dict[str, int]]) -> list[str]:
-        """The objects this agent's puts created in an earlier session of the same run (same
-        run tag), found by listing: what ``triobench cleanup`` removes after the fact."""
-        found: list[str] = []
-        listed: set[tuple[str, str]] = set()
+    def leftover_puts(
+        self,
+        scan: Callable[[str], dict[str, int]],
+        scan_dirs: Callable[[str, str], list[str]],
+    ) -> list[str]:
+        """The objects this agent's puts and the directories its mkdirs created in an
+        earlier session of the same run (same run tag), found by listing: what ``triobench
+        cleanup`` removes after the fact. Objects first, then directories."""
+        objects: list[str] = []
+        directories: list[str] = []
+        listed: set[tuple[str, str, str]] = set()
         for op in self.ops:
-            if op.kind != "put":
+            if op.kind not in ("put", "mkdir"):
                 continue
             head = f"{op.pattern}{self.run_tag}-a{self.agent_index}-w"
-            if op.tree is not None:  # spread over the tree's directories: list each
-                for directory in {op.directory + d for d in op.tree.file_dirs}:
-                    found += [directory + n for n in scan(directory) if n.startswith(head)]
-                continue
-            if (op.directory, head) in listed:
-                continue
-            listed.add((op.directory, head))
-            found += [op.directory + name for name in scan(op.directory) if name.startswith(head)]
-        return found
+            where = [op.directory + d for d in op.tree.file_dirs] if op.tree else [op.directory]
+            for directory in where:
+                if (op.kind, directory, head) in listed:
+                    continue
+                listed.add((op.kind, directory, head))
+                if op.kind == "put":
+                    objects += [directory + n for n in scan(directory) if n.startswith(head)]
+                else:
+                    directories += [directory + n for n in scan_dirs(directory, head)]
+        return objects + directories
 
     # -- facts the engine and preflight need
 

@@ -130,6 +130,16 @@ class S3Backend(Backend):
         finally:
             client.close()
 
+    def scan_dirs(self, directory: str, head: str) -> list[str]:
+        """mkdir's directory markers (empty objects named ``dir/``) under ``directory``."""
+        base = self.prefix + directory
+        client = self.client(0)
+        try:
+            names = [key[len(base) :] for page in client.list_pages(base + head) for key, _ in page]
+        finally:
+            client.close()
+        return [name for name in names if name.endswith("/") and name.count("/") == 1]
+
     def worker_io(self, worker: int) -> WorkerIO:
         return S3WorkerIO(self.client(self.agent_index * self.concurrency + worker), self.prefix)
 

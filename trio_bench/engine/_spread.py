@@ -41,6 +41,9 @@ class SpreadBackend(Backend):
     def scan(self, directory: str) -> dict[str, int]:
         return self.first.scan(directory)
 
+    def scan_dirs(self, directory: str, head: str) -> list[str]:
+        return self.first.scan_dirs(directory, head)
+
     def endpoint_of(self, worker: int) -> FileBackend:
         return self.backends[(self.offset + worker) % len(self.backends)]
 
