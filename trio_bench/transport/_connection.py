@@ -365,6 +365,8 @@ class Connection:
 
     def read_ready(self) -> None:
         """The poller saw bytes (or EOF) on our socket: read them and handle them here."""
+        if self._reading_done.is_set():  # EOF or a broken frame taken: the reader ends now
+            return
         try:
             data = os.read(self._fd, RECEIVE_SIZE)  # type: ignore[arg-type]
         except BlockingIOError:
