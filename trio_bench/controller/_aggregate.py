@@ -29,18 +29,16 @@ Pure: no Trio, no I/O. One caller (the controller) owns the state.
 
 from __future__ import annotations
 
-import bisect
 import datetime
 import functools
 import itertools
-import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
 import attrs
 
-from trio_bench.protocol import OpStats, bucket_value
+from trio_bench.protocol import OpStats
 from trio_bench.stats import (
     dense_percentiles,
     dense_span,
@@ -278,27 +276,7 @@ class _Running:
 
     def percentiles(self) -> list[int]:
         """``PERCENTILES`` of the merge, as ``percentiles_of`` computes them."""
-        if self.ops == 0:
-            return [0] * len(PERCENTILES)
-        seen = list(itertools.accumulate(self.counts))
-        out = []
-        for fraction in PERCENTILES:
-            at = bisect.bisect_left(seen, max(1, math.ceil(fraction * self.ops)))
-            value = bucket_value(self.low + at)
-            out.append(min(value, self.max_ns) if self.max_ns else value)
-        return out
-
-    def stats(self) -> OpStats:
-        counts = self.counts
-        return OpStats(
-            self.ops,
-            self.bytes,
-            self.errors,
-            self.sum_ns,
-            self.max_ns,
-            tuple(itertools.compress(range(self.low, self.low + len(counts)), counts)),
-            tuple(itertools.compress(counts, counts)),
-        )
+        return dense_percentiles(self.low, self.counts, self.ops, self.max_ns, PERCENTILES)
 
 
 @attrs.define

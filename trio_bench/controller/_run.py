@@ -37,12 +37,13 @@ from trio_bench.protocol import (
     PeerEvent,
     PeerState,
     Start,
+    Stats,
     to_agent_clock,
     to_controller_clock,
 )
 from trio_bench.transport import ReadPoller, poller_available
 
-from ._aggregate import Aggregator, Sample, WindowRows
+from ._aggregate import Aggregator, IntervalRow, Sample, WindowRows
 from ._display import AgentView, Display, RunView, progress_bar
 from ._link import AgentLink, Connect, LinkFailed
 from ._results import (
@@ -627,48 +628,14 @@ class Controller:
     def _view(self, *, rows: bool = True) -> RunView:
         """What the display shows now; ``rows``: with a row per agent and per host."""
         window = self._current_window()
-        by_agent = {row.agent: row for row in window.agents} if window is not None and rows else {}
+        cpus = [_agent_cpu(link.latest) for link in self.links]
         agents = []
-        cpu_cores = 0.0
-        for link in self.links if not rows else ():
-            latest = link.latest
-            if latest is not None and latest.elapsed_ns:
-                cpu_cores += (latest.cpu_user_ns + latest.cpu_system_ns) / latest.elapsed_ns
-        for link in self.links if rows else ():
-            row = by_agent.get(link.id)  # none: it did not report in that window
-            latest = link.latest
-            progress = f"{latest.done}/{latest.total}" if latest and latest.total else ""
-            notes = []
-            if link.stalled:
-                notes.append("stalled")
-            if link.machine.recoveries:
-                notes.append(f"recovered x{link.machine.recoveries}")
-            if latest is not None and latest.error_codes:
-                by_code: dict[str, int] = {}
-                for per_kind in latest.error_codes.values():
-                    for code, n in per_kind.items():
-                        by_code[code] = by_code.get(code, 0) + n
-                top = sorted(by_code.items(), key=lambda item: -item[1])[:2]
-                notes.append("errors: " + ", ".join(f"{code} {n:,}" for code, n in top))
-            if link.failure:
-                notes.append(link.failure[:60])
-            agents.append(
-                AgentView(
-                    id=link.id,
-                    state=link.state.value,
-                    stage=latest.stage if latest else "",
-                    progress=progress,
-                    ops_per_s=row.ops_per_s if row else 0.0,
-                    mib_per_s=row.mib_per_s if row else 0.0,
-                    p50_us=row.p50_us if row else 0.0,
-                    p99_us=row.p99_us if row else 0.0,
-                    silent_s=link.seconds_since_frame(),
-                    note=", ".join(notes),
-                    cpu_cores=(latest.cpu_user_ns + latest.cpu_system_ns) / latest.elapsed_ns
-                    if latest is not None and latest.elapsed_ns
-                    else None,
-                )
-            )
+        if rows:
+            by_agent = {row.agent: row for row in window.agents} if window is not None else {}
+            agents = [
+                _agent_view(link, by_agent.get(link.id), cores)
+                for link, cores in zip(self.links, cpus, strict=True)
+            ]
         # numbers of a finished stage are not the current throughput
         total = window.total if window is not None else None
         live = [link for link in self.links if link.machine.live]
@@ -690,9 +657,7 @@ class Controller:
             stage=self.stage,
             agents=agents,
             hosts=self._host_views(agents) if rows else [],
-            cpu_cores=sum(a.cpu_cores for a in agents if a.cpu_cores is not None)
-            if rows
-            else cpu_cores,
+            cpu_cores=sum(cores for cores in cpus if cores is not None),
             ops_per_s=total.ops_per_s if total else 0.0,
             mib_per_s=total.mib_per_s if total else 0.0,
             p50_us=total.p50_us if total else 0.0,
@@ -936,3 +901,43 @@ class Controller:
             "errors": self.errors,
             "timeline": self.timeline,
         }
+
+
+def _agent_cpu(latest: Stats | None) -> float | None:
+    """An agent's CPU use in cores, from its newest STATS (None before its first)."""
+    if latest is None or not latest.elapsed_ns:
+        return None
+    return (latest.cpu_user_ns + latest.cpu_system_ns) / latest.elapsed_ns
+
+
+def _agent_view(link: AgentLink, row: IntervalRow | None, cores: float | None) -> AgentView:
+    """One agent's line of the live view; ``row``: its numbers in the newest window (none if
+    it did not report in it)."""
+    latest = link.latest
+    notes = []
+    if link.stalled:
+        notes.append("stalled")
+    if link.machine.recoveries:
+        notes.append(f"recovered x{link.machine.recoveries}")
+    if latest is not None and latest.error_codes:
+        by_code: dict[str, int] = {}
+        for per_kind in latest.error_codes.values():
+            for code, n in per_kind.items():
+                by_code[code] = by_code.get(code, 0) + n
+        top = sorted(by_code.items(), key=lambda item: -item[1])[:2]
+        notes.append("errors: " + ", ".join(f"{code} {n:,}" for code, n in top))
+    if link.failure:
+        notes.append(link.failure[:60])
+    return AgentView(
+        id=link.id,
+        state=link.state.value,
+        stage=latest.stage if latest else "",
+        progress=f"{latest.done}/{latest.total}" if latest and latest.total else "",
+        ops_per_s=row.ops_per_s if row else 0.0,
+        mib_per_s=row.mib_per_s if row else 0.0,
+        p50_us=row.p50_us if row else 0.0,
+        p99_us=row.p99_us if row else 0.0,
+        silent_s=link.seconds_since_frame(),
+        note=", ".join(notes),
+        cpu_cores=cores,
+    )

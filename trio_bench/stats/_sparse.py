@@ -29,25 +29,15 @@ def merge_ops(items: Iterable[OpStats]) -> OpStats:
     items = list(items)
     if len(items) == 1:
         return items[0]
-    occupied = [item for item in items if item.buckets]
-    buckets: tuple[int, ...] = ()
-    counts: tuple[int, ...] = ()
-    if occupied:
-        low = min(item.buckets[0] for item in occupied)
-        dense = [0] * (max(item.buckets[-1] for item in occupied) - low + 1)
-        for item in occupied:
-            for index, count in zip(item.buckets, item.counts):
-                dense[index - low] += count
-        buckets = tuple(compress(range(low, low + len(dense)), dense))
-        counts = tuple(compress(dense, dense))
+    low, dense = dense_sum(items)
     return OpStats(
         ops=sum(item.ops for item in items),
         bytes=sum(item.bytes for item in items),
         errors=sum(item.errors for item in items),
         sum_ns=sum(item.sum_ns for item in items),
         max_ns=max((item.max_ns for item in items), default=0),
-        buckets=buckets,
-        counts=counts,
+        buckets=tuple(compress(range(low, low + len(dense)), dense)),
+        counts=tuple(compress(dense, dense)),
     )
 
 
@@ -93,10 +83,7 @@ def percentiles_of(items: Sequence[OpStats], fractions: Sequence[float]) -> list
     maximum = max(item.max_ns for item in items)
     if len(items) == 1:
         return _ranked(items[0].buckets, items[0].counts, ops, maximum, fractions)
-    low, dense = dense_span(items)
-    for item in items:
-        for index, count in zip(item.buckets, item.counts):
-            dense[index - low] += count
+    low, dense = dense_sum(items)
     return _ranked(range(low, low + len(dense)), dense, ops, maximum, fractions)
 
 
@@ -107,6 +94,15 @@ def dense_span(items: Iterable[OpStats]) -> tuple[int, list[int]]:
         return 0, []
     low = min(item.buckets[0] for item in occupied)
     return low, [0] * (max(item.buckets[-1] for item in occupied) - low + 1)
+
+
+def dense_sum(items: Sequence[OpStats]) -> tuple[int, list[int]]:
+    """``items``' histograms added into one dense list: (its lowest bucket, the counts)."""
+    low, dense = dense_span(items)
+    for item in items:
+        for index, count in zip(item.buckets, item.counts):
+            dense[index - low] += count
+    return low, dense
 
 
 def dense_percentiles(

@@ -135,7 +135,7 @@ class Connection:
         self._handler: Callable[[Message], None] | None = None
         self.last_received = trio.current_time()
         self.frames_received = 0
-        self.frames_written_directly = 0  # control frames ``send`` handed to the kernel itself
+        self.frames_written_directly = 0  # control frames ``send`` handed (some of) to the kernel
         self.stats_superseded = 0  # outbound STATS replaced before they could be sent
         self.pongs_dropped = 0
         self.close_reason: str | None = None
@@ -209,9 +209,10 @@ class Connection:
         except BlockingIOError:
             written = 0
         except OSError as exc:
-            self._abort(f"connection to {self.name} lost: {exc.strerror or exc}")
+            self._lost(trio.BrokenResourceError(exc.strerror or str(exc)))
             return
-        self.frames_written_directly += 1
+        if written:
+            self.frames_written_directly += 1
         if written < len(data):
             self._put_out(_Signed(data[written:]))
 
@@ -341,12 +342,19 @@ class Connection:
             return await self.stream.receive_some(RECEIVE_SIZE)
         while True:
             await trio.lowlevel.wait_readable(self._socket)
-            try:
-                return os.read(self._fd, RECEIVE_SIZE)
-            except BlockingIOError:
-                continue  # woken without data (another reader of the socket took it)
-            except OSError as exc:
-                raise trio.BrokenResourceError(exc.strerror or str(exc)) from exc
+            data = self._read_socket()
+            if data is not None:  # None: woken without data
+                return data
+
+    def _read_socket(self) -> bytes | None:
+        """One non-blocking read of the socket: its bytes (empty at the peer's EOF), or None
+        if it has none now. ``BrokenResourceError`` if the connection is broken."""
+        try:
+            return os.read(self._fd, RECEIVE_SIZE)  # type: ignore[arg-type]
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc.strerror or str(exc)) from exc
 
     async def _reader(self) -> None:
         if self._poller is not None and self._fd is not None:
@@ -361,22 +369,23 @@ class Connection:
                 if not self._take(await self._receive_some()):
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._abort(f"connection to {self.name} lost: {exc or type(exc).__name__}")
+            self._lost(exc)
 
     def read_ready(self) -> None:
         """The poller saw bytes (or EOF) on our socket: read them and handle them here."""
         if self._reading_done.is_set():  # EOF or a broken frame taken: the reader ends now
             return
         try:
-            data = os.read(self._fd, RECEIVE_SIZE)  # type: ignore[arg-type]
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._abort(f"connection to {self.name} lost: {exc.strerror or exc}")
+            data = self._read_socket()
+        except trio.BrokenResourceError as exc:
+            self._lost(exc)
             self._reading_done.set()
             return
-        if not self._take(data):
+        if data is not None and not self._take(data):
             self._reading_done.set()
+
+    def _lost(self, exc: BaseException) -> None:
+        self._abort(f"connection to {self.name} lost: {exc or type(exc).__name__}")
 
     def _take(self, data: bytes | bytearray) -> bool:
         """Handle bytes read from the peer; False once reading is over (its EOF, or a frame
@@ -483,7 +492,7 @@ class Connection:
                     # until the kernel has sent most of it, keep the next batch with us
                     await trio.lowlevel.wait_writable(self._socket)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._abort(f"connection to {self.name} lost: {exc or type(exc).__name__}")
+            self._lost(exc)
 
     # -- closing
 
