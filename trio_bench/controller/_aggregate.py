@@ -557,8 +557,8 @@ class Aggregator:
             for host, sums in sorted(host_sums.items())
             if host in window.hosts
         )
-        op_rows = tuple(
-            attrs.evolve(row_of(kind, kinds[kind], sums, total.warmup), done=0, total=0)
+        op_rows = tuple(  # rates only (progress is an agent's, not an op kind's)
+            row_of(kind, kinds[kind], sums, total.warmup)
             for kind, sums in sorted(kind_sums.items())
         )
         return WindowRows(stage, index, at_ns, tuple(agent_rows), total, hosts, op_rows)

@@ -760,19 +760,20 @@ def decode_message(frame: dict[str, Any]) -> Message:
 
 
 _STATS_FIELDS = frozenset(field.name for field in attrs.fields(Stats))
-_STATS_INTS = ("seq", "elapsed_ns", "done", "total", "cpu_user_ns", "cpu_system_ns", "at_ns")
+_STATS_INTS = tuple(f.name for f in attrs.fields(Stats) if str(f.type) in ("int", str(int)))
+
+
+def _is_uint(value: Any) -> bool:
+    """What ``_structure_int`` accepts, as a test."""
+    return type(value) is int and 0 <= value < _U64
 
 
 def _stats_fast(fields: dict[str, Any]) -> Stats | None:
     """A well-formed STATS, checked as the converter checks it but written out (it is most of
     what a controller decodes: thousands a second). None at the first thing that is not as
     expected: the converter then decodes the frame again and says what is wrong."""
-    if fields.keys() != _STATS_FIELDS:
+    if fields.keys() != _STATS_FIELDS or not all(_is_uint(fields[n]) for n in _STATS_INTS):
         return None
-    for name in _STATS_INTS:
-        value = fields[name]
-        if type(value) is not int or not 0 <= value < _U64:
-            return None
     ops, sizes, error_codes = fields["ops"], fields["sizes"], fields["error_codes"]
     if (
         type(fields["stage"]) is not str
@@ -801,22 +802,15 @@ def _stats_fast(fields: dict[str, Any]) -> Stats | None:
         for kind, codes in error_codes.items():
             if type(kind) is not str or type(codes) is not dict:
                 return None
-            for code, count in codes.items():
-                if type(code) is not str or type(count) is not int or not 0 <= count < _U64:
-                    return None
-        return Stats(
-            seq=fields["seq"],
-            stage=fields["stage"],
-            warmup=fields["warmup"],
-            elapsed_ns=fields["elapsed_ns"],
-            done=fields["done"],
-            total=fields["total"],
-            ops=checked_ops,
-            error_codes={kind: dict(codes) for kind, codes in error_codes.items()},
-            cpu_user_ns=fields["cpu_user_ns"],
-            cpu_system_ns=fields["cpu_system_ns"],
-            at_ns=fields["at_ns"],
-            sizes=checked_sizes,
+            if not all(type(code) is str and _is_uint(n) for code, n in codes.items()):
+                return None
+        return Stats(  # the validators (stage, op kinds, sizes) run here
+            **{
+                **fields,
+                "ops": checked_ops,
+                "sizes": checked_sizes,
+                "error_codes": {kind: dict(codes) for kind, codes in error_codes.items()},
+            }
         )
     except (TypeError, ValueError):
         return None
