@@ -395,8 +395,6 @@ def _run_controller(
 ) -> int:
     from trio_bench.controller import Controller, Display, ResultsUnusable
 
-    _allow_open_files(sum(agent.processes for agent in agents))
-
     def say(line: str) -> None:  # people's output: stderr when stdout carries the JSON
         typer.echo(line, err=json_output)
 
@@ -688,6 +686,7 @@ def run(
     overrides = _overrides(duration, concurrency, target, set_)
     cfg = _load(config, overrides)
     count = local_agents or os.cpu_count() or 1
+    _allow_open_files(count)
     try:
         path = new_results_dir(results_dir, cfg.name or "run")
     except ResultsUnusable as exc:

@@ -166,14 +166,12 @@ HISTOGRAM_FORMAT = (
 def histograms_json(snapshot: Mapping[str, OpStats]) -> dict[str, Any]:
     """One stage's histograms.json entry (``HISTOGRAM_FORMAT``) for a merged snapshot in wire
     form: the op kinds, then the size buckets that have operations."""
-    out = {}
-    for key, stats in snapshot.items():
-        if not is_sized(key):
-            out[key] = {**_totals(stats), "hist": [_bucket(i, n) for i, n in stats.pairs()]}
-    for key, stats in snapshot.items():
-        if is_sized(key) and stats.ops:
-            out[key] = {**_totals(stats), "hist": [_bucket(i, n) for i, n in stats.pairs()]}
-    return out
+    kinds_first = sorted(snapshot.items(), key=lambda item: is_sized(item[0]))  # stable
+    return {
+        key: {**_totals(stats), "hist": [_bucket(i, n) for i, n in stats.pairs()]}
+        for key, stats in kinds_first
+        if stats.ops or not is_sized(key)
+    }
 
 
 def _totals(stats: OpStats) -> dict[str, int]:

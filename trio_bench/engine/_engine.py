@@ -223,7 +223,7 @@ class Engine:
         """What this agent's puts and mkdirs created in an earlier session of this run (by
         listing)."""
         return await trio.to_thread.run_sync(
-            self.plan.leftover_puts,
+            self.plan.leftover_keys,
             self.backend.scan,
             self.backend.scan_dirs,
             abandon_on_cancel=True,

@@ -362,7 +362,7 @@ class AgentPlan:
     def created(self) -> list[PutKeys | TreePutKeys]:
         return [keys for op in self.ops for keys in op.created]
 
-    def leftover_puts(
+    def leftover_keys(
         self,
         scan: Callable[[str], dict[str, int]],
         scan_dirs: Callable[[str, str], list[str]],

@@ -32,6 +32,7 @@ from ._record import (
     snapshot_from_wire,
     snapshot_to_wire,
     to_wire,
+    wire_snapshot,
     with_totals,
 )
 from ._sparse import (
@@ -42,7 +43,6 @@ from ._sparse import (
     merge_wire,
     percentiles,
     percentiles_of,
-    wire_snapshot,
 )
 from ._summary import SUMMARY_COLUMNS, SummaryRow, format_tsv, summarize, summary_rows
 

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from operator import add
 from typing import TypeVar
 
+import attrs
+
 from trio_bench.protocol import NBINS, SIZE_LABELS, OpStats, bucket_bounds, bucket_value
 
 BYTES = NBINS
@@ -212,18 +214,24 @@ def sizes_to_wire(snapshot: Mapping[str, Record]) -> dict[str, dict[str, OpStats
     return out
 
 
-def snapshot_from_wire(
+def wire_snapshot(
     ops: Mapping[str, OpStats], sizes: Mapping[str, Mapping[str, OpStats | None]] | None = None
-) -> Snapshot:
-    """The snapshot a STATS or STAGE_DONE carries: its op kinds and, given ``sizes``, their
-    size buckets (a nil bucket gets the kind's numbers without its errors)."""
-    out = {kind: from_wire(stats) for kind, stats in ops.items()}
+) -> dict[str, OpStats]:
+    """What a STATS or STAGE_DONE carries as one map: its op kinds and, given ``sizes``, a key
+    per kind and size bucket (``sized_key``; a nil bucket is the kind's numbers without its
+    errors). ``snapshot_from_wire`` is the same as dense records."""
+    out = dict(ops)
     for kind, buckets in (sizes or {}).items():
         for label, stats in buckets.items():
             if stats is not None:
-                out[sized_key(kind, label)] = from_wire(stats)
-            elif kind in out:
-                record = out[kind].copy()
-                record[ERRORS] = 0
-                out[sized_key(kind, label)] = record
+                out[sized_key(kind, label)] = stats
+            elif kind in ops:
+                out[sized_key(kind, label)] = attrs.evolve(ops[kind], errors=0)
     return out
+
+
+def snapshot_from_wire(
+    ops: Mapping[str, OpStats], sizes: Mapping[str, Mapping[str, OpStats | None]] | None = None
+) -> Snapshot:
+    """``wire_snapshot`` as dense records (what an agent merges and differences)."""
+    return {key: from_wire(stats) for key, stats in wire_snapshot(ops, sizes).items()}

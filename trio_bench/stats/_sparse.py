@@ -14,11 +14,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate, compress
 
-import attrs
-
 from trio_bench.protocol import OpStats, bucket_value
-
-from ._record import sized_key
 
 EMPTY = OpStats(ops=0, bytes=0, errors=0, sum_ns=0, max_ns=0, buckets=(), counts=())
 
@@ -52,22 +48,6 @@ def merge_wire(snapshots: Iterable[Mapping[str, OpStats]]) -> dict[str, OpStats]
     return {key: merge_ops(items) for key, items in by_key.items()}
 
 
-def wire_snapshot(
-    ops: Mapping[str, OpStats], sizes: Mapping[str, Mapping[str, OpStats | None]] | None = None
-) -> dict[str, OpStats]:
-    """What a STATS or STAGE_DONE carries as one map: its op kinds and, given ``sizes``, a key
-    per kind and size bucket (``sized_key``; a nil bucket is the kind's numbers without its
-    errors). ``snapshot_from_wire`` is the same as dense records."""
-    out = dict(ops)
-    for kind, buckets in (sizes or {}).items():
-        for label, stats in buckets.items():
-            if stats is not None:
-                out[sized_key(kind, label)] = stats
-            elif kind in ops:
-                out[sized_key(kind, label)] = attrs.evolve(ops[kind], errors=0)
-    return out
-
-
 def percentiles(stats: OpStats, fractions: Sequence[float]) -> list[int]:
     """Nearest-rank percentiles (any order of ``fractions``) in ns; 0s if there were no ops."""
     return percentiles_of([stats], fractions)
@@ -84,7 +64,7 @@ def percentiles_of(items: Sequence[OpStats], fractions: Sequence[float]) -> list
     if len(items) == 1:
         return _ranked(items[0].buckets, items[0].counts, ops, maximum, fractions)
     low, dense = dense_sum(items)
-    return _ranked(range(low, low + len(dense)), dense, ops, maximum, fractions)
+    return dense_percentiles(low, dense, ops, maximum, fractions)
 
 
 def dense_span(items: Iterable[OpStats]) -> tuple[int, list[int]]:
