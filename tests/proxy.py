@@ -22,7 +22,9 @@ class Faults:
     stall_to_agent: bool = False
     stall_to_controller: bool = False
     corrupt_next_header: bool = False  # controller -> agent
-    hold_to_agent_after: str | None = None  # forward up to this message tag, then stall
+    # forward up to the message with this tag ("start"), or tag and stage ("start:cleanup"),
+    # then stall
+    hold_to_agent_after: str | None = None
     inject_to_agent: bytes | None = None  # sent to the agent once, between two frames
 
 
@@ -136,10 +138,11 @@ class Proxy:
             del self._pending[: 4 + length]
             log += frame
             await sink.send_all(frame)
-            tag = p.decode_body(frame[4:]).get("t")
-            if tag == self.faults.hold_to_agent_after:
+            message = p.decode_body(frame[4:])
+            wanted = self.faults.hold_to_agent_after
+            if wanted in (message.get("t"), f"{message.get('t')}:{message.get('stage')}"):
                 self.set(stall_to_agent=True, hold_to_agent_after=None)
-                self.held_after = tag
+                self.held_after = wanted
                 return
 
     async def _pump(

@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from trio_bench.engine._data import PIECE, Pattern, RandomPool, Source
 from trio_bench.engine._file import FileBackend
 from trio_bench.engine._null import NULL_DIRECTORY_LIMIT, NullBackend
 from trio_bench.engine._plan import POOL_GROWTH, Pool, PutKeys
+from trio_bench.stats import ops_of
 
 from .agents import config as fast_config
 from .agents import quiet_controller
@@ -262,14 +264,24 @@ def test_null_storage_remembers_a_bounded_number_of_objects() -> None:
     assert io.get("d/x5") == 7
 
 
+async def _polled(condition: Callable[[], bool]) -> None:
+    """Until ``condition`` holds: for state a worker thread changes (no event to wait on)."""
+    while True:
+        if condition():
+            return
+        await trio.sleep(0.05)
+
+
 async def test_an_agent_running_puts_does_not_grow(monkeypatch, reliability) -> None:
-    """Python allocations of a put-only null:// workload, sampled after 0.5 s and 2.5 s:
-    flat once null:// stops remembering names (its limit lowered here from 1,000,000 to
-    20,000 so the test reaches it; before the fix every put kept ~200 bytes for good)."""
-    monkeypatch.setattr("trio_bench.engine._null.NULL_DIRECTORY_LIMIT", 20_000)
+    """Python allocations of a put-only null:// workload, sampled once null:// holds as many
+    names as it keeps and again 20,000 puts later: flat (its limit lowered here from 1,000,000
+    to 20,000 so the test reaches it; before the fix every put kept ~200 bytes for good).
+    Sampled by progress, not by time, so a slow machine changes nothing."""
+    limit = 20_000
+    monkeypatch.setattr("trio_bench.engine._null.NULL_DIRECTORY_LIMIT", limit)
     cfg = parse_config("""
 target: null://
-duration: 3s
+duration: 600s
 concurrency: 1
 prepare: {cleanup: true}
 workload: [{op: put, path: "new/", object_size: 4KiB}]
@@ -277,24 +289,35 @@ workload: [{op: put, path: "new/", object_size: 4KiB}]
     engine = Engine(cfg)
     await engine.preflight()
     run = engine.workload_stage()
+    names = engine.backend.directories  # type: ignore[attr-defined]
+
+    def puts() -> int:
+        stats = run.progress().snapshot.get("put")
+        return ops_of(stats) if stats is not None else 0
+
     samples = []
     tracemalloc.start()
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run.run, engine.clock.now_ns())
-            for wait in (0.5, 2.0):
-                await trio.sleep(wait)
+        with trio.fail_after(300):  # a bound, not a speed: ~40,000 null puts
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run.run, engine.clock.now_ns())
+                await _polled(lambda: len(names.get("new/", ())) >= limit)
+                first = puts()
                 samples.append(tracemalloc.get_traced_memory()[0])
+                await _polled(lambda: puts() >= first + limit)
+                samples.append(tracemalloc.get_traced_memory()[0])
+                run.stop.set()
     finally:
         tracemalloc.stop()
-    puts = run.summary("completed").ops["put"].ops
+    done = run.summary("completed").ops["put"].ops
     grown = samples[1] - samples[0]
-    assert puts > 10_000
-    assert grown < 1024 * 1024, f"{grown} bytes more after {puts} puts"
+    assert done >= first + limit
+    assert grown < 1024 * 1024, f"{grown} bytes more after {done - first} puts"
     reliability(
         "null:// put-only workload (memory per put)",
         "agent memory flat however many puts",
-        f"{puts:,} puts in 3 s; Python heap grew {grown / 1024:.0f} KiB between 0.5 s and 2.5 s",
+        f"{done:,} puts; Python heap grew {grown / 1024:.0f} KiB over the {done - first:,} "
+        "puts after null:// held its 20,000 names",
     )
 
 

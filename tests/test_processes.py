@@ -162,9 +162,10 @@ async def test_an_agent_killed_between_its_final_summary_and_the_ack(
         link = controller.links[0]
 
         async def kill() -> None:
+            # START(cleanup) reaches the agent; nothing after it does (no final ACK) ... (set
+            # before the run: the controller writes START the moment the workload is done)
+            proxies[0].set(hold_to_agent_after="start:cleanup")
             await controller.wait_for(lambda: link.state is PeerState.WORKLOAD_DONE)
-            # START(cleanup) reaches the agent; nothing after it does (no final ACK) ...
-            proxies[0].set(hold_to_agent_after="start")
             if delivered:
                 # ... and the controller receives the final summary
                 await controller.wait_for(lambda: link.state is PeerState.COMPLETED)
@@ -172,7 +173,7 @@ async def test_an_agent_killed_between_its_final_summary_and_the_ack(
                 # ... and the final summary stays in the link
                 proxies[0].set(stall_to_controller=True)
                 await trio.sleep(1.0)
-            assert proxies[0].held_after == "start"
+            assert proxies[0].held_after == "start:cleanup"
             agents[0].signal(signal.SIGKILL)
 
         result = await run(controller, kill)
