@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import itertools
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -249,13 +248,12 @@ class _Running:
             low = self.low
         counts = self.counts
         if also is None:
-            for index, count in zip(map(operator.sub, buckets, itertools.repeat(low)), item.counts):
-                counts[index] += count
+            for index, count in zip(buckets, item.counts):
+                counts[index - low] += count
             return
-        shift = low - also_low
-        for index, count in zip(map(operator.sub, buckets, itertools.repeat(low)), item.counts):
-            counts[index] += count
-            also[index + shift] += count
+        for index, count in zip(buckets, item.counts):
+            counts[index - low] += count
+            also[index - also_low] += count
 
     def absorb(self, other: _Running) -> None:
         """Add another running merge: one pass in C over its span."""

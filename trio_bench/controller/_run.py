@@ -159,7 +159,7 @@ class Controller:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.results_base = results_base
         self.results_dir = results_dir
-        self._change = trio.Event()
+        self._change = trio.lowlevel.ParkingLot()  # wakes _wait_until's waiters
         self.timeline: list[dict[str, Any]] = []
         self.lag = LoopLag()  # whether this process keeps up with its agents
         self.links = [
@@ -203,8 +203,8 @@ class Controller:
     # -- notifications and the timeline
 
     def _changed(self) -> None:
-        self._change.set()
-        self._change = trio.Event()
+        if self._change:  # every message calls this: nothing to do when no one waits
+            self._change.unpark_all()
 
     @property
     def stage(self) -> str:
@@ -221,7 +221,7 @@ class Controller:
 
     async def _wait_until(self, condition: Callable[[], bool]) -> None:
         while not condition():
-            await self._change.wait()
+            await self._change.park()
 
     async def wait_for(self, condition: Callable[[], bool]) -> None:
         """Wait until ``condition()`` holds; re-checked whenever any agent's state changes
