@@ -969,10 +969,45 @@ def _replay_run(count: int, work: Path) -> dict[str, float]:
     return out
 
 
+def _python_speed() -> float:
+    """Microseconds for a fixed piece of pure Python (best of 7): the speed of this machine's
+    CPU for the kind of work a controller does, so replay curves measured on different days
+    can be compared (a shared 2-vCPU machine's speed was seen to vary by 40 % between days).
+    It does not use triobench: the same code every time, whatever the controller's."""
+    rng = random.Random(3)
+    pairs = [(i, rng.randint(1, 9)) for i in sorted(rng.sample(range(2000), 360))]
+    words = [f"k{i}" for i in range(200)]
+
+    def piece() -> int:
+        dense = [0] * 2000
+        for _ in range(20):
+            for index, count in pairs:
+                dense[index] += count
+            table = dict.fromkeys(words, 0)
+            for word in words:
+                table[word] += len(word)
+        return sum(dense) + len(table)
+
+    best = float("inf")
+    for _ in range(7):
+        started = time.perf_counter()
+        piece()
+        best = min(best, time.perf_counter() - started)
+    return best * 1e6
+
+
 def bench_replay(quick: bool, work: Path) -> list[Row]:
     """The controller against 500 to 5,000 agents played at the protocol level (bench/replay.py)
     at 1 stats frame/s each."""
-    rows = []
+    rows = [
+        Row(
+            "replay",
+            "this machine's Python speed (fixed pure-Python piece, best of 7)",
+            f"{_python_speed():.0f} us",
+            "",
+            "lower is faster; compare curves of different days by it",
+        )
+    ]
     for count in [500, 1000] if quick else [500, 1000, 2000, 5000]:
         try:
             got = _replay_run(count, work)
