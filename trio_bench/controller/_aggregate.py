@@ -411,8 +411,10 @@ class Aggregator:
         if host is None:
             host = window.hosts[part.host] = {}
         # the agent's first interval in the window is its row: its kinds are merged for the
-        # row's percentiles in the same pass that adds them to the host's merges
-        low, dense = dense_span(kinds.values()) if not part.kinds else (0, None)
+        # row's percentiles in the same pass that adds them to the host's merges (one kind,
+        # as in a pure read or write test, is ranked from its own sparse histogram instead)
+        merged = not part.kinds and len(kinds) > 1
+        low, dense = dense_span(kinds.values()) if merged else (0, None)
         for kind, delta in kinds.items():
             old = part.kinds.get(kind)
             part.kinds[kind] = delta if old is None else merge_ops((old, delta))
