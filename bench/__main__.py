@@ -1009,11 +1009,17 @@ def bench_replay(quick: bool, work: Path) -> list[Row]:
         )
     ]
     for count in [500, 1000] if quick else [500, 1000, 2000, 5000]:
+        # the target count three times (this machine is shared and noisy): the median run
+        runs = 3 if count == 2000 else 1
         try:
-            got = _replay_run(count, work)
+            tries = [_replay_run(count, work) for _ in range(runs)]
         except Exception as exc:  # one count failing must not lose the others
             rows.append(Row("replay", f"{count} agents", "FAILED", "", repr(exc)[:200]))
             continue
+        measured = sorted((t for t in tries if "cpu" in t), key=lambda t: t["cpu"])
+        got = measured[len(measured) // 2] if measured else tries[0]
+        shares = ", ".join(format(t["cpu"], ".0%") for t in measured)
+        spread = f" (median of {len(measured)}: {shares})" if len(measured) > 1 else ""
         if "cpu" not in got:
             rows.append(
                 Row(
@@ -1030,7 +1036,7 @@ def bench_replay(quick: bool, work: Path) -> list[Row]:
             Row(
                 "replay",
                 f"{count} agents at 1 frame/s: controller CPU, RSS",
-                f"{got['cpu']:.0%} of a core, {got['rss']:.0f} MiB",
+                f"{got['cpu']:.0%} of a core{spread}, {got['rss']:.0f} MiB",
                 "< 50% at 2,000" if count == 2000 else "",
                 f"PING RTT p99 {got['rtt_p99']:.0f} ms; stats-to-display p50/p99 "
                 f"{got['delay_p50']:.0f}/{got['delay_p99']:.0f} ms; Ctrl-C to exit "

@@ -10,7 +10,8 @@ histograms (three op kinds, ~120 occupied buckets each, growing every interval),
 with a full summary, COMPLETED (or ABORTED when told), GOODBYE. There is no engine and no
 storage: a STATS frame is assembled from pre-encoded parts, so one process can play
 thousands of agents and the controller's costs are what is measured. Not a conforming agent
-in every corner (it does not re-send unacknowledged messages, nor resume): a benchmark peer.
+in every corner (it does not re-send unacknowledged messages, nor resume; it does take each
+of the controller's reliable messages once, acknowledging a repeat again): a benchmark peer.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class Player:
         self.agent_id = agent_id
         self.stream = stream
         self.seq = 0  # our reliable messages
+        self.peer_seq = 0  # the controller's reliable messages handled (§5: once each)
         self.stats_seq = 0
         self.interval_ns = 1_000_000_000
         self.duration_ns = 10_000_000_000
@@ -192,6 +194,13 @@ class Player:
                         return
 
     async def handle(self, message: p.Message) -> bool:
+        if isinstance(message, p.Configure | p.Start | p.Abort):
+            # a reliable message the controller sent again (our ACK had not reached it yet,
+            # as when it is saturated) is acknowledged again and not acted on twice (§5)
+            if message.seq <= self.peer_seq:
+                await self.send(p.encode_message(p.Ack(seq=message.seq)))
+                return False
+            self.peer_seq = message.seq
         if isinstance(message, p.Ping):
             now = time.time_ns()
             await self.send(
