@@ -29,6 +29,8 @@ from trio_bench.engine import (
 from trio_bench.engine import _stage as stage_module
 from trio_bench.engine._null import NullIO
 
+from . import dense
+
 
 def config(target: str = "null://", **overrides: object) -> object:
     text = f"""
@@ -85,7 +87,7 @@ async def test_snapshots_taken_while_workers_run_are_monotonic_and_add_up() -> N
             before = previous.get(kind, stats.new_record())
             delta = stats.difference(record, before)
             assert all(v >= 0 for v in delta[: stats.MAX_NS]), kind  # nothing goes backwards
-            interval_total[kind] = stats.merged(
+            interval_total[kind] = dense.merged(
                 [interval_total.get(kind, stats.new_record()), delta]
             )
         previous = snapshot

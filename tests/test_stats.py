@@ -12,6 +12,7 @@ from trio_bench import protocol as p
 from trio_bench import stats
 from trio_bench.engine import record_latency
 
+from . import dense
 from .strategies import stats_message
 
 latencies = st.lists(st.integers(0, 10**11), min_size=1, max_size=400)
@@ -48,14 +49,14 @@ def test_bucket_layout_is_contiguous() -> None:
 
 @given(latencies, st.sampled_from([0.5, 0.9, 0.99, 0.999, 1.0]))
 def test_percentiles_are_within_one_percent_of_exact(values: list[int], fraction: float) -> None:
-    got = stats.percentile_ns(record_of(values), fraction)
+    got = dense.percentile_ns(record_of(values), fraction)
     want = exact_percentile(values, fraction)
     assert abs(got - want) <= want / 100 + 1
 
 
 @given(st.lists(latencies, min_size=1, max_size=5))
 def test_merge_is_exactly_the_histogram_of_all_values(groups: list[list[int]]) -> None:
-    merged = stats.merged(record_of(g) for g in groups)
+    merged = dense.merged(record_of(g) for g in groups)
     everything = record_of([v for g in groups for v in g])
     assert merged == everything
     assert stats.ops_of(merged) == sum(len(g) for g in groups)
@@ -111,8 +112,8 @@ def test_summary_rows_and_tsv() -> None:
 
 def test_empty_record() -> None:
     record = stats.new_record()
-    assert stats.percentile_ns(record, 0.99) == 0
-    assert stats.mean_ns(record) == 0
+    assert dense.percentile_ns(record, 0.99) == 0
+    assert dense.mean_ns(record) == 0
 
 
 # --- the sparse (wire-form) arithmetic the controller uses must equal the dense one -----------
@@ -129,7 +130,7 @@ def test_sparse_difference_equals_dense(first: list[int], second: list[int]) -> 
 def test_sparse_merge_equals_dense(groups: list[list[int]]) -> None:
     records = [record_of(g) for g in groups]
     assert stats.merge_ops(stats.to_wire(r) for r in records) == stats.to_wire(
-        stats.merged(records)
+        dense.merged(records)
     )
 
 
@@ -138,7 +139,7 @@ def test_sparse_percentiles_equal_dense(values: list[int]) -> None:
     record = record_of(values)
     fractions = (0.5, 0.9, 0.99, 0.999, 1.0)
     assert stats.percentiles(stats.to_wire(record), fractions) == [
-        stats.percentile_ns(record, f) for f in fractions
+        dense.percentile_ns(record, f) for f in fractions
     ]
 
 
@@ -156,14 +157,14 @@ def test_summary_rows_have_the_dense_records_numbers(groups: list[list[int]]) ->
     """Summary rows are computed from the wire form; each row has exactly the numbers of the
     dense record it stands for (the ``all`` row: the dense merge of the kinds)."""
     kinds = ("get", "put", "stat")[: len(groups)]
-    dense = {kind: record_of(g) for kind, g in zip(kinds, groups, strict=True)}
-    rows = stats.summary_rows({k: stats.to_wire(r) for k, r in dense.items()}, seconds=2.0)
-    expected = [*((k, dense[k]) for k in kinds), ("all", stats.merged(dense.values()))]
+    records = {kind: record_of(g) for kind, g in zip(kinds, groups, strict=True)}
+    rows = stats.summary_rows({k: stats.to_wire(r) for k, r in records.items()}, seconds=2.0)
+    expected = [*((k, records[k]) for k in kinds), ("all", dense.merged(records.values()))]
     assert [row.op for row in rows] == [name for name, _ in expected]
     for row, (_, record) in zip(rows, expected, strict=True):
         assert row.ops == stats.ops_of(record)
-        assert row.mean_us == stats.mean_ns(record) / 1000
+        assert row.mean_us == dense.mean_ns(record) / 1000
         assert [row.p50_us, row.p90_us, row.p99_us, row.p999_us] == [
-            stats.percentile_ns(record, f) / 1000 for f in (0.5, 0.9, 0.99, 0.999)
+            dense.percentile_ns(record, f) / 1000 for f in (0.5, 0.9, 0.99, 0.999)
         ]
         assert row.max_us == record[stats.MAX_NS] / 1000

@@ -151,23 +151,59 @@ def interval_row(
     agent's op kinds, a window's); rates over ``seconds`` unless given; ``quantiles``: the
     PERCENTILES of ``parts`` if already known."""
     rate = 1 / seconds if seconds > 0 else 0.0
-    p50, p90, p99, p999 = quantiles or percentiles_of(parts, PERCENTILES)
     ops = sum(part.ops for part in parts)
     nbytes = sum(part.bytes for part in parts)
+    return _row(
+        elapsed_s,
+        stage,
+        agent,
+        warmup,
+        at_ns,
+        ops=ops,
+        errors=sum(part.errors for part in parts),
+        max_ns=max((part.max_ns for part in parts), default=0),
+        quantiles=quantiles or percentiles_of(parts, PERCENTILES),
+        ops_per_s=ops * rate if ops_per_s is None else ops_per_s,
+        mib_per_s=nbytes / MIB * rate if mib_per_s is None else mib_per_s,
+        done=done,
+        total=total,
+        agents=agents,
+    )
+
+
+def _row(
+    elapsed_s: float,
+    stage: str,
+    name: str,
+    warmup: bool,
+    at_ns: int,
+    *,
+    ops: int,
+    errors: int,
+    max_ns: int,
+    quantiles: Sequence[int],
+    ops_per_s: float,
+    mib_per_s: float,
+    done: int,
+    total: int,
+    agents: int,
+) -> IntervalRow:
+    """An IntervalRow from its numbers (times in ns)."""
+    p50, p90, p99, p999 = quantiles
     return IntervalRow(
         elapsed_s=elapsed_s,
         stage=stage,
-        agent=agent,
+        agent=name,
         warmup=warmup,
         ops=ops,
-        ops_per_s=ops * rate if ops_per_s is None else ops_per_s,
-        mib_per_s=nbytes / MIB * rate if mib_per_s is None else mib_per_s,
-        errors=sum(part.errors for part in parts),
+        ops_per_s=ops_per_s,
+        mib_per_s=mib_per_s,
+        errors=errors,
         p50_us=p50 / 1000,
         p90_us=p90 / 1000,
         p99_us=p99 / 1000,
         p999_us=p999 / 1000,
-        max_us=max((part.max_ns for part in parts), default=0) / 1000,
+        max_us=max_ns / 1000,
         done=done,
         total=total,
         agents=agents,
@@ -530,25 +566,21 @@ class Aggregator:
                     merged.absorb(running)
 
         def row_of(name: str, merged: _Running, sums: _Sums, warmup: bool) -> IntervalRow:
-            p50, p90, p99, p999 = merged.percentiles()
-            return IntervalRow(
-                elapsed_s=elapsed_s,
-                stage=stage,
-                agent=name,
-                warmup=warmup,
+            return _row(
+                elapsed_s,
+                stage,
+                name,
+                warmup,
+                at_ns,
                 ops=merged.ops,
+                errors=merged.errors,
+                max_ns=merged.max_ns,
+                quantiles=merged.percentiles(),
                 ops_per_s=sums.ops_per_s,
                 mib_per_s=sums.mib_per_s,
-                errors=merged.errors,
-                p50_us=p50 / 1000,
-                p90_us=p90 / 1000,
-                p99_us=p99 / 1000,
-                p999_us=p999 / 1000,
-                max_us=merged.max_ns / 1000,
                 done=sums.done,
                 total=sums.total,
                 agents=sums.agents,
-                at_ns=at_ns,
             )
 
         total = row_of("all", _Running.merge(kinds.values()), total_sums, total_sums.warmup)

@@ -22,14 +22,13 @@ always saw, and the merges and differences of snapshots work on the sized keys u
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from operator import add
 from typing import TypeVar
 
 import attrs
 
-from trio_bench.protocol import NBINS, SIZE_LABELS, OpStats, bucket_bounds, bucket_value
+from trio_bench.protocol import NBINS, SIZE_LABELS, OpStats, bucket_bounds
 
 BYTES = NBINS
 ERRORS = NBINS + 1
@@ -92,13 +91,6 @@ def merge_into(total: Record, other: Record) -> None:
     total[MAX_NS] = maximum
 
 
-def merged(records: Iterable[Record]) -> Record:
-    out = new_record()
-    for record in records:
-        merge_into(out, record)
-    return out
-
-
 def merge_snapshots(snapshots: Iterable[Mapping[str, Record]]) -> Snapshot:
     """Slot-wise sums (the maximum slot: the maximum) per op kind. Column sums over all the
     records at once (``zip`` + ``sum`` run in C): half the time of adding them one by one,
@@ -138,30 +130,6 @@ def difference(later: Record, earlier: Record) -> Record:
 def snapshot_difference(later: Mapping[str, Record], earlier: Mapping[str, Record]) -> Snapshot:
     zero = new_record()
     return {kind: difference(record, earlier.get(kind, zero)) for kind, record in later.items()}
-
-
-def percentile_ns(record: Record, fraction: float) -> int:
-    """Nearest-rank percentile (``fraction`` in (0, 1]) in ns; 0 if there were no ops.
-
-    The reported value is the bucket midpoint, clamped to the exact maximum: within 1/128 of
-    the true order statistic.
-    """
-    total = ops_of(record)
-    if total == 0:
-        return 0
-    rank = max(1, math.ceil(fraction * total))
-    seen = 0
-    for index in range(NBINS):
-        seen += record[index]
-        if seen >= rank:
-            value = bucket_value(index)
-            return min(value, record[MAX_NS]) if record[MAX_NS] else value
-    raise AssertionError("unreachable: rank <= total")
-
-
-def mean_ns(record: Record) -> float:
-    total = ops_of(record)
-    return record[SUM_NS] / total if total else 0.0
 
 
 def to_wire(record: Record) -> OpStats:

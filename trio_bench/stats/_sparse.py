@@ -21,7 +21,7 @@ EMPTY = OpStats(ops=0, bytes=0, errors=0, sum_ns=0, max_ns=0, buckets=(), counts
 
 def merge_ops(items: Iterable[OpStats]) -> OpStats:
     """Several histograms of the same layout as one: counts added bucket by bucket (into one
-    dense list spanning the buckets they occupy, read back in C)."""
+    dense list spanning the buckets they occupy, read back in C); none: ``EMPTY``."""
     items = list(items)
     if len(items) == 1:
         return items[0]

@@ -10,7 +10,7 @@ import attrs
 from trio_bench.protocol import OP_KINDS, SIZE_LABELS, OpStats
 
 from ._record import kinds_only, sized_key
-from ._sparse import EMPTY, merge_ops, percentiles
+from ._sparse import merge_ops, percentiles
 
 SUMMARY_COLUMNS = (
     "op",
@@ -94,8 +94,7 @@ def summary_rows(snapshot: Mapping[str, OpStats], seconds: float) -> list[Summar
     ``snapshot`` is in wire form (``wire_snapshot``). A size row's ``errors`` is 0: a failed
     operation moved no bytes to place it by."""
     rows = [summarize(k, snapshot[k], seconds) for k in OP_KINDS if k in snapshot]
-    kinds = list(kinds_only(snapshot).values())
-    rows.append(summarize("all", merge_ops(kinds) if kinds else EMPTY, seconds))
+    rows.append(summarize("all", merge_ops(kinds_only(snapshot).values()), seconds))
     for kind in OP_KINDS:
         for label in SIZE_LABELS:
             stats = snapshot.get(sized_key(kind, label))
