@@ -476,8 +476,12 @@ async def test_a_per_op_concurrency_limits_that_op_in_flight_not_the_others() ->
     assert summary.ops["put"].ops > 20 and summary.ops["get"].ops > 20
     assert backend.seen["put"] == 2  # sai3-bench's meaning: a cap on that op in flight
     assert backend.seen["get"] > 2  # the other workers keep getting meanwhile
-    # waiting for a turn is not the put's latency (each takes ~2 ms)
-    assert summary.ops["put"].max_ns < 200_000_000
+    # waiting for a turn is not the put's latency: a put and a get take the same 2 ms in the
+    # backend, so their latencies match however busy the machine is. Workers queue for the
+    # two put slots; counting that wait would put the puts' p90 at ~10x the gets' (checked by
+    # starting the clock before the wait)
+    put_p90, get_p90 = (stats.percentiles(summary.ops[k], [0.9])[0] for k in ("put", "get"))
+    assert put_p90 < 3 * get_p90, (put_p90, get_p90)
 
 
 def test_a_directory_path_means_every_object_in_it() -> None:
